@@ -1,0 +1,154 @@
+"""Declarative models: one ``Scan`` per run, one current ``Result`` per object, ``FrameResult`` per second.
+
+Portable across SQLite and PostgreSQL: ``sqlalchemy.JSON`` for documents, bounded ``String`` for indexed
+columns, and ``UTCDateTime`` so both backends hand back timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names, so migrations can address them on every backend (SQLite batch mode
+# recreates tables and needs names to drop or alter constraints).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+URI_LENGTH = 2048  # S3 keys are at most 1024 bytes; room for the bucket and an archive member path
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that always stores and returns aware UTC datetimes.
+
+    SQLite keeps no offset and returns naive values; PostgreSQL returns the session's time zone. Naive
+    values passed in are taken to be UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; ``Base.metadata`` is Alembic's target."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Scan(Base):
+    """One run: an ad-hoc ``detect`` (uri 'cli'), a folder or S3 prefix ``scan``, or a scheduled ``beat``."""
+
+    __tablename__ = "scans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uri: Mapped[str] = mapped_column(String(URI_LENGTH))
+    kind: Mapped[str] = mapped_column(String(16))  # detect | scan | beat
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | complete | failed
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    total: Mapped[int] = mapped_column(Integer, default=0)  # objects queued
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(Text)
+
+    results: Mapped[list[Result]] = relationship(back_populates="scan")
+
+
+class Result(Base):
+    """The current verdict for one object, keyed by its URI.
+
+    ``uri`` is ``file:///abs/path``, ``s3://bucket/key`` or ``s3://bucket/key.zip#member/path``.
+    ``status`` is 'ok' or a machine-readable code (no_face, decode_error, ...) with ``reason`` saying why;
+    ``fake_probability`` is NULL whenever there is no verdict, never a made-up 0.5.
+    """
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uri: Mapped[str] = mapped_column(String(URI_LENGTH), unique=True)
+    scan_id: Mapped[int | None] = mapped_column(ForeignKey("scans.id", ondelete="SET NULL"), index=True)
+    bucket: Mapped[str | None] = mapped_column(String(255))
+    key: Mapped[str | None] = mapped_column(String(1024))
+    etag: Mapped[str | None] = mapped_column(String(128))
+    content_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(16), default="unknown")  # image | video | audio | unknown
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(16))  # fake | real
+    fake_probability: Mapped[float | None] = mapped_column(Float)
+    confidence_real: Mapped[float | None] = mapped_column(Float)
+    confidence_fake: Mapped[float | None] = mapped_column(Float)
+    model_name: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(64), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    elapsed_s: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    scan: Mapped[Scan | None] = relationship(back_populates="results")
+    # selectin: result_to_dict always wants the frames, also after the session has closed.
+    frames: Mapped[list[FrameResult]] = relationship(
+        back_populates="result",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="FrameResult.second",
+        lazy="selectin",
+    )
+
+
+class FrameResult(Base):
+    """Per-second scores of a video: faces found in that second and their aggregated probability."""
+
+    __tablename__ = "frame_results"
+    __table_args__ = (UniqueConstraint("result_id", "second"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"), index=True)
+    second: Mapped[int] = mapped_column(Integer)
+    t_s: Mapped[float] = mapped_column(Float)
+    n_faces: Mapped[int] = mapped_column(Integer, default=0)
+    fake_probability: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(16))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    result: Mapped[Result] = relationship(back_populates="frames")

@@ -1,0 +1,222 @@
+"""Query functions: keyword-only arguments, an explicit session, no commits (the caller owns the unit of work)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import FrameResult, Result, Scan, utcnow
+
+# Columns a caller may set through upsert_result; id, uri and the timestamps belong to the store.
+STORE_COLUMNS = frozenset({"id", "uri", "created_at", "updated_at"})
+VERDICT_COLUMNS = frozenset(column.key for column in Result.__table__.columns) - STORE_COLUMNS
+
+
+def create_scan(
+    session: Session, *, uri: str, kind: str, model_name: str, model_version: str, total: int = 0
+) -> Scan:
+    """Record the start of a run (status 'running') and return it with its id assigned."""
+    scan = Scan(
+        uri=uri, kind=kind, status="running", model_name=model_name, model_version=model_version, total=total
+    )
+    session.add(scan)
+    session.flush()
+    return scan
+
+
+def finish_scan(
+    session: Session, *, scan_id: int, status: str = "complete", error: str | None = None
+) -> Scan:
+    """Mark a run finished with ``status`` ('complete' or 'failed') and an optional error message.
+
+    Raises ``LookupError`` when there is no scan ``scan_id``.
+    """
+    scan = session.get(Scan, scan_id)
+    if scan is None:
+        raise LookupError(f"no scan with id {scan_id}")
+    scan.status = status
+    scan.error = error
+    scan.finished_at = utcnow()
+    session.flush()
+    return scan
+
+
+def _upsert_statement(session: Session) -> postgresql.Insert | sqlite.Insert:
+    """The dialect's ``insert`` that knows ``ON CONFLICT`` (PostgreSQL and SQLite share the syntax)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(Result)
+    if dialect == "sqlite":
+        return sqlite.insert(Result)
+    raise NotImplementedError(f"upsert_result supports PostgreSQL and SQLite, not {dialect}")
+
+
+def upsert_result(
+    session: Session, *, uri: str, fields: dict[str, Any], frames: list[dict[str, Any]] | None = None
+) -> Result:
+    """Write the verdict for ``uri``: insert its row, or replace the one already there.
+
+    The row is replaced wholesale: columns missing from ``fields`` go back to NULL (``details`` to ``{}``)
+    so a stale score or reason never survives a re-analysis; ``created_at`` is kept. ``frames`` (dicts of
+    FrameResult columns: second, t_s, n_faces, ...) replace the previous per-second rows; None means none.
+    Safe to run twice and under concurrent writers: a single ``INSERT ... ON CONFLICT (uri) DO UPDATE``,
+    whose row lock serialises the frame replacement too. Raises ``ValueError`` for unknown columns.
+    """
+    unknown = set(fields) - VERDICT_COLUMNS
+    if unknown:
+        raise ValueError(f"not settable through upsert_result: {sorted(unknown)}")
+    now = utcnow()
+    values: dict[str, Any] = {column: None for column in VERDICT_COLUMNS}
+    values.update(details={}, media_type="unknown")
+    values.update(fields)
+    values.update(updated_at=now)
+
+    stmt = _upsert_statement(session).values(uri=uri, created_at=now, **values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Result.uri], set_={column: stmt.excluded[column] for column in values}
+    )
+    result_id: int = session.execute(stmt.returning(Result.id)).scalar_one()
+
+    session.execute(delete(FrameResult).where(FrameResult.result_id == result_id))
+    if frames:
+        session.execute(insert(FrameResult), [{**frame, "result_id": result_id} for frame in frames])
+    # populate_existing: a Result of this id already in the session must show what was just written.
+    return session.get_one(Result, result_id, populate_existing=True)
+
+
+def find_result(session: Session, *, uri: str) -> Result | None:
+    """The current row for ``uri``, or None."""
+    return session.execute(select(Result).where(Result.uri == uri)).scalar_one_or_none()
+
+
+def already_analysed(
+    session: Session,
+    *,
+    uri: str,
+    etag: str | None = None,
+    content_sha256: str | None = None,
+    model_version: str,
+) -> bool:
+    """Whether ``uri`` has a verdict worth keeping: same content (etag or sha256) and same model version.
+
+    Rows with status 'error' (a failure of ours, not of the media) are never worth keeping. Without an
+    etag or a digest there is no way to tell the content is unchanged, so the answer is False.
+    """
+    same_content: list[ColumnElement[bool]] = []
+    if etag is not None:
+        same_content.append(Result.etag == etag)
+    if content_sha256 is not None:
+        same_content.append(Result.content_sha256 == content_sha256)
+    if not same_content:
+        return False
+    stmt = select(Result.id).where(
+        Result.uri == uri,
+        Result.status != "error",
+        Result.model_version == model_version,
+        or_(*same_content),
+    )
+    return session.execute(stmt.limit(1)).first() is not None
+
+
+def list_results(
+    session: Session,
+    *,
+    scan_id: int | None = None,
+    label: str | None = None,
+    status: str | None = None,
+    min_probability: float | None = None,
+    limit: int | None = None,
+) -> list[Result]:
+    """Rows matching every filter given, in id order; ``min_probability`` bounds ``fake_probability``."""
+    stmt = select(Result).order_by(Result.id)
+    if scan_id is not None:
+        stmt = stmt.where(Result.scan_id == scan_id)
+    if label is not None:
+        stmt = stmt.where(Result.label == label)
+    if status is not None:
+        stmt = stmt.where(Result.status == status)
+    if min_probability is not None:
+        stmt = stmt.where(Result.fake_probability >= min_probability)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.execute(stmt).scalars())
+
+
+def scan_counts(session: Session) -> list[dict[str, Any]]:
+    """Progress of every run, in id order.
+
+    Each dict has id, uri, kind, status, created_at, finished_at, total (objects queued), done (result
+    rows of the scan), ok, fake, real and errors (rows whose status is not 'ok').
+    """
+
+    def count_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
+        return func.count(case((condition, 1)))
+
+    stmt = (
+        select(
+            Scan.id,
+            Scan.uri,
+            Scan.kind,
+            Scan.status,
+            Scan.created_at,
+            Scan.finished_at,
+            Scan.total,
+            func.count(Result.id).label("done"),
+            count_where(Result.status == "ok").label("ok"),
+            count_where(Result.label == "fake").label("fake"),
+            count_where(Result.label == "real").label("real"),
+            count_where(Result.status != "ok").label("errors"),
+        )
+        .outerjoin(Result, Result.scan_id == Scan.id)
+        .group_by(Scan.id)
+        .order_by(Scan.id)
+    )
+    return [dict(row._mapping) for row in session.execute(stmt)]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def result_to_dict(result: Result) -> dict[str, Any]:
+    """A JSON-ready view of ``result``: ISO 8601 datetimes, ``confidence`` as {"real", "fake"} or None."""
+    has_confidence = result.confidence_real is not None or result.confidence_fake is not None
+    return {
+        "id": result.id,
+        "uri": result.uri,
+        "scan_id": result.scan_id,
+        "bucket": result.bucket,
+        "key": result.key,
+        "etag": result.etag,
+        "content_sha256": result.content_sha256,
+        "size_bytes": result.size_bytes,
+        "media_type": result.media_type,
+        "status": result.status,
+        "reason": result.reason,
+        "label": result.label,
+        "fake_probability": result.fake_probability,
+        "confidence": (
+            {"real": result.confidence_real, "fake": result.confidence_fake} if has_confidence else None
+        ),
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "details": result.details,
+        "elapsed_s": result.elapsed_s,
+        "created_at": _iso(result.created_at),
+        "updated_at": _iso(result.updated_at),
+        "frames": [
+            {
+                "second": frame.second,
+                "t_s": frame.t_s,
+                "n_faces": frame.n_faces,
+                "fake_probability": frame.fake_probability,
+                "label": frame.label,
+                "details": frame.details,
+            }
+            for frame in result.frames
+        ],
+    }

@@ -1,0 +1,289 @@
+"""The pipeline's entry points: one media file (or decoded arrays) in, one ``MediaResult`` out.
+
+Scoring is batch-first: faces from many frames (and, later, many files) go through each member in one
+batch. Every way an analysis can fail becomes a result with a status and a reason; no score is invented.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.audio import spectrograms, split_windows
+from pipeline.ensemble import Verdict, aggregate, vote
+from pipeline.errors import DeepscanError, MediaDecodeError, NoFaceError, UnsupportedMediaError
+from pipeline.faces import FaceBox, FaceDetector, square_crop
+from pipeline.media import (
+    FRAME_INTERVAL_S,
+    detect_media_type,
+    iter_video_frames,
+    load_audio,
+    load_image,
+    probe_video,
+)
+from pipeline.pack import ModelPack
+
+logger = logging.getLogger(__name__)
+
+VIDEO_CHUNK_FRAMES = 16  # seconds of video scored per batch: bounds memory, keeps batches large
+
+
+@dataclass
+class FrameScore:
+    """Faces found in one frame and their scores. ``fake_probability`` is None when there is no face."""
+
+    t_s: float
+    boxes: list[FaceBox]
+    member_scores: np.ndarray  # (n_faces, n_members)
+    face_probabilities: np.ndarray  # (n_faces,)
+
+    @property
+    def fake_probability(self) -> float | None:
+        # One manipulated face makes the frame manipulated: the frame takes its most suspicious face.
+        return float(self.face_probabilities.max()) if len(self.face_probabilities) else None
+
+
+@dataclass
+class MediaResult:
+    """The outcome for one input. ``to_dict`` is the JSON shape of ``deepscan detect`` and the API."""
+
+    path: str
+    media_type: str = "unknown"
+    status: str = "ok"
+    reason: str | None = None
+    label: str | None = None
+    fake_probability: float | None = None
+    confidence: dict[str, float] | None = None
+    model: str | None = None
+    faces: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    audio: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def set_verdict(self, verdict: Verdict | None) -> None:
+        if verdict is None:
+            self.label, self.fake_probability, self.confidence = None, None, None
+            return
+        self.label = verdict.label
+        self.fake_probability = round(float(verdict.fake_probability), 6)
+        self.confidence = verdict.confidence
+
+    def fail(self, error: DeepscanError) -> MediaResult:
+        self.status, self.reason = error.status, error.reason
+        self.set_verdict(None)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Analyzer:
+    """Holds a loaded pack and a face detector; analyses files or arrays. One per worker process."""
+
+    def __init__(
+        self, pack: ModelPack, detector: FaceDetector | None = None, *, score_soundtrack: bool = True
+    ):
+        self.pack = pack
+        self.detector = detector or FaceDetector()
+        self.score_soundtrack = score_soundtrack
+        manifest = pack.manifest
+        self.member_names = [m.name for m in manifest.image_members]
+        self.image_threshold = manifest.threshold("image")
+        self.audio_threshold = manifest.threshold("audio")
+        self.vote_threshold = manifest.threshold("video_vote")
+
+    # -- batch-first building blocks ------------------------------------------------------------------
+
+    def score_frames(
+        self, frames: Sequence[np.ndarray], times_s: Sequence[float] | None = None
+    ) -> list[FrameScore]:
+        """Detect and score every face in RGB uint8 frames (H, W, 3), all faces in one batch per member."""
+        times = list(times_s) if times_s is not None else [0.0] * len(frames)
+        boxes = [self.detector.detect(frame) for frame in frames]
+        crops = [
+            square_crop(frame, box)
+            for frame, frame_boxes in zip(frames, boxes, strict=True)
+            for box in frame_boxes
+        ]
+        if not self.pack.manifest.image_members:
+            raise DeepscanError("the model pack has no image members")
+        scores = self.pack.score_faces(crops)
+        probabilities = aggregate(scores, self.pack.manifest.aggregation) if len(crops) else np.zeros(0)
+        out, start = [], 0
+        for t, frame_boxes in zip(times, boxes, strict=True):
+            end = start + len(frame_boxes)
+            out.append(FrameScore(t, frame_boxes, scores[start:end], probabilities[start:end]))
+            start = end
+        return out
+
+    def score_audio(self, signal: np.ndarray) -> dict[str, Any]:
+        """Score a mono signal at the pack's rate. Returns the audio verdict as a dict (raises on silence)."""
+        front_end = self.pack.manifest.audio
+        if front_end is None or not self.pack.manifest.audio_members:
+            raise UnsupportedMediaError("the model pack has no audio member")
+        windows = split_windows(signal, front_end)
+        scores = self.pack.score_spectrograms(spectrograms(windows, front_end))
+        window_p = scores.mean(axis=1)
+        verdict = Verdict(float(window_p.mean()), self.audio_threshold)
+        return {
+            "label": verdict.label,
+            "fake_probability": round(verdict.fake_probability, 6),
+            "confidence": verdict.confidence,
+            "windows": len(window_p),
+            "window_s": front_end.window_s,
+            "window_probabilities": [round(float(p), 4) for p in window_p],
+            "duration_s": round(signal.size / front_end.sample_rate_hz, 3),
+        }
+
+    # -- per media type -------------------------------------------------------------------------------
+
+    def analyze_image(self, frame: np.ndarray, result: MediaResult) -> MediaResult:
+        (scored,) = self.score_frames([frame])
+        if not scored.boxes:
+            raise NoFaceError("no face found in the image")
+        result.faces = self._faces(scored)
+        result.set_verdict(Verdict(scored.fake_probability or 0.0, self.image_threshold))
+        result.details["aggregation"] = self.pack.manifest.aggregation.method
+        return result
+
+    def analyze_video(self, path: Path, result: MediaResult) -> MediaResult:
+        info = probe_video(path)
+        result.details["video"] = {
+            "duration_s": round(info.duration_s, 3),
+            "width": info.width,
+            "height": info.height,
+            "fps": round(info.fps, 3),
+            "has_audio": info.has_audio,
+        }
+        timeline: list[FrameScore] = []
+        for chunk in _chunks(iter_video_frames(path, info, interval_s=FRAME_INTERVAL_S), VIDEO_CHUNK_FRAMES):
+            timeline.extend(self.score_frames([f for _, f in chunk], [t for t, _ in chunk]))
+        if not timeline:
+            raise MediaDecodeError("no frame could be decoded from the video")
+        result.timeline = [self._timeline_entry(i, fs) for i, fs in enumerate(timeline)]
+        face_verdict = self._vote(timeline)
+        audio_verdict = self._soundtrack(path) if info.has_audio and self.score_soundtrack else None
+        result.audio = audio_verdict
+        return self._combine(result, face_verdict, audio_verdict, len(timeline))
+
+    def analyze_audio(self, path: Path, result: MediaResult) -> MediaResult:
+        verdict = self.score_audio(load_audio(path))
+        result.audio = verdict
+        result.set_verdict(Verdict(verdict["fake_probability"], self.audio_threshold))
+        return result
+
+    def analyze_file(self, path: str | Path) -> MediaResult:
+        """Analyse one file. Never raises for bad input: failures come back as a status and a reason."""
+        path = Path(path)
+        started = time.perf_counter()
+        result = MediaResult(path=str(path), model=self.pack.manifest.label)
+        try:
+            result.media_type = detect_media_type(path)
+            if result.media_type == "image":
+                self.analyze_image(load_image(path), result)
+            elif result.media_type == "video":
+                self.analyze_video(path, result)
+            elif result.media_type == "audio":
+                self.analyze_audio(path, result)
+            elif result.media_type == "archive":
+                raise UnsupportedMediaError(
+                    "archives are expanded by the batch scanner, not analysed directly"
+                )
+            else:
+                raise UnsupportedMediaError(
+                    "the content is not an image, video or audio format deepscan reads"
+                )
+        except DeepscanError as e:
+            result.fail(e)
+        except OSError as e:
+            result.fail(MediaDecodeError(f"the file could not be read: {e}"))
+        except Exception as e:  # a bug or a decoder failure we did not foresee: record it, keep going
+            logger.exception("unexpected failure analysing %s", path)
+            error = DeepscanError(f"internal error ({type(e).__name__}): {e}")
+            result.fail(error)
+        result.elapsed_s = round(time.perf_counter() - started, 4)
+        return result
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _faces(self, scored: FrameScore) -> list[dict[str, Any]]:
+        return [
+            {
+                "box": box.as_dict(),
+                "fake_probability": round(float(p), 6),
+                "members": {n: round(float(s), 6) for n, s in zip(self.member_names, member, strict=True)},
+            }
+            for box, p, member in zip(
+                scored.boxes, scored.face_probabilities, scored.member_scores, strict=True
+            )
+        ]
+
+    def _timeline_entry(self, second: int, scored: FrameScore) -> dict[str, Any]:
+        p = scored.fake_probability
+        return {
+            "second": second,
+            "t_s": round(scored.t_s, 3),
+            "n_faces": len(scored.boxes),
+            "fake_probability": None if p is None else round(p, 6),
+            "label": None if p is None else ("fake" if p >= self.image_threshold else "real"),
+            "faces": self._faces(scored),
+        }
+
+    def _vote(self, timeline: list[FrameScore]) -> dict[str, Any] | None:
+        """Majority vote over the seconds that show a face; probability = mean of their probabilities."""
+        probabilities = [fs.fake_probability for fs in timeline if fs.fake_probability is not None]
+        if not probabilities:
+            return None
+        fake, real = vote(probabilities, self.image_threshold)
+        mean_p = float(np.mean(probabilities))
+        return {
+            "label": "fake" if fake / len(probabilities) >= self.vote_threshold else "real",
+            "fake_probability": round(mean_p, 6),
+            "confidence": Verdict(mean_p, self.image_threshold).confidence,
+            "votes": {"fake": fake, "real": real},
+            "seconds_with_faces": len(probabilities),
+        }
+
+    def _soundtrack(self, path: Path) -> dict[str, Any] | None:
+        if not self.pack.manifest.audio_members:
+            return None
+        try:
+            return self.score_audio(load_audio(path))
+        except DeepscanError as e:
+            return {"status": e.status, "reason": e.reason, "label": None, "fake_probability": None}
+
+    def _combine(
+        self, result: MediaResult, faces: dict[str, Any] | None, audio: dict[str, Any] | None, n_seconds: int
+    ) -> MediaResult:
+        """A video is fake if either stream is: the combined verdict follows the more suspicious one."""
+        result.details["faces_verdict"] = faces
+        candidates = {k: v for k, v in (("faces", faces), ("audio", audio)) if v and v.get("label")}
+        if not candidates:
+            raise NoFaceError(f"no face in any of {n_seconds} sampled seconds and no scorable soundtrack")
+        driver = max(
+            candidates, key=lambda k: (candidates[k]["label"] == "fake", candidates[k]["fake_probability"])
+        )
+        chosen = candidates[driver]
+        result.label = chosen["label"]
+        result.fake_probability = chosen["fake_probability"]
+        result.confidence = chosen["confidence"]
+        result.details["verdict_driven_by"] = driver
+        return result
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,113 @@
+"""Audio front end: fixed windows with overlap, log spectrograms, and window scores aggregated to a clip.
+
+Takes mono float32 signals at the pack's sample rate (``pipeline.media.load_audio`` makes them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline.errors import SilentAudioError, TooShortError
+
+FEATURES = ("logmel", "linear")
+SILENCE_FLOOR_DBFS = -50.0  # quieter than a whisper in a quiet room: nothing there to judge
+MIN_SPEECH_S = 1.0  # below one second of sound no window carries enough of a voice
+
+
+@dataclass(frozen=True)
+class AudioFrontEnd:
+    """Parameters of the spectrogram the audio member was trained on; stored in the pack manifest."""
+
+    feature: str = "logmel"
+    sample_rate_hz: int = 16_000
+    window_s: float = 4.0
+    hop_s: float = 2.0  # 50 % overlap between consecutive windows
+    n_fft: int = 512  # 32 ms at 16 kHz
+    hop_length: int = 160  # 10 ms at 16 kHz
+    n_mels: int = 64
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> AudioFrontEnd:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        front_end = cls(**known)  # type: ignore[arg-type]
+        if front_end.feature not in FEATURES:
+            raise ValueError(
+                f"unknown audio feature {front_end.feature!r}; choose from {', '.join(FEATURES)}"
+            )
+        return front_end
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.window_s * self.sample_rate_hz)
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.hop_s * self.sample_rate_hz)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(frequency bins, time frames) of one window's spectrogram."""
+        bins = self.n_mels if self.feature == "logmel" else self.n_fft // 2 + 1
+        return bins, 1 + self.window_samples // self.hop_length
+
+
+def level_dbfs(signal: np.ndarray) -> float:
+    """RMS level of a float signal in dB relative to full scale (-inf for digital silence)."""
+    rms = float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))) if signal.size else 0.0
+    return 20.0 * np.log10(rms) if rms > 0 else float("-inf")
+
+
+def split_windows(signal: np.ndarray, front_end: AudioFrontEnd) -> np.ndarray:
+    """Cut a mono signal (n,) into overlapping windows (N, window_samples), float32.
+
+    A clip shorter than one window but longer than ``MIN_SPEECH_S`` is zero-padded into a single window;
+    training pads short clips the same way. Raises ``TooShortError`` / ``SilentAudioError`` rather than
+    returning windows that would produce an invented score.
+    """
+    duration_s = signal.size / front_end.sample_rate_hz
+    if duration_s < MIN_SPEECH_S:
+        raise TooShortError(f"audio lasts {duration_s:.2f} s; at least {MIN_SPEECH_S:.0f} s is needed")
+    level = level_dbfs(signal)
+    if level < SILENCE_FLOOR_DBFS:
+        raise SilentAudioError(
+            f"audio level {level:.1f} dBFS is below the silence floor {SILENCE_FLOOR_DBFS} dBFS"
+        )
+    size, hop = front_end.window_samples, front_end.hop_samples
+    if signal.size <= size:
+        return np.pad(signal, (0, size - signal.size))[None, :].astype(np.float32)
+    starts = list(range(0, signal.size - size + 1, hop))
+    if starts[-1] + size < signal.size:  # cover the tail with one last window flush with the end
+        starts.append(signal.size - size)
+    return np.stack([signal[s : s + size] for s in starts]).astype(np.float32)
+
+
+def spectrograms(windows: np.ndarray, front_end: AudioFrontEnd) -> np.ndarray:
+    """Log spectrograms of windows (N, window_samples), standardised per window.
+
+    Returns float32 (N, F, T, 1) with (F, T) = ``front_end.input_shape``. Standardising per window removes
+    recording gain, so the member judges the shape of the spectrum, not the loudness.
+    """
+    import librosa
+
+    if front_end.feature == "logmel":
+        power = librosa.feature.melspectrogram(
+            y=windows,
+            sr=front_end.sample_rate_hz,
+            n_fft=front_end.n_fft,
+            hop_length=front_end.hop_length,
+            n_mels=front_end.n_mels,
+            fmin=20.0,
+            fmax=front_end.sample_rate_hz / 2,
+        )
+    else:
+        power = np.abs(librosa.stft(windows, n_fft=front_end.n_fft, hop_length=front_end.hop_length)) ** 2
+    log_power = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)
+    mean = log_power.mean(axis=(1, 2), keepdims=True)
+    std = log_power.std(axis=(1, 2), keepdims=True) + 1e-6
+    return ((log_power - mean) / std).astype(np.float32)[..., None]

@@ -1,0 +1,232 @@
+"""Loaders that turn anti-spoofing corpora on disk into one flat list of labelled clips.
+
+Three layouts are read: the ASVspoof 2019 LA countermeasure protocol, In-the-Wild's ``meta.csv``, and
+plain ``real/`` / ``fake/`` folders (what :func:`pipeline.spoofs.build_spoof_dataset` writes). Every loader
+returns :class:`AudioItem` rows and never decodes audio; decoding stays in :mod:`pipeline.media`.
+
+:func:`speaker_disjoint_split` then assigns whole speakers to train / val / test, so a detector is never
+scored on a voice it was trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LABEL_BONAFIDE = 0
+LABEL_SPOOF = 1
+FAMILY_BONAFIDE = "bonafide"
+# In-the-Wild does not say which tool made each fake.
+FAMILY_UNKNOWN = "unknown"
+
+SOURCE_ASVSPOOF2019_LA = "asvspoof2019_la"
+SOURCE_IN_THE_WILD = "in_the_wild"
+
+# ASVspoof 2019 LA CM protocol: "SPEAKER_ID AUDIO_FILE_NAME - SYSTEM_ID KEY" (ASVspoof 2019 evaluation
+# plan, section on protocols); SYSTEM_ID is "-" for bona fide speech and A01..A19 for spoofs.
+_ASVSPOOF_FIELDS = 5
+_ASVSPOOF_KEYS = {"bonafide": LABEL_BONAFIDE, "spoof": LABEL_SPOOF}
+_ASVSPOOF_AUDIO_SUFFIX = ".flac"
+# The official archive puts audio in LA/ASVspoof2019_LA_{train,dev,eval}/flac/.
+_ASVSPOOF_OFFICIAL_GLOB = "ASVspoof2019_LA_*/flac"
+
+# In-the-Wild (Müller et al., Interspeech 2022) meta.csv: "file,speaker,label".
+_ITW_COLUMNS = ("file", "speaker", "label")
+_ITW_LABELS = {"bona-fide": LABEL_BONAFIDE, "spoof": LABEL_SPOOF}
+
+_CLASS_DIRS = {"real": LABEL_BONAFIDE, "fake": LABEL_SPOOF}
+_FOLDER_FAMILY_FAKE = "fake"
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma"})
+
+# LibriSpeech names utterances SPEAKER-CHAPTER-UTT (e.g. 19-198-0001). The middle field also accepts
+# word characters so that generated fakes named SPEAKER-FAMILY-N (e.g. 19-griffin_lim-0) keep the speaker
+# of the real clip they were made from.
+_LIBRISPEECH_STEM = re.compile(r"^(?P<speaker>[A-Za-z0-9]+)-(?P<middle>\w+)-(?P<utt>\d+)$")
+
+SPLIT_NAMES = ("train", "val", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+_FRACTION_TOLERANCE = 1e-6
+_HASH_HEX_DIGITS = 13  # 52 bits of the sha1: exact in a float64 mantissa, so the position stays below 1
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    """One labelled clip on disk.
+
+    ``label`` is 1 for spoof / fake and 0 for bona fide / real. ``family`` names the generator (``A01``
+    for ASVspoof, a folder name for folder datasets) and is ``bonafide`` for real speech. ``source`` names
+    the dataset the clip came from.
+    """
+
+    path: Path
+    label: int
+    speaker: str
+    family: str
+    source: str
+
+
+def speaker_from_stem(stem: str) -> str:
+    """The speaker id in a file stem: the first field of ``SPEAKER-CHAPTER-UTT``, else the whole stem."""
+    match = _LIBRISPEECH_STEM.match(stem)
+    return match.group("speaker") if match else stem
+
+
+def _asvspoof_audio_dirs(root: Path) -> list[Path]:
+    return [root / "flac", *sorted(p for p in root.glob(_ASVSPOOF_OFFICIAL_GLOB) if p.is_dir())]
+
+
+def load_asvspoof2019_la(root: str | Path, protocol_file: str | Path) -> list[AudioItem]:
+    """Read an ASVspoof 2019 LA countermeasure protocol.
+
+    Each line is ``SPEAKER UTT - SYSTEM KEY`` (``LA_0079 LA_T_1004644 - A01 spoof``). Audio is looked up
+    at ``root/flac/UTT.flac`` and then in the official ``root/ASVspoof2019_LA_*/flac/`` folders. Entries
+    whose audio is missing are skipped with one warning giving their count (protocol excerpts list more
+    utterances than are shipped). Blank lines are ignored.
+
+    Raises ``ValueError`` naming the line number for a line that is not five fields or whose key is
+    neither ``bonafide`` nor ``spoof``; ``FileNotFoundError`` when the protocol file does not exist.
+    """
+    root, protocol_file = Path(root), Path(protocol_file)
+    audio_dirs = _asvspoof_audio_dirs(root)
+    items: list[AudioItem] = []
+    missing = 0
+    with protocol_file.open(encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != _ASVSPOOF_FIELDS:
+                raise ValueError(
+                    f"{protocol_file}:{line_number}: expected {_ASVSPOOF_FIELDS} fields "
+                    f"'SPEAKER UTT - SYSTEM KEY', got {len(fields)}: {line.strip()!r}"
+                )
+            speaker, utterance, _, system, key = fields
+            if key not in _ASVSPOOF_KEYS:
+                raise ValueError(
+                    f"{protocol_file}:{line_number}: key must be one of {sorted(_ASVSPOOF_KEYS)}, got {key!r}"
+                )
+            label = _ASVSPOOF_KEYS[key]
+            path = next(
+                (p for d in audio_dirs if (p := d / f"{utterance}{_ASVSPOOF_AUDIO_SUFFIX}").is_file()), None
+            )
+            if path is None:
+                missing += 1
+                continue
+            family = FAMILY_BONAFIDE if label == LABEL_BONAFIDE else system
+            items.append(AudioItem(path, label, speaker, family, SOURCE_ASVSPOOF2019_LA))
+    if missing:
+        logger.warning(
+            "Skipped %d of %d entries in %s whose audio is not under %s",
+            missing,
+            missing + len(items),
+            protocol_file,
+            root,
+        )
+    return items
+
+
+def load_in_the_wild(root: str | Path) -> list[AudioItem]:
+    """Read In-the-Wild's ``root/meta.csv`` (header ``file,speaker,label``; labels ``bona-fide``/``spoof``).
+
+    Audio is at ``root/<file>``. Spoofs get the family ``unknown``: the dataset does not name the tool.
+    Rows whose audio is missing are skipped with one warning giving their count. Raises ``ValueError``
+    for a missing column or an unknown label (naming the line number).
+    """
+    root = Path(root)
+    meta = root / "meta.csv"
+    items: list[AudioItem] = []
+    missing = 0
+    with meta.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        absent = [c for c in _ITW_COLUMNS if c not in (reader.fieldnames or [])]
+        if absent:
+            raise ValueError(f"{meta}: header lacks column(s) {absent}; expected {','.join(_ITW_COLUMNS)}")
+        for row in reader:
+            line_number = reader.line_num
+            label_text = (row["label"] or "").strip()
+            if label_text not in _ITW_LABELS:
+                raise ValueError(
+                    f"{meta}:{line_number}: label must be one of {sorted(_ITW_LABELS)}, got {label_text!r}"
+                )
+            file_name, speaker = (row["file"] or "").strip(), (row["speaker"] or "").strip()
+            if not file_name:
+                raise ValueError(f"{meta}:{line_number}: empty 'file' field")
+            path = root / file_name
+            if not path.is_file():
+                missing += 1
+                continue
+            label = _ITW_LABELS[label_text]
+            family = FAMILY_BONAFIDE if label == LABEL_BONAFIDE else FAMILY_UNKNOWN
+            items.append(AudioItem(path, label, speaker, family, SOURCE_IN_THE_WILD))
+    if missing:
+        logger.warning(
+            "Skipped %d of %d rows in %s whose audio is missing", missing, missing + len(items), meta
+        )
+    return items
+
+
+def load_folders(root: str | Path, *, source: str | None = None) -> list[AudioItem]:
+    """Every audio file (by suffix) below a ``real/`` or ``fake/`` directory (any case) under ``root``.
+
+    The class comes from the outermost such directory below ``root``. ``family`` is the directory right
+    below ``fake/`` when the file sits deeper, else ``fake``; real files get ``bonafide``. ``speaker`` is
+    the first field of a ``SPEAKER-CHAPTER-UTT`` stem (which also matches generated ``SPEAKER-FAMILY-N``
+    fakes), else the whole stem. ``source`` defaults to the name of ``root``. Sorted by path.
+    """
+    root = Path(root)
+    source = source if source is not None else root.name
+    items: list[AudioItem] = []
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
+            continue
+        parts = path.relative_to(root).parts[:-1]
+        class_index = next((i for i, part in enumerate(parts) if part.lower() in _CLASS_DIRS), None)
+        if class_index is None:
+            continue
+        label = _CLASS_DIRS[parts[class_index].lower()]
+        if label == LABEL_BONAFIDE:
+            family = FAMILY_BONAFIDE
+        else:
+            family = parts[class_index + 1] if class_index + 1 < len(parts) else _FOLDER_FAMILY_FAKE
+        items.append(AudioItem(path, label, speaker_from_stem(path.stem), family, source))
+    return items
+
+
+def _speaker_position(speaker: str) -> float:
+    """A stable number in [0, 1) for a speaker: the leading bits of the sha1 of its id."""
+    digest = hashlib.sha1(speaker.encode("utf-8")).hexdigest()
+    return int(digest[:_HASH_HEX_DIGITS], 16) / float(16**_HASH_HEX_DIGITS)
+
+
+def speaker_disjoint_split(
+    items: Iterable[AudioItem], fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS
+) -> dict[str, list[AudioItem]]:
+    """Assign whole speakers to ``train`` / ``val`` / ``test`` by the sha1 of the speaker id.
+
+    A speaker's position in [0, 1) is fixed by its id, so the split is stable across runs, machines and
+    added data; no speaker appears in two splits. The fractions apply to speakers, not clips, and are met
+    only on average (a handful of speakers may all land in one split). All three keys are always present;
+    item order within a split follows the input. Raises ``ValueError`` unless ``fractions`` are three
+    non-negative numbers summing to 1.
+    """
+    if len(fractions) != len(SPLIT_NAMES) or any(f < 0 for f in fractions):
+        raise ValueError(f"fractions must be {len(SPLIT_NAMES)} non-negative numbers, got {tuple(fractions)}")
+    if abs(sum(fractions) - 1.0) > _FRACTION_TOLERANCE:
+        raise ValueError(f"fractions must sum to 1, got {sum(fractions)}")
+    bounds = (fractions[0], fractions[0] + fractions[1])
+    splits: dict[str, list[AudioItem]] = {name: [] for name in SPLIT_NAMES}
+    positions: dict[str, float] = {}
+    for item in items:
+        position = positions.get(item.speaker)
+        if position is None:
+            position = positions[item.speaker] = _speaker_position(item.speaker)
+        name = "train" if position < bounds[0] else "val" if position < bounds[1] else "test"
+        splits[name].append(item)
+    return splits

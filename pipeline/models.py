@@ -1,0 +1,121 @@
+"""Model builders, one per member architecture. Keras 3 API only (no backend-specific ops), so a saved
+``.keras`` file runs on TensorFlow here and on JAX or PyTorch elsewhere.
+
+Every image member takes RGB float32 in [0, 1] of shape (N, H, W, 3) and returns P(fake) of shape (N, 1);
+the audio member takes log-spectrogram windows of shape (N, F, T, 1) and returns P(fake) of shape (N, 1).
+ImageNet weights are not available here, so every backbone starts from ``weights=None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+
+@dataclass(frozen=True)
+class Architecture:
+    build_backbone: Callable[..., keras.Model]
+    min_input_px: int  # keras.applications refuses smaller inputs
+    native_input_px: int  # the size the architecture was designed for
+
+
+def _applications() -> dict[str, Architecture]:
+    apps = keras.applications
+    return {
+        "xception": Architecture(apps.Xception, 71, 299),
+        "inception_v3": Architecture(apps.InceptionV3, 75, 299),
+        "resnet50": Architecture(apps.ResNet50, 32, 224),
+        "densenet121": Architecture(apps.DenseNet121, 32, 224),
+    }
+
+
+CLASSIC_ARCHITECTURES = ("xception", "inception_v3", "resnet50", "densenet121")
+IMAGE_ARCHITECTURES = (*CLASSIC_ARCHITECTURES, "spectral")
+
+
+@keras.saving.register_keras_serializable(package="deepscan")
+class LogSpectrum(layers.Layer):
+    """Centred log-magnitude 2-D spectrum of the luminance of an RGB batch.
+
+    Input (N, H, W, 3) in [0, 1]; output (N, H, W, 1). Upsampling and blending leave periodic traces in
+    the high frequencies that are hard to see in pixels (Durall et al., 2020; Frank et al., 2020).
+    """
+
+    def call(self, images: Any) -> Any:
+        luma = ops.sum(images * ops.convert_to_tensor([0.299, 0.587, 0.114], dtype=images.dtype), axis=-1)
+        luma = luma - ops.mean(luma, axis=(1, 2), keepdims=True)
+        real, imag = ops.fft2((luma, ops.zeros_like(luma)))
+        magnitude = ops.log(ops.sqrt(real * real + imag * imag) + 1e-6)
+        h, w = ops.shape(magnitude)[1], ops.shape(magnitude)[2]
+        shifted = ops.roll(ops.roll(magnitude, h // 2, axis=1), w // 2, axis=2)
+        return ops.expand_dims(shifted, -1)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], 1)
+
+
+def _conv_block(x: Any, filters: int, name: str) -> Any:
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_relu")(x)
+    return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+
+
+def build_spectral(input_size: tuple[int, int]) -> keras.Model:
+    """A small CNN over the log spectrum: the frequency-domain member (about 0.1 M parameters)."""
+    inputs = keras.Input((*input_size, 3), name="face")
+    x = LogSpectrum(name="log_spectrum")(inputs)
+    x = layers.BatchNormalization(name="spectrum_norm")(x)
+    for i, filters in enumerate((16, 32, 64, 96)):
+        x = _conv_block(x, filters, f"block{i + 1}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
+    return keras.Model(inputs, outputs, name="spectral")
+
+
+def build_image_member(
+    architecture: str, input_size: tuple[int, int], *, dropout: float = 0.3
+) -> keras.Model:
+    """One image member: a classic backbone from ``keras.applications`` (``weights=None``) plus a binary head.
+
+    ``input_size`` is (H, W); the model rescales its [0, 1] input to the [-1, 1] the backbones expect.
+    """
+    if architecture == "spectral":
+        return build_spectral(input_size)
+    apps = _applications()
+    if architecture not in apps:
+        raise ValueError(
+            f"unknown architecture {architecture!r}; choose from {', '.join(IMAGE_ARCHITECTURES)}"
+        )
+    arch = apps[architecture]
+    if min(input_size) < arch.min_input_px:
+        raise ValueError(f"{architecture} needs inputs of at least {arch.min_input_px} px, got {input_size}")
+    inputs = keras.Input((*input_size, 3), name="face")
+    x = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(inputs)
+    backbone = arch.build_backbone(
+        include_top=False, weights=None, input_shape=(*input_size, 3), pooling="avg"
+    )
+    x = backbone(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
+    return keras.Model(inputs, outputs, name=architecture)
+
+
+def build_audio_cnn(input_shape: tuple[int, int]) -> keras.Model:
+    """The audio member: a compact CNN over (F, T) log-spectrogram windows (about 0.1 M parameters).
+
+    Input (N, F, T, 1) standardised per window; output P(fake) (N, 1).
+    """
+    inputs = keras.Input((*input_shape, 1), name="spectrogram")
+    x = inputs
+    for i, filters in enumerate((16, 32, 64, 96)):
+        x = _conv_block(x, filters, f"block{i + 1}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
+    return keras.Model(inputs, outputs, name="audio_cnn")

@@ -1,0 +1,222 @@
+"""Model packs: a directory with ``manifest.json`` and one ``.keras`` file per member.
+
+The manifest names the pack and its version, lists the members (``name``, ``kind`` image|audio, ``file``,
+``input_size`` [h, w] (audio: the spectrogram's [F, T]), ``architecture``, ``sha256``), and carries the
+aggregation, the thresholds and the audio front end. Every file's sha256 is checked at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.audio import AudioFrontEnd
+from pipeline.ensemble import Aggregation
+from pipeline.errors import ModelPackError
+from pipeline.faces import to_model_input
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_SCHEMA = 1
+DEFAULT_THRESHOLDS = {"image": 0.5, "audio": 0.5, "video_vote": 0.5}
+PREDICT_BATCH = 64
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    name: str
+    kind: str  # "image" | "audio"
+    file: str
+    input_size: tuple[int, int]
+    architecture: str
+    sha256: str = ""
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MemberSpec:
+        try:
+            kind = str(data["kind"])
+            if kind not in ("image", "audio"):
+                raise ModelPackError(f"member {data.get('name')!r} has unknown kind {kind!r}")
+            h, w = (int(v) for v in data["input_size"])
+            return cls(
+                name=str(data["name"]),
+                kind=kind,
+                file=str(data["file"]),
+                input_size=(h, w),
+                architecture=str(data.get("architecture", data["name"])),
+                sha256=str(data.get("sha256", "")),
+                metrics=dict(data.get("metrics", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelPackError(f"malformed member entry {dict(data)!r}: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "file": self.file,
+            "input_size": list(self.input_size),
+            "architecture": self.architecture,
+            "sha256": self.sha256,
+            "metrics": dict(self.metrics),
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    members: tuple[MemberSpec, ...]
+    aggregation: Aggregation = Aggregation()
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    audio: AudioFrontEnd | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)  # free-form: training data, dates, figures
+
+    @property
+    def image_members(self) -> tuple[MemberSpec, ...]:
+        return tuple(m for m in self.members if m.kind == "image")
+
+    @property
+    def audio_members(self) -> tuple[MemberSpec, ...]:
+        return tuple(m for m in self.members if m.kind == "audio")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def threshold(self, kind: str) -> float:
+        return float(self.thresholds.get(kind, DEFAULT_THRESHOLDS.get(kind, 0.5)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        try:
+            members = tuple(MemberSpec.from_dict(m) for m in data["members"])
+            if not members:
+                raise ModelPackError("the manifest lists no members")
+            audio = data.get("audio")
+            return cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                members=members,
+                aggregation=Aggregation.from_dict(data.get("aggregation", {})),
+                thresholds={
+                    **DEFAULT_THRESHOLDS,
+                    **{k: float(v) for k, v in data.get("thresholds", {}).items()},
+                },
+                audio=AudioFrontEnd.from_dict(audio) if audio else None,
+                info=dict(data.get("info", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelPackError(f"malformed manifest: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": MANIFEST_SCHEMA,
+            "name": self.name,
+            "version": self.version,
+            "members": [m.to_dict() for m in self.members],
+            "aggregation": self.aggregation.to_dict(),
+            "thresholds": dict(self.thresholds),
+            "audio": self.audio.to_dict() if self.audio else None,
+            "info": dict(self.info),
+        }
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        return Manifest.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError as e:
+        raise ModelPackError(f"no {MANIFEST_FILE} in {directory}") from e
+    except json.JSONDecodeError as e:
+        raise ModelPackError(f"{path} is not valid JSON: {e}") from e
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> Manifest:
+    """Fill in each member's sha256 from its file and write ``manifest.json``. Returns the new manifest."""
+    directory = Path(directory)
+    members = tuple(
+        MemberSpec(**{**m.__dict__, "sha256": sha256_file(directory / m.file)}) for m in manifest.members
+    )
+    manifest = Manifest(**{**manifest.__dict__, "members": members})
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return manifest
+
+
+class ModelPack:
+    """A loaded pack: the manifest plus one Keras model per member. Load once per process."""
+
+    def __init__(self, directory: Path, manifest: Manifest, models: Mapping[str, Any]) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.models = dict(models)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, verify: bool = True) -> ModelPack:
+        import keras
+
+        import pipeline.models  # noqa: F401  (registers the custom layers the files refer to)
+
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        models = {}
+        for member in manifest.members:
+            path = directory / member.file
+            if not path.is_file():
+                raise ModelPackError(f"member file missing: {path}")
+            if verify and member.sha256 and sha256_file(path) != member.sha256:
+                raise ModelPackError(
+                    f"checksum mismatch for {path}: the file is not the one the manifest lists"
+                )
+            try:
+                models[member.name] = keras.saving.load_model(path, compile=False)
+            except Exception as e:  # keras raises many types for a bad archive; all mean the same here
+                raise ModelPackError(f"could not load {path}: {e}") from e
+        return cls(directory, manifest, models)
+
+    def _predict(self, name: str, batch: np.ndarray) -> np.ndarray:
+        model = self.models[name]
+        out = [
+            np.asarray(model.predict_on_batch(batch[i : i + PREDICT_BATCH])).reshape(-1)
+            for i in range(0, len(batch), PREDICT_BATCH)
+        ]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def score_faces(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Score uint8 RGB face crops with every image member.
+
+        Returns float64 (N, M): P(fake) per crop and image member, in manifest order. Crops are batched
+        across frames and files by the caller; each member resizes them to its own input size.
+        """
+        members = self.manifest.image_members
+        scores = np.zeros((len(crops), len(members)), dtype=np.float64)
+        if not crops:
+            return scores
+        inputs: dict[tuple[int, int], np.ndarray] = {}
+        for j, member in enumerate(members):
+            if member.input_size not in inputs:
+                inputs[member.input_size] = to_model_input(list(crops), member.input_size)
+            scores[:, j] = self._predict(member.name, inputs[member.input_size])
+        return scores
+
+    def score_spectrograms(self, features: np.ndarray) -> np.ndarray:
+        """Score audio windows (N, F, T, 1) with every audio member. Returns float64 (N, M_audio)."""
+        members = self.manifest.audio_members
+        scores = np.zeros((len(features), len(members)), dtype=np.float64)
+        for j, member in enumerate(members):
+            scores[:, j] = self._predict(member.name, features)
+        return scores

@@ -1,0 +1,316 @@
+"""Recipes that turn datasets into pack members: train, score the kept-apart splits, fit the aggregation,
+and write the members and the manifest with their measured figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
+from pipeline.ensemble import Aggregation, aggregate, logit
+from pipeline.errors import DeepscanError
+from pipeline.media import load_audio
+from pipeline.metrics import report, threshold_at_fpr
+from pipeline.pack import MANIFEST_FILE, Manifest, MemberSpec, read_manifest, write_manifest
+from pipeline.training import (
+    AUDIO_SUFFIXES,
+    IMAGE_SUFFIXES,
+    Augmentation,
+    FitConfig,
+    Sample,
+    balanced_weights,
+    find_labelled_files,
+    fit_member,
+    load_crops,
+    make_face_sequence,
+    split_samples,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    architecture: str
+    input_size: tuple[int, int]
+
+    @property
+    def name(self) -> str:
+        return self.architecture
+
+    @classmethod
+    def parse(cls, text: str) -> MemberPlan:
+        """``densenet121:96`` or ``xception:128x128`` -> MemberPlan."""
+        architecture, _, size = text.partition(":")
+        if not size:
+            raise ValueError(f"member {text!r} needs an input size, e.g. {architecture}:96")
+        h, _, w = size.partition("x")
+        return cls(architecture.strip().lower(), (int(h), int(w or h)))
+
+
+def _existing_members(out_dir: Path, kind: str) -> tuple[list[MemberSpec], Manifest | None]:
+    """Members of the other kind already in ``out_dir`` (kept when one kind is retrained)."""
+    if not (out_dir / MANIFEST_FILE).is_file():
+        return [], None
+    manifest = read_manifest(out_dir)
+    return [m for m in manifest.members if m.kind != kind], manifest
+
+
+def _metrics_by_source(
+    labels: np.ndarray, scores: np.ndarray, sources: Sequence[str], threshold: float
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {"all": report(labels, scores, threshold).as_dict()}
+    for source in sorted(set(sources)):
+        mask = np.array([s == source for s in sources])
+        figures[source] = report(labels[mask], scores[mask], threshold).as_dict()
+    return figures
+
+
+def fit_aggregation(val_scores: np.ndarray, val_labels: np.ndarray) -> Aggregation:
+    """Stacking: logistic regression over member logits, fitted on validation scores (calibrates too)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if val_scores.shape[1] == 1 or len(set(val_labels.tolist())) < 2:
+        return Aggregation(method="mean")
+    model = LogisticRegression(C=1.0, max_iter=1000)
+    model.fit(logit(val_scores), val_labels)
+    return Aggregation(
+        method="stacking",
+        coefficients=tuple(float(c) for c in model.coef_[0]),
+        intercept=float(model.intercept_[0]),
+    )
+
+
+def train_image_members(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    plans: Sequence[MemberPlan],
+    *,
+    config: FitConfig = FitConfig(),
+    pack_name: str = "deepscan-default",
+    version: str = "0.1.0",
+    target_fpr: float | None = None,
+    augmentation: Augmentation | None = Augmentation(),
+    limit_per_split: int | None = None,
+    verbose: int = 1,
+) -> Manifest:
+    """Train ``plans`` on the faces under ``data_dir`` and write them, with a manifest, into ``out_dir``.
+
+    Checkpoints go to ``out_dir/checkpoints`` (rerun the same command to resume). The figures stored in
+    the manifest are measured on the test split, which no training or fitting step sees.
+    """
+    from pipeline.models import build_image_member
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = find_labelled_files(data_dir, IMAGE_SUFFIXES)
+    if not samples:
+        raise DeepscanError(f"no images below real/ or fake/ folders in {data_dir}")
+    splits = split_samples(samples)
+    if limit_per_split:
+        rng = np.random.default_rng(config.seed)  # a subset of both classes, for smoke runs and tests
+        splits = {
+            k: [v[i] for i in sorted(rng.permutation(len(v))[:limit_per_split])] for k, v in splits.items()
+        }
+    for name, items in splits.items():
+        logger.info("%s: %d images (%d fake)", name, len(items), sum(s.label for s in items))
+    crops = {name: load_crops(items) for name, items in splits.items()}
+    labels = {name: np.array([s.label for s in items], dtype=np.int64) for name, items in splits.items()}
+
+    from pipeline.faces import to_model_input
+
+    specs: list[MemberSpec] = []
+    val_scores, test_scores = [], []
+    for plan in plans:
+        inputs_val = to_model_input(list(crops["val"]), plan.input_size)
+        train_seq = make_face_sequence(
+            crops["train"], labels["train"], balanced_weights(splits["train"]),
+            input_size=plan.input_size, batch_size=config.batch_size, aug=augmentation, seed=config.seed,
+        )  # fmt: skip
+        model, state = fit_member(
+            partial(build_image_member, plan.architecture, plan.input_size),
+            plan.name, train_seq, inputs_val, labels["val"], out_dir / "checkpoints", config, verbose=verbose,
+        )  # fmt: skip
+        val_scores.append(np.asarray(model.predict(inputs_val, batch_size=64, verbose=0)).reshape(-1))
+        inputs_test = to_model_input(list(crops["test"]), plan.input_size)
+        test_scores.append(np.asarray(model.predict(inputs_test, batch_size=64, verbose=0)).reshape(-1))
+        file = f"{plan.name}.keras"
+        _save_inference_copy(out_dir / "checkpoints" / f"{plan.name}.best.keras", out_dir / file)
+        member_metrics = _metrics_by_source(
+            labels["test"], test_scores[-1], [s.source for s in splits["test"]], 0.5
+        )
+        specs.append(MemberSpec(
+            name=plan.name, kind="image", file=file, input_size=plan.input_size, architecture=plan.architecture,
+            metrics={"test_auc": member_metrics["all"]["auc"], "best_epoch": state["best_epoch"] + 1,
+                     "val_auc": state["best_auc"]},
+        ))  # fmt: skip
+        (out_dir / f"{plan.name}.report.json").write_text(
+            json.dumps({"state": state, "test": member_metrics}, indent=2)
+        )
+
+    val_matrix, test_matrix = np.stack(val_scores, axis=1), np.stack(test_scores, axis=1)
+    aggregation = fit_aggregation(val_matrix, labels["val"])
+    val_ensemble = aggregate(val_matrix, aggregation)
+    threshold = threshold_at_fpr(labels["val"], val_ensemble, target_fpr) if target_fpr else 0.5
+    test_ensemble = aggregate(test_matrix, aggregation)
+    sources = [s.source for s in splits["test"]]
+    ensemble_figures = _metrics_by_source(labels["test"], test_ensemble, sources, threshold)
+    mean_figures = _metrics_by_source(labels["test"], test_matrix.mean(axis=1), sources, threshold)
+
+    others, previous = _existing_members(out_dir, "image")
+    manifest = Manifest(
+        name=pack_name,
+        version=version,
+        members=tuple(specs + others),
+        aggregation=aggregation,
+        thresholds={**(previous.thresholds if previous else {}), "image": threshold},
+        audio=previous.audio if previous else None,
+        info={
+            **(dict(previous.info) if previous else {}),
+            "image_training": {
+                "data": str(data_dir.name),
+                "split": {k: len(v) for k, v in splits.items()},
+                "target_fpr": target_fpr,
+                "config": config.__dict__,
+                "test_ensemble": ensemble_figures,
+                "test_mean": mean_figures,
+            },
+        },
+    )
+    return write_manifest(out_dir, manifest)
+
+
+def _save_inference_copy(checkpoint: Path, target: Path) -> None:
+    """Write a model without its optimizer state (a third of the size of an Adam checkpoint)."""
+    import keras
+
+    keras.saving.load_model(checkpoint, compile=False).save(target)
+
+
+def load_audio_windows(
+    samples: Sequence[Sample], front_end: AudioFrontEnd
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spectrogram windows of every usable clip. Returns (features (N,F,T,1), labels (N,), clip index (N,))."""
+    features, labels, clips = [], [], []
+    for i, sample in enumerate(samples):
+        try:
+            windows = split_windows(
+                load_audio(sample.path, sample_rate_hz=front_end.sample_rate_hz), front_end
+            )
+        except DeepscanError as e:
+            logger.warning("skipping %s: %s", sample.path, e.reason)
+            continue
+        features.append(spectrograms(windows, front_end))
+        labels.extend([sample.label] * len(windows))
+        clips.extend([i] * len(windows))
+    if not features:
+        raise DeepscanError("no usable audio clips")
+    return np.concatenate(features), np.asarray(labels, dtype=np.int64), np.asarray(clips, dtype=np.int64)
+
+
+def clip_scores(window_scores: np.ndarray, clips: np.ndarray, n_clips: int) -> np.ndarray:
+    """Mean window score per clip (NaN for clips without windows)."""
+    sums = np.bincount(clips, weights=window_scores, minlength=n_clips)
+    counts = np.bincount(clips, minlength=n_clips)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts
+
+
+def train_audio_member(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    front_end: AudioFrontEnd = AudioFrontEnd(),
+    config: FitConfig = FitConfig(epochs=15, batch_size=32),
+    pack_name: str = "deepscan-default",
+    version: str = "0.1.0",
+    verbose: int = 1,
+) -> Manifest:
+    """Train the audio CNN on clips under ``real/`` and ``fake/`` folders of ``data_dir``; add it to the pack."""
+    from pipeline.models import build_audio_cnn
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = find_labelled_files(data_dir, AUDIO_SUFFIXES)
+    splits = split_samples(samples)
+    data = {name: load_audio_windows(items, front_end) for name, items in splits.items() if items}
+    if not {"train", "val", "test"} <= data.keys():
+        raise DeepscanError("too few audio clips for a train/val/test split")
+    x_train, y_train, _ = data["train"]
+    weights = np.where(y_train == 1, 0.5 / max(y_train.mean(), 1e-6), 0.5 / max(1 - y_train.mean(), 1e-6))
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(y_train))
+    train = (x_train[order], y_train[order].astype(np.float32)[:, None], weights[order].astype(np.float32))
+    name = "audio_cnn"
+    model, state = fit_member(
+        lambda: build_audio_cnn(front_end.input_shape), name, _ArrayBatches(*train, config.batch_size),
+        data["val"][0], data["val"][1], out_dir / "checkpoints", config, verbose=verbose,
+    )  # fmt: skip
+    x_test, _, test_clip_idx = data["test"]
+    window = np.asarray(model.predict(x_test, batch_size=64, verbose=0)).reshape(-1)
+    per_clip = clip_scores(window, test_clip_idx, len(splits["test"]))
+    test_labels = np.array([s.label for s in splits["test"]])
+    keep = ~np.isnan(per_clip)
+    sources = [s.source for s, k in zip(splits["test"], keep, strict=True) if k]
+    figures = _metrics_by_source(test_labels[keep], per_clip[keep], sources, 0.5)
+    file = f"{name}.keras"
+    _save_inference_copy(out_dir / "checkpoints" / f"{name}.best.keras", out_dir / file)
+    spec = MemberSpec(name=name, kind="audio", file=file, input_size=front_end.input_shape, architecture=name,
+                      metrics={"test_auc": figures["all"]["auc"], "val_auc": state["best_auc"],
+                               "best_epoch": state["best_epoch"] + 1})  # fmt: skip
+    others, previous = _existing_members(out_dir, "audio")
+    base = previous or Manifest(name=pack_name, version=version, members=(spec,))
+    manifest = replace(
+        base,
+        members=tuple(others + [spec]),
+        audio=front_end,
+        info={**dict(base.info), "audio_training": {
+            "data": data_dir.name, "split_clips": {k: len(v) for k, v in splits.items()},
+            "config": config.__dict__, "test_clips": figures}},
+    )  # fmt: skip
+    (out_dir / f"{name}.report.json").write_text(json.dumps({"state": state, "test": figures}, indent=2))
+    return write_manifest(out_dir, manifest)
+
+
+class _ArrayBatches:
+    """Shuffled in-memory batches for ``model.fit`` (x, y, sample_weight)."""
+
+    def __new__(cls, x: np.ndarray, y: np.ndarray, w: np.ndarray, batch_size: int) -> Any:
+        import keras
+
+        class Batches(keras.utils.PyDataset):
+            def __init__(self) -> None:
+                super().__init__()
+                self.order = np.arange(len(y))
+                self.epoch = 0
+
+            def __len__(self) -> int:
+                return int(np.ceil(len(y) / batch_size))
+
+            def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                idx = self.order[i * batch_size : (i + 1) * batch_size]
+                return x[idx], y[idx], w[idx]
+
+            def on_epoch_end(self) -> None:
+                self.epoch += 1
+                self.order = np.random.default_rng(self.epoch).permutation(len(y))
+
+        return Batches()
+
+
+def copy_pack(source: Path, target: Path) -> None:
+    """Copy a pack's manifest and member files (no checkpoints) to ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(source)
+    for member in manifest.members:
+        shutil.copy2(source / member.file, target / member.file)
+    shutil.copy2(source / MANIFEST_FILE, target / MANIFEST_FILE)

@@ -1,0 +1,354 @@
+"""The ``deepscan`` command.
+
+Exit status: 0 when every input was analysed, 1 when some could not be (each still has its line and its
+row), 2 for usage or configuration errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from workers.errors import UsageError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+CSV_FIELDS = (
+    "path", "media_type", "status", "reason", "label", "fake_probability",
+    "confidence_real", "confidence_fake", "model", "n_faces", "elapsed_s",
+)  # fmt: skip
+
+logger = logging.getLogger("deepscan")
+
+
+def _quiet_frameworks() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def iter_inputs(paths: Sequence[str]) -> Iterator[Path]:
+    """Files named directly, and every file below named folders (recursively, sorted)."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from (p for p in sorted(path.rglob("*")) if p.is_file())
+        else:
+            yield path
+
+
+# -- output ---------------------------------------------------------------------------------------------
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    confidence = row.get("confidence") or {}
+    n_faces = len(row.get("faces") or []) or sum(e.get("n_faces", 0) for e in row.get("timeline") or [])
+    return {
+        **{k: row.get(k) for k in CSV_FIELDS},
+        "confidence_real": confidence.get("real"),
+        "confidence_fake": confidence.get("fake"),
+        "n_faces": n_faces,
+    }
+
+
+class Writer:
+    """Streams results as JSON lines or CSV; collects them for a table printed at the end."""
+
+    def __init__(self, fmt: str, stream: Any = sys.stdout) -> None:
+        self.fmt, self.stream, self.rows = fmt, stream, []
+        self._csv = csv.DictWriter(stream, fieldnames=CSV_FIELDS) if fmt == "csv" else None
+        if self._csv:
+            self._csv.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            self.stream.write(json.dumps(row, default=str) + "\n")
+        elif self._csv:
+            self._csv.writerow(_flat(row))
+        else:
+            self.rows.append(row)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.fmt == "table":
+            self.stream.write(format_table([_flat(r) for r in self.rows]) + "\n")
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    headers = ("path", "type", "status", "label", "P(fake)", "conf", "faces", "time", "reason")
+
+    def cells(r: dict[str, Any]) -> tuple[str, ...]:
+        p = r["fake_probability"]
+        conf = r["confidence_fake"] if r["label"] == "fake" else r["confidence_real"]
+        return (
+            _shorten(str(r["path"]), 48),
+            str(r["media_type"]),
+            str(r["status"]),
+            r["label"] or "-",
+            "-" if p is None else f"{p:.3f}",
+            "-" if conf is None else f"{conf:.0%}",
+            str(r["n_faces"]),
+            f"{r['elapsed_s']:.1f}s" if r.get("elapsed_s") is not None else "-",
+            _shorten(r["reason"] or "", 60),
+        )
+
+    body = [cells(r) for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(headers)]
+    line = "  ".join
+    out = [line(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    out.append(line("-" * w for w in widths))
+    out += [line(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in body]
+    return "\n".join(out)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+# -- commands -------------------------------------------------------------------------------------------
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from workers.embedded import EmbeddedRunner
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    inputs = list(iter_inputs(args.paths))
+    runner = EmbeddedRunner.create(models=args.models, database_url=args.database_url)
+    writer = Writer(args.format)
+    failures = 0
+    with (
+        runner.scan(uri="cli", kind="detect", total=len(inputs)) as scan,
+        tqdm(total=len(inputs), unit="file", file=sys.stderr, disable=not sys.stderr.isatty()) as progress,
+    ):
+        for path in inputs:
+            result = scan.analyze(path)
+            failures += result["status"] != "ok"
+            writer.write(result)
+            progress.update()
+    writer.close()
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from workers.settings import get_settings
+
+    directory = Path(args.models) if args.models else get_settings().models_dir
+    if args.action == "path":
+        print(directory)
+        return EXIT_OK
+    from pipeline.errors import ModelPackError
+    from pipeline.pack import read_manifest
+
+    try:
+        manifest = read_manifest(directory)
+    except ModelPackError as e:
+        raise UsageError(e.reason) from e
+    print(f"{manifest.label}  ({directory})")
+    print(f"aggregation: {manifest.aggregation.method}   thresholds: {dict(manifest.thresholds)}")
+    for m in manifest.members:
+        size_mb = (directory / m.file).stat().st_size / 1e6 if (directory / m.file).exists() else float("nan")
+        auc = m.metrics.get("test_auc")
+        print(
+            f"  {m.name:<14} {m.kind:<6} {m.architecture:<14} input {m.input_size[0]}x{m.input_size[1]:<5} "
+            f"{size_mb:6.1f} MB  test AUC {'-' if auc is None else f'{auc:.3f}'}"
+        )
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.training import FitConfig
+
+    config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                       patience=args.patience, seed=args.seed)  # fmt: skip
+    verbose = 1 if sys.stderr.isatty() else 2
+    if args.kind == "image":
+        from pipeline.recipes import MemberPlan, train_image_members
+
+        plans = [MemberPlan.parse(p) for p in args.members.split(",")]
+        manifest = train_image_members(
+            args.data, args.out, plans, config=config, pack_name=args.name, version=args.version,
+            target_fpr=args.target_fpr, limit_per_split=args.limit, verbose=verbose,
+        )  # fmt: skip
+    elif args.kind == "audio":
+        from pipeline.audio import AudioFrontEnd
+        from pipeline.recipes import train_audio_member
+
+        manifest = train_audio_member(
+            args.data,
+            args.out,
+            front_end=AudioFrontEnd(feature=args.feature),
+            config=config,
+            pack_name=args.name,
+            version=args.version,
+            verbose=verbose,
+        )
+    else:
+        from pipeline.spoofs import build_spoof_dataset
+
+        counts = build_spoof_dataset(args.real, args.out, seed=args.seed)
+        print(json.dumps(counts))
+        return EXIT_OK
+    print(json.dumps({m.name: dict(m.metrics) for m in manifest.members}, indent=2))
+    return EXIT_OK
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from workers.samples import write_samples
+
+    for path in write_samples(args.out):
+        print(path)
+    return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from db.session import migrate
+    from workers.settings import get_settings
+
+    migrate(args.database_url or get_settings().database_url)
+    print("database is at the latest schema")
+    return EXIT_OK
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from db import queries
+    from workers.embedded import open_database
+
+    with open_database(args.database_url) as session:
+        rows = [
+            queries.result_to_dict(r)
+            for r in queries.list_results(
+                session,
+                scan_id=args.scan,
+                label=args.label,
+                status=args.status,
+                min_probability=args.min_probability,
+            )
+        ]
+    writer = Writer(args.format)
+    for row in rows:
+        row.setdefault("path", row.get("uri"))
+        row.setdefault("model", row.get("model_version"))
+        writer.write(row)
+    writer.close()
+    return EXIT_OK
+
+
+def cmd_scans(args: argparse.Namespace) -> int:
+    from db import queries
+    from workers.embedded import open_database
+
+    with open_database(args.database_url) as session:
+        for scan in queries.scan_counts(session):
+            print(json.dumps(scan, default=str))
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepscan", description="Find deepfakes in images, videos and audio."
+    )
+    parser.add_argument(
+        "--log-level", default=None, help="logging level (default: DEEPSCAN_LOG_LEVEL or WARNING)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    detect = sub.add_parser("detect", help="analyse files or folders in-process and store the results")
+    detect.add_argument("paths", nargs="+", metavar="PATH")
+    detect.add_argument(
+        "--format", choices=("jsonl", "table", "csv"), default="table" if sys.stdout.isatty() else "jsonl"
+    )
+    detect.add_argument("--models", metavar="DIR", help="model pack directory (default: the bundled pack)")
+    detect.add_argument("--database-url", help="SQLAlchemy URL (default: DEEPSCAN_DATABASE_URL)")
+    detect.set_defaults(func=cmd_detect)
+
+    models = sub.add_parser("models", help="the model pack")
+    models.add_argument("action", choices=("path", "list"))
+    models.add_argument("--models", metavar="DIR")
+    models.set_defaults(func=cmd_models)
+
+    train = sub.add_parser("train", help="train pack members")
+    train_sub = train.add_subparsers(dest="kind", required=True)
+    for kind in ("image", "audio"):
+        t = train_sub.add_parser(kind, help=f"train the {kind} member(s) into a pack directory")
+        t.add_argument("--data", required=True, metavar="DIR", help="folder with real/ and fake/ subfolders")
+        t.add_argument("--out", required=True, metavar="DIR", help="pack directory (created or updated)")
+        t.add_argument("--epochs", type=int, default=20)
+        t.add_argument("--batch-size", type=int, default=32)
+        t.add_argument("--learning-rate", type=float, default=1e-3)
+        t.add_argument("--patience", type=int, default=5)
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--name", default="deepscan-default")
+        t.add_argument("--version", default="0.1.0")
+        t.set_defaults(func=cmd_train)
+    image = train_sub.choices["image"]
+    image.add_argument(
+        "--members",
+        default="densenet121:96,spectral:128",
+        help="comma-separated ARCH:SIZE (xception, inception_v3, resnet50, densenet121, spectral)",
+    )
+    image.add_argument("--target-fpr", type=float, default=None, help="pick the threshold for this val FPR")
+    image.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
+    train_sub.choices["audio"].add_argument("--feature", choices=("logmel", "linear"), default="logmel")
+    spoofs = train_sub.add_parser("spoofs", help="generate a spoof training set from real speech")
+    spoofs.add_argument("--real", required=True, metavar="DIR")
+    spoofs.add_argument("--out", required=True, metavar="DIR")
+    spoofs.add_argument("--seed", type=int, default=0)
+    spoofs.set_defaults(func=cmd_train)
+
+    samples = sub.add_parser("samples", help="write sample media (public-domain stills, synthetic speech)")
+    samples.add_argument("out", metavar="DIR")
+    samples.set_defaults(func=cmd_samples)
+
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=("upgrade",))
+    db.add_argument("--database-url")
+    db.set_defaults(func=cmd_db)
+
+    results = sub.add_parser("results", help="query stored results")
+    results.add_argument("--scan", type=int)
+    results.add_argument("--label", choices=("fake", "real"))
+    results.add_argument("--status")
+    results.add_argument("--min-probability", type=float)
+    results.add_argument("--format", choices=("jsonl", "table", "csv"), default="jsonl")
+    results.add_argument("--database-url")
+    results.set_defaults(func=cmd_results)
+
+    scans = sub.add_parser("scans", help="list scans with their counts")
+    scans.add_argument("--database-url")
+    scans.set_defaults(func=cmd_scans)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_frameworks()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from workers.settings import get_settings
+
+    level = args.log_level or get_settings().log_level
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.func(args))
+    except UsageError as e:
+        print(f"deepscan: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
