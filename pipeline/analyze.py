@@ -21,6 +21,7 @@ from pipeline.errors import DeepscanError, MediaDecodeError, NoFaceError, Unsupp
 from pipeline.faces import FaceBox, FaceDetector, square_crop
 from pipeline.media import (
     FRAME_INTERVAL_S,
+    VideoInfo,
     detect_media_type,
     iter_video_frames,
     load_audio,
@@ -155,6 +156,47 @@ class Analyzer:
 
     def analyze_video(self, path: Path, result: MediaResult) -> MediaResult:
         info = probe_video(path)
+        timeline = self.score_video_segment(path, info)
+        audio = self.score_soundtrack_of(path) if info.has_audio else None
+        return self.video_verdict(result, info, timeline, audio)
+
+    def score_video_segment(
+        self, path: Path, info: VideoInfo, start_s: float = 0.0, duration_s: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Timeline entries (JSON-ready) for the sampled seconds of ``[start_s, start_s + duration_s)``.
+
+        The distributed scanner fans a video out into segments with this and gathers them with
+        ``video_verdict``; the embedded path calls it once for the whole video.
+        """
+        entries: list[dict[str, Any]] = []
+        frames = iter_video_frames(
+            path, info, interval_s=FRAME_INTERVAL_S, start_s=start_s, duration_s=duration_s
+        )
+        for chunk in _chunks(frames, VIDEO_CHUNK_FRAMES):
+            scored = self.score_frames([f for _, f in chunk], [t for t, _ in chunk])
+            entries.extend(self._timeline_entry(round(fs.t_s / FRAME_INTERVAL_S), fs) for fs in scored)
+        return entries
+
+    def score_soundtrack_of(self, path: Path) -> dict[str, Any] | None:
+        """The audio verdict of a video's soundtrack, a status dict when it cannot be scored, or None."""
+        if not self.score_soundtrack or not self.pack.manifest.audio_members:
+            return None
+        try:
+            return self.score_audio(load_audio(path))
+        except DeepscanError as e:
+            return {"status": e.status, "reason": e.reason, "label": None, "fake_probability": None}
+
+    def video_verdict(
+        self,
+        result: MediaResult,
+        info: VideoInfo,
+        timeline: list[dict[str, Any]],
+        audio: dict[str, Any] | None,
+    ) -> MediaResult:
+        """Aggregate timeline entries (any order, duplicates by second collapse) and the soundtrack verdict.
+
+        Idempotent: the same entries always give the same result.
+        """
         result.details["video"] = {
             "duration_s": round(info.duration_s, 3),
             "width": info.width,
@@ -162,16 +204,12 @@ class Analyzer:
             "fps": round(info.fps, 3),
             "has_audio": info.has_audio,
         }
-        timeline: list[FrameScore] = []
-        for chunk in _chunks(iter_video_frames(path, info, interval_s=FRAME_INTERVAL_S), VIDEO_CHUNK_FRAMES):
-            timeline.extend(self.score_frames([f for _, f in chunk], [t for t, _ in chunk]))
-        if not timeline:
+        by_second = {entry["second"]: entry for entry in timeline}
+        result.timeline = [by_second[k] for k in sorted(by_second)]
+        if not result.timeline:
             raise MediaDecodeError("no frame could be decoded from the video")
-        result.timeline = [self._timeline_entry(i, fs) for i, fs in enumerate(timeline)]
-        face_verdict = self._vote(timeline)
-        audio_verdict = self._soundtrack(path) if info.has_audio and self.score_soundtrack else None
-        result.audio = audio_verdict
-        return self._combine(result, face_verdict, audio_verdict, len(timeline))
+        result.audio = audio
+        return self._combine(result, self._vote(result.timeline), audio, len(result.timeline))
 
     def analyze_audio(self, path: Path, result: MediaResult) -> MediaResult:
         verdict = self.score_audio(load_audio(path))
@@ -236,9 +274,9 @@ class Analyzer:
             "faces": self._faces(scored),
         }
 
-    def _vote(self, timeline: list[FrameScore]) -> dict[str, Any] | None:
+    def _vote(self, timeline: list[dict[str, Any]]) -> dict[str, Any] | None:
         """Majority vote over the seconds that show a face; probability = mean of their probabilities."""
-        probabilities = [fs.fake_probability for fs in timeline if fs.fake_probability is not None]
+        probabilities = [e["fake_probability"] for e in timeline if e["fake_probability"] is not None]
         if not probabilities:
             return None
         fake, real = vote(probabilities, self.image_threshold)
@@ -250,14 +288,6 @@ class Analyzer:
             "votes": {"fake": fake, "real": real},
             "seconds_with_faces": len(probabilities),
         }
-
-    def _soundtrack(self, path: Path) -> dict[str, Any] | None:
-        if not self.pack.manifest.audio_members:
-            return None
-        try:
-            return self.score_audio(load_audio(path))
-        except DeepscanError as e:
-            return {"status": e.status, "reason": e.reason, "label": None, "fake_probability": None}
 
     def _combine(
         self, result: MediaResult, faces: dict[str, Any] | None, audio: dict[str, Any] | None, n_seconds: int
