@@ -8,7 +8,7 @@ DEMO_DIR := build/samples
 
 .PHONY: demo test lint system-deps services venv clean
 
-# Debian packages the pipeline and the tests call: ffmpeg (video/audio decoding), espeak-ng (speech
+# Debian packages the pipeline and the tests call: ffmpeg (video/audio decoding), espeak-ng, flite, festival (speech
 # fixtures and spoofs), sox (audio checks).
 system-deps:
 	@bash .ci/system-deps.sh

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import multiprocessing
 import os
 import re
 import shutil
@@ -781,10 +780,8 @@ def build_spoof_dataset(
         for job in jobs:
             totals.update(_run_speaker_job(job))
     else:
-        # spawn, not fork: the caller may hold threads (TensorFlow, a pool) whose locks fork would copy
-        with ProcessPoolExecutor(
-            max_workers=max_workers, mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
+        # the platform's default start method (fork on Linux); spawn would re-run an unguarded calling script
+        with ProcessPoolExecutor(max_workers=max_workers) as pool:
             for counts in pool.map(_run_speaker_job, jobs):
                 totals.update(counts)
     elapsed_s = time.perf_counter() - started

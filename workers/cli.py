@@ -145,6 +145,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "path":
         print(directory)
         return EXIT_OK
+    if args.action == "card":
+        from pipeline.pack import read_manifest
+        from workers.modelcard import render
+
+        notes = Path(args.notes).read_text() if args.notes else ""
+        print(render(read_manifest(directory), directory, notes), end="")
+        return EXIT_OK
     from pipeline.errors import ModelPackError
     from pipeline.pack import read_manifest
 
@@ -274,8 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(func=cmd_detect)
 
     models = sub.add_parser("models", help="the model pack")
-    models.add_argument("action", choices=("path", "list"))
+    models.add_argument("action", choices=("path", "list", "card"))
     models.add_argument("--models", metavar="DIR")
+    models.add_argument("--notes", metavar="FILE", help="with card: hand-written notes to append")
     models.set_defaults(func=cmd_models)
 
     train = sub.add_parser("train", help="train pack members")

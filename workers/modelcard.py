@@ -1,0 +1,86 @@
+"""MODEL_CARD.md for a pack, rendered from the figures its manifest carries (measured at training time on
+the test split), so no number in a card is typed by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.pack import Manifest
+
+FIGURES = ("n", "n_fake", "auc", "eer", "accuracy", "f1", "ece")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if value != value else f"{value:.3f}"
+    return str(value)
+
+
+def _figure_table(figures: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| subset | " + " | ".join(FIGURES) + " |", "|---" * (len(FIGURES) + 1) + "|"]
+    for subset, values in figures.items():
+        lines.append(f"| {subset} | " + " | ".join(_fmt(values.get(k)) for k in FIGURES) + " |")
+    return lines
+
+
+def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
+    """The card as markdown. ``notes``: hand-written context (data provenance, limitations) appended."""
+    info = dict(manifest.info)
+    lines = [
+        f"# Model card: {manifest.label}",
+        "",
+        f"Aggregation: `{manifest.aggregation.method}`; thresholds: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in manifest.thresholds.items())
+        + ". Figures below were measured on the **test split**, which neither training, early stopping nor"
+        " the aggregation fit saw (split: sha1 of each file's path, 70/15/15).",
+        "",
+        "## Members",
+        "",
+        "| member | kind | architecture | input | file size | best epoch | val AUC | test AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in manifest.members:
+        size = (directory / m.file).stat().st_size / 1e6
+        metrics = dict(m.metrics)
+        lines.append(
+            f"| {m.name} | {m.kind} | {m.architecture} | {m.input_size[0]}x{m.input_size[1]} | {size:.1f} MB "
+            f"| {metrics.get('best_epoch', '-')} | {_fmt(metrics.get('val_auc'))} | {_fmt(metrics.get('test_auc'))} |"
+        )
+    image = info.get("image_training")
+    if image:
+        lines += [
+            "",
+            "## Image ensemble",
+            "",
+            f"Data: `{image['data']}`, split sizes {image['split']}; "
+            f"training configuration {image['config']}.",
+            "",
+            f"Ensemble (`{manifest.aggregation.method}`) at threshold {manifest.threshold('image'):.3f}:",
+            "",
+        ]
+        lines += _figure_table(image["test_ensemble"])
+        lines += ["", "Plain mean of the members, for comparison:", ""]
+        lines += _figure_table(image["test_mean"])
+        for m in manifest.image_members:
+            report = directory / f"{m.name}.report.json"
+            if report.is_file():
+                import json
+
+                lines += ["", f"Member `{m.name}` alone (threshold 0.5):", ""]
+                lines += _figure_table(json.loads(report.read_text())["test"])
+    audio = info.get("audio_training")
+    if audio:
+        lines += [
+            "",
+            "## Audio member",
+            "",
+            f"Data: `{audio['data']}`, clips per split {audio['split_clips']}; "
+            f"configuration {audio['config']}. Clip score = mean of window scores.",
+            "",
+        ]
+        lines += _figure_table(audio["test_clips"])
+    if notes:
+        lines += ["", notes.strip()]
+    return "\n".join(lines) + "\n"
