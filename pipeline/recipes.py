@@ -16,17 +16,16 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
+from pipeline.audio_datasets import AudioItem, load_folders, speaker_disjoint_split
 from pipeline.ensemble import Aggregation, aggregate, logit
 from pipeline.errors import DeepscanError
 from pipeline.media import load_audio
 from pipeline.metrics import report, threshold_at_fpr
 from pipeline.pack import MANIFEST_FILE, Manifest, MemberSpec, read_manifest, write_manifest
 from pipeline.training import (
-    AUDIO_SUFFIXES,
     IMAGE_SUFFIXES,
     Augmentation,
     FitConfig,
-    Sample,
     balanced_weights,
     find_labelled_files,
     fit_member,
@@ -197,24 +196,34 @@ def _save_inference_copy(checkpoint: Path, target: Path) -> None:
 
 
 def load_audio_windows(
-    samples: Sequence[Sample], front_end: AudioFrontEnd
+    items: Sequence[AudioItem], front_end: AudioFrontEnd
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spectrogram windows of every usable clip. Returns (features (N,F,T,1), labels (N,), clip index (N,))."""
     features, labels, clips = [], [], []
-    for i, sample in enumerate(samples):
+    for i, item in enumerate(items):
         try:
-            windows = split_windows(
-                load_audio(sample.path, sample_rate_hz=front_end.sample_rate_hz), front_end
-            )
+            windows = split_windows(load_audio(item.path, sample_rate_hz=front_end.sample_rate_hz), front_end)
         except DeepscanError as e:
-            logger.warning("skipping %s: %s", sample.path, e.reason)
+            logger.warning("skipping %s: %s", item.path, e.reason)
             continue
         features.append(spectrograms(windows, front_end))
-        labels.extend([sample.label] * len(windows))
+        labels.extend([item.label] * len(windows))
         clips.extend([i] * len(windows))
     if not features:
         raise DeepscanError("no usable audio clips")
     return np.concatenate(features), np.asarray(labels, dtype=np.int64), np.asarray(clips, dtype=np.int64)
+
+
+def figures_by_family(
+    labels: np.ndarray, scores: np.ndarray, families: Sequence[str], threshold: float
+) -> dict[str, Any]:
+    """Figures on all clips, then each spoof family against all bona fide clips (the per-family EER)."""
+    families_arr = np.asarray(families)
+    out: dict[str, Any] = {"all": report(labels, scores, threshold).as_dict()}
+    for family in sorted(set(families_arr[labels == 1].tolist())):
+        mask = (labels == 0) | (families_arr == family)
+        out[family] = report(labels[mask], scores[mask], threshold).as_dict()
+    return out
 
 
 def clip_scores(window_scores: np.ndarray, clips: np.ndarray, n_clips: int) -> np.ndarray:
@@ -231,24 +240,30 @@ def train_audio_member(
     *,
     front_end: AudioFrontEnd = AudioFrontEnd(),
     config: FitConfig = FitConfig(epochs=15, batch_size=32),
+    holdout_families: Sequence[str] = (),
     pack_name: str = "deepscan-default",
     version: str = "0.1.0",
     verbose: int = 1,
 ) -> Manifest:
-    """Train the audio CNN on clips under ``real/`` and ``fake/`` folders of ``data_dir``; add it to the pack."""
+    """Train the audio CNN on clips under ``real/`` and ``fake/<family>/`` of ``data_dir``; add it to the pack.
+
+    The split is speaker-disjoint. Spoof families in ``holdout_families`` are kept out of training and
+    validation entirely: their test figures are the ones that predict unseen generators.
+    """
     from pipeline.models import build_audio_cnn
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = find_labelled_files(data_dir, AUDIO_SUFFIXES)
-    splits = split_samples(samples)
-    data = {name: load_audio_windows(items, front_end) for name, items in splits.items() if items}
-    if not {"train", "val", "test"} <= data.keys():
-        raise DeepscanError("too few audio clips for a train/val/test split")
+    splits = speaker_disjoint_split(load_folders(data_dir))
+    held = set(holdout_families)
+    for name in ("train", "val"):
+        splits[name] = [item for item in splits[name] if item.family not in held]
+    for name, items in splits.items():
+        logger.info("%s: %d clips (%d spoofed)", name, len(items), sum(i.label for i in items))
+    data = {name: load_audio_windows(items, front_end) for name, items in splits.items()}
     x_train, y_train, _ = data["train"]
     weights = np.where(y_train == 1, 0.5 / max(y_train.mean(), 1e-6), 0.5 / max(1 - y_train.mean(), 1e-6))
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(y_train))
+    order = np.random.default_rng(config.seed).permutation(len(y_train))
     train = (x_train[order], y_train[order].astype(np.float32)[:, None], weights[order].astype(np.float32))
     name = "audio_cnn"
     model, state = fit_member(
@@ -258,15 +273,18 @@ def train_audio_member(
     x_test, _, test_clip_idx = data["test"]
     window = np.asarray(model.predict(x_test, batch_size=64, verbose=0)).reshape(-1)
     per_clip = clip_scores(window, test_clip_idx, len(splits["test"]))
-    test_labels = np.array([s.label for s in splits["test"]])
     keep = ~np.isnan(per_clip)
-    sources = [s.source for s, k in zip(splits["test"], keep, strict=True) if k]
-    figures = _metrics_by_source(test_labels[keep], per_clip[keep], sources, 0.5)
+    test_items = [item for item, k in zip(splits["test"], keep, strict=True) if k]
+    test_labels = np.array([item.label for item in test_items])
+    figures = figures_by_family(test_labels, per_clip[keep], [i.family for i in test_items], 0.5)
+    if held:
+        mask = np.array([i.label == 0 or i.family in held for i in test_items])
+        figures["held_out_pooled"] = report(test_labels[mask], per_clip[keep][mask], 0.5).as_dict()
     file = f"{name}.keras"
     _save_inference_copy(out_dir / "checkpoints" / f"{name}.best.keras", out_dir / file)
     spec = MemberSpec(name=name, kind="audio", file=file, input_size=front_end.input_shape, architecture=name,
-                      metrics={"test_auc": figures["all"]["auc"], "val_auc": state["best_auc"],
-                               "best_epoch": state["best_epoch"] + 1})  # fmt: skip
+                      metrics={"test_auc": figures["all"]["auc"], "test_eer": figures["all"]["eer"],
+                               "val_auc": state["best_auc"], "best_epoch": state["best_epoch"] + 1})  # fmt: skip
     others, previous = _existing_members(out_dir, "audio")
     base = previous or Manifest(name=pack_name, version=version, members=(spec,))
     manifest = replace(
@@ -275,7 +293,7 @@ def train_audio_member(
         audio=front_end,
         info={**dict(base.info), "audio_training": {
             "data": data_dir.name, "split_clips": {k: len(v) for k, v in splits.items()},
-            "config": config.__dict__, "test_clips": figures}},
+            "holdout_families": sorted(held), "config": config.__dict__, "test_clips": figures}},
     )  # fmt: skip
     (out_dir / f"{name}.report.json").write_text(json.dumps({"state": state, "test": figures}, indent=2))
     return write_manifest(out_dir, manifest)
