@@ -24,7 +24,7 @@ from pipeline.faces import to_model_input
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA = 1
 DEFAULT_THRESHOLDS = {"image": 0.5, "audio": 0.5, "video_vote": 0.5}
-PREDICT_BATCH = 64
+PREDICT_BATCH = 64  # a power of two (see ModelPack._predict)
 
 
 @dataclass(frozen=True)
@@ -189,11 +189,19 @@ class ModelPack:
         return cls(directory, manifest, models)
 
     def _predict(self, name: str, batch: np.ndarray) -> np.ndarray:
+        """P(fake) for every row of ``batch``, in chunks padded to a power of two.
+
+        Padding bounds the distinct batch shapes a backend compiles to log2(PREDICT_BATCH) + 1 per member;
+        without it every new face count retraces the graph.
+        """
         model = self.models[name]
-        out = [
-            np.asarray(model.predict_on_batch(batch[i : i + PREDICT_BATCH])).reshape(-1)
-            for i in range(0, len(batch), PREDICT_BATCH)
-        ]
+        out = []
+        for i in range(0, len(batch), PREDICT_BATCH):
+            chunk = batch[i : i + PREDICT_BATCH]
+            padded_size = 1 << (len(chunk) - 1).bit_length()
+            if padded_size != len(chunk):
+                chunk = np.concatenate([chunk, np.zeros((padded_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            out.append(np.asarray(model.predict_on_batch(chunk)).reshape(-1)[: min(PREDICT_BATCH, len(batch) - i)])
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def score_faces(self, crops: Sequence[np.ndarray]) -> np.ndarray:
