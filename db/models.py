@@ -82,10 +82,12 @@ class Scan(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uri: Mapped[str] = mapped_column(String(URI_LENGTH))
     kind: Mapped[str] = mapped_column(String(16))  # detect | scan | beat
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running | complete | failed
+    # queuing (the producer is still listing) | running | complete | failed
+    status: Mapped[str] = mapped_column(String(16), default="running")
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
     total: Mapped[int] = mapped_column(Integer, default=0)  # objects queued
+    skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # already analysed
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error: Mapped[str | None] = mapped_column(Text)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, CursorResult, case, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -17,11 +17,22 @@ VERDICT_COLUMNS = frozenset(column.key for column in Result.__table__.columns) -
 
 
 def create_scan(
-    session: Session, *, uri: str, kind: str, model_name: str, model_version: str, total: int = 0
+    session: Session,
+    *,
+    uri: str,
+    kind: str,
+    model_name: str,
+    model_version: str,
+    total: int = 0,
+    status: str = "running",
 ) -> Scan:
-    """Record the start of a run (status 'running') and return it with its id assigned."""
+    """Record the start of a run and return it with its id assigned.
+
+    ``status`` is 'running', or 'queuing' for a producer that has not listed everything yet: a queuing
+    scan is never marked complete by ``complete_scan_if_done``, since its ``total`` is still growing.
+    """
     scan = Scan(
-        uri=uri, kind=kind, status="running", model_name=model_name, model_version=model_version, total=total
+        uri=uri, kind=kind, status=status, model_name=model_name, model_version=model_version, total=total
     )
     session.add(scan)
     session.flush()
@@ -43,6 +54,62 @@ def finish_scan(
     scan.finished_at = utcnow()
     session.flush()
     return scan
+
+
+def add_to_scan(session: Session, *, scan_id: int, queued: int = 0, skipped: int = 0) -> None:
+    """Add to a scan's ``total`` (objects queued) and ``skipped`` counts in one atomic UPDATE.
+
+    Atomic in the database (``total = total + n``), so concurrent producers and archive tasks never lose
+    an increment. Callers commit it before queuing the objects it counts.
+    """
+    session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id)
+        .values(total=Scan.total + queued, skipped=Scan.skipped + skipped)
+    )
+
+
+def lock_scan(session: Session, *, scan_id: int) -> Scan | None:
+    """The scan, row-locked until the transaction ends (``SELECT ... FOR UPDATE``; SQLite locks on write).
+
+    Serialises read-then-write bookkeeping on one scan, such as expanding an archive exactly once.
+    """
+    stmt = select(Scan).where(Scan.id == scan_id).with_for_update()
+    return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+def mark_scan_running(session: Session, *, scan_id: int) -> None:
+    """Move a 'queuing' scan to 'running': its ``total`` is final and it may now complete."""
+    session.execute(update(Scan).where(Scan.id == scan_id, Scan.status == "queuing").values(status="running"))
+
+
+def complete_scan_if_done(session: Session, *, scan_id: int) -> bool:
+    """Mark a 'running' scan complete when it has at least ``total`` result rows. True if this call did.
+
+    One conditional UPDATE: of several callers racing (the last tasks, a waiting producer), exactly one
+    sees a row changed. Call it in a transaction of its own, after committing the row just written, so
+    that the last writer always counts every row.
+    """
+    rows = select(func.count(Result.id)).where(Result.scan_id == scan_id).scalar_subquery()
+    stmt = (
+        update(Scan)
+        .where(Scan.id == scan_id, Scan.status == "running", Scan.total <= rows)
+        .values(status="complete", finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    result = cast(CursorResult[Any], session.execute(stmt))
+    return bool(result.rowcount)
+
+
+def active_scan(session: Session, *, uri: str, since: datetime) -> Scan | None:
+    """The newest scan of ``uri`` created after ``since`` that is still queuing or running, or None."""
+    stmt = (
+        select(Scan)
+        .where(Scan.uri == uri, Scan.status.in_(("queuing", "running")), Scan.created_at >= since)
+        .order_by(Scan.id.desc())
+        .limit(1)
+    )
+    return session.execute(stmt).scalar_one_or_none()
 
 
 def _upsert_statement(session: Session) -> postgresql.Insert | sqlite.Insert:
@@ -146,11 +213,12 @@ def list_results(
     return list(session.execute(stmt).scalars())
 
 
-def scan_counts(session: Session) -> list[dict[str, Any]]:
-    """Progress of every run, in id order.
+def scan_counts(session: Session, *, scan_id: int | None = None) -> list[dict[str, Any]]:
+    """Progress of every run (or only of ``scan_id``), in id order.
 
-    Each dict has id, uri, kind, status, created_at, finished_at, total (objects queued), done (result
-    rows of the scan), ok, fake, real and errors (rows whose status is not 'ok').
+    Each dict has id, uri, kind, status, created_at, finished_at, total (objects queued), skipped (listed
+    but already analysed), done (result rows of the scan), ok, fake, real and errors (rows whose status
+    is not 'ok').
     """
 
     def count_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
@@ -165,6 +233,7 @@ def scan_counts(session: Session) -> list[dict[str, Any]]:
             Scan.created_at,
             Scan.finished_at,
             Scan.total,
+            Scan.skipped,
             func.count(Result.id).label("done"),
             count_where(Result.status == "ok").label("ok"),
             count_where(Result.label == "fake").label("fake"),
@@ -175,6 +244,8 @@ def scan_counts(session: Session) -> list[dict[str, Any]]:
         .group_by(Scan.id)
         .order_by(Scan.id)
     )
+    if scan_id is not None:
+        stmt = stmt.where(Scan.id == scan_id)
     return [dict(row._mapping) for row in session.execute(stmt)]
 
 

@@ -200,8 +200,12 @@ class ModelPack:
             chunk = batch[i : i + PREDICT_BATCH]
             padded_size = 1 << (len(chunk) - 1).bit_length()
             if padded_size != len(chunk):
-                chunk = np.concatenate([chunk, np.zeros((padded_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            out.append(np.asarray(model.predict_on_batch(chunk)).reshape(-1)[: min(PREDICT_BATCH, len(batch) - i)])
+                chunk = np.concatenate(
+                    [chunk, np.zeros((padded_size - len(chunk), *chunk.shape[1:]), chunk.dtype)]
+                )
+            out.append(
+                np.asarray(model.predict_on_batch(chunk)).reshape(-1)[: min(PREDICT_BATCH, len(batch) - i)]
+            )
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def score_faces(self, crops: Sequence[np.ndarray]) -> np.ndarray:

@@ -26,5 +26,7 @@ def test_every_research_clip_gets_a_verdict_with_faces_found(shared_data: Path, 
         assert row["status"] == "ok", (clip.name, row["reason"])
         seconds = row["timeline"]
         with_faces = sum(1 for entry in seconds if entry["n_faces"] > 0)
-        assert with_faces >= 0.5 * len(seconds), f"{clip.name}: faces in only {with_faces}/{len(seconds)} seconds"
+        assert with_faces >= 0.5 * len(seconds), (
+            f"{clip.name}: faces in only {with_faces}/{len(seconds)} seconds"
+        )
         assert 0.0 <= row["fake_probability"] <= 1.0

@@ -1,7 +1,8 @@
 """The ``deepscan`` command.
 
 Exit status: 0 when every input was analysed, 1 when some could not be (each still has its line and its
-row), 2 for usage or configuration errors.
+row), 2 for usage or configuration errors. ``scan --wait``: 0 when the scan completed, 1 when it could not
+finish (timeout, broker unreachable), 2 for usage or configuration errors.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workers.errors import UsageError
+from workers.errors import ScanError, UsageError
+
+if TYPE_CHECKING:
+    from workers.producer import ScanProgress
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INCOMPLETE = 1  # scan --wait: the scan could not finish (timeout, broker down, scan failed)
 CSV_FIELDS = (
     "path", "media_type", "status", "reason", "label", "fake_probability",
     "confidence_real", "confidence_fake", "model", "n_faces", "elapsed_s",
@@ -216,6 +221,36 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.errors import ModelPackError
+    from pipeline.evaluate import ENSEMBLE, evaluate_images, plot_roc, to_markdown
+    from pipeline.pack import ModelPack
+    from workers.settings import get_settings
+
+    directory = Path(args.models) if args.models else get_settings().models_dir
+    try:
+        pack = ModelPack.load(directory)
+    except ModelPackError as e:
+        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
+    try:
+        evaluation = evaluate_images(pack, args.data, split=None if args.split == "all" else args.split)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    table = to_markdown(evaluation)
+    print(table, end="")
+    if args.markdown:
+        Path(args.markdown).write_text(
+            f"# Evaluation of {pack.manifest.label} on {args.data} ({args.split})\n\n{table}"
+        )
+    if args.roc:
+        plot_roc(evaluation, args.roc)
+    best_member = max(
+        (r["all"].auc for name, r in evaluation.reports.items() if name != ENSEMBLE), default=float("nan")
+    )
+    logger.info("ensemble AUC %.4f, best member %.4f", evaluation.reports[ENSEMBLE]["all"].auc, best_member)
+    return EXIT_OK
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from db.session import migrate
     from workers.settings import get_settings
@@ -246,6 +281,98 @@ def cmd_results(args: argparse.Namespace) -> int:
         row.setdefault("model", row.get("model_version"))
         writer.write(row)
     writer.close()
+    return EXIT_OK
+
+
+class ScanProgressReport:
+    """Progress of a waited-for scan on stderr: a bar on a terminal, a line per change otherwise."""
+
+    def __init__(self, scan_id: int) -> None:
+        from tqdm import tqdm
+
+        self.scan_id, self._last = scan_id, -1
+        self._bar = (
+            tqdm(unit="object", file=sys.stderr, desc=f"scan {scan_id}") if sys.stderr.isatty() else None
+        )
+
+    def __call__(self, progress: ScanProgress) -> None:
+        if self._bar is not None:
+            self._bar.total = progress.total
+            self._bar.n = progress.done
+            self._bar.refresh()
+        elif progress.done != self._last:
+            print(f"scan {self.scan_id}: {progress.done}/{progress.total} objects analysed", file=sys.stderr)
+        self._last = progress.done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from workers import producer
+    from workers.embedded import open_sessions
+
+    sessions = open_sessions()  # migrates: the workers write into the same database
+    started = producer.start_scan(args.uri, force=args.force, sessions=sessions)
+    assert started is not None  # only scheduled scans are skipped
+    summary = {
+        "scan_id": started.scan_id,
+        "uri": started.uri,
+        "queued": started.queued,
+        "skipped": started.skipped,
+    }
+    print(json.dumps(summary), flush=True)
+    if not args.wait:
+        return EXIT_OK
+    report = ScanProgressReport(started.scan_id)
+    try:
+        final = producer.wait_for_scan(
+            started.scan_id, timeout_s=args.timeout, poll_s=args.poll, on_progress=report, sessions=sessions
+        )
+    finally:
+        report.close()
+    print(json.dumps(final.as_dict()))
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.celery_app import GPU_QUEUE, LIGHT_QUEUE, app, require_broker
+    from workers.embedded import open_sessions
+    from workers.settings import get_settings
+
+    require_broker(get_settings())
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = set(queues) - {LIGHT_QUEUE, GPU_QUEUE}
+    if not queues or unknown:
+        raise UsageError(f"--queues takes {LIGHT_QUEUE} and/or {GPU_QUEUE}, not {args.queues!r}")
+    open_sessions()  # migrate once, before the pool forks
+    argv = [
+        "worker",
+        f"--queues={','.join(queues)}",
+        f"--pool={args.pool}",
+        f"--hostname={args.hostname}",
+        f"--loglevel={(args.log_level or get_settings().log_level).upper()}",
+    ]
+    if args.concurrency:
+        argv.append(f"--concurrency={args.concurrency}")
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    if not settings.schedules:
+        raise UsageError(
+            'DEEPSCAN_SCHEDULES is empty: set it to e.g. [{"uri": "s3://bucket/prefix", "every_s": 3600}]'
+        )
+    from workers.celery_app import app, require_broker
+
+    require_broker(settings)
+    app.Beat(schedule=args.schedule_file, loglevel=(args.log_level or settings.log_level).upper()).run()
     return EXIT_OK
 
 
@@ -308,7 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     image.add_argument("--target-fpr", type=float, default=None, help="pick the threshold for this val FPR")
     image.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
-    train_sub.choices["audio"].add_argument("--feature", choices=("logmel", "linear"), default="logmel")
+    audio = train_sub.choices["audio"]
+    audio.add_argument("--feature", choices=("logmel", "linear"), default="logmel")
+    audio.add_argument(
+        "--holdout-families", default="", help="comma-separated spoof families kept out of training"
+    )
     spoofs = train_sub.add_parser("spoofs", help="generate a spoof training set from real speech")
     spoofs.add_argument("--real", required=True, metavar="DIR")
     spoofs.add_argument("--out", required=True, metavar="DIR")
@@ -318,6 +449,21 @@ def build_parser() -> argparse.ArgumentParser:
     samples = sub.add_parser("samples", help="write sample media (public-domain stills, synthetic speech)")
     samples.add_argument("out", metavar="DIR")
     samples.set_defaults(func=cmd_samples)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="measure a pack on labelled face crops (real/ and fake/ folders)"
+    )
+    evaluate.add_argument("--data", required=True, metavar="DIR")
+    evaluate.add_argument("--models", metavar="DIR")
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "val", "train", "all"),
+        default="test",
+        help="which part of the training split scheme to score (default: test, kept apart)",
+    )
+    evaluate.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
+    evaluate.add_argument("--roc", metavar="PNG", help="write ROC curves of every member and the ensemble")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=("upgrade",))
@@ -332,6 +478,27 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--format", choices=("jsonl", "table", "csv"), default="jsonl")
     results.add_argument("--database-url")
     results.set_defaults(func=cmd_results)
+
+    scan = sub.add_parser("scan", help="queue a bucket prefix or folder for the workers (distributed)")
+    scan.add_argument("uri", metavar="URI", help="s3://bucket/prefix or a local folder")
+    scan.add_argument("--wait", action="store_true", help="wait until every object has its result")
+    scan.add_argument("--force", action="store_true", help="re-analyse objects already analysed")
+    scan.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="with --wait: give up after S s"
+    )
+    scan.add_argument("--poll", type=float, default=1.0, metavar="S", help=argparse.SUPPRESS)
+    scan.set_defaults(func=cmd_scan)
+
+    worker = sub.add_parser("worker", help="run a worker of the distributed scanner")
+    worker.add_argument("--queues", default="light,gpu", help="light, gpu, or both (default: both)")
+    worker.add_argument("--concurrency", type=int, default=None, help="processes (default: one per core)")
+    worker.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"))
+    worker.add_argument("--hostname", default=f"deepscan-{os.getpid()}@%h", help="node name, unique per host")
+    worker.set_defaults(func=cmd_worker)
+
+    beat = sub.add_parser("beat", help="run the scheduler of DEEPSCAN_SCHEDULES (incremental scans)")
+    beat.add_argument("--schedule-file", default="celerybeat-schedule", help="where beat keeps its state")
+    beat.set_defaults(func=cmd_beat)
 
     scans = sub.add_parser("scans", help="list scans with their counts")
     scans.add_argument("--database-url")
@@ -349,11 +516,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # Its retracing warnings are expected: predictions are padded to a bounded set of batch shapes.
+    logging.getLogger("tensorflow").setLevel(max(logging.ERROR, logging.getLogger().level))
     try:
         return int(args.func(args))
     except UsageError as e:
         print(f"deepscan: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ScanError as e:
+        print(f"deepscan: error: {e}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         return 130
 

@@ -210,6 +210,7 @@ def test_scan_counts(session: Session) -> None:
         "created_at": None,
         "finished_at": None,
         "total": 5,
+        "skipped": 0,
         "done": 4,
         "ok": 3,
         "fake": 2,

@@ -1,0 +1,272 @@
+"""Fixtures for the distributed scanner: the running Redis, an S3 server on loopback (moto's server mode),
+real worker processes started through ``deepscan worker``, and the CLI as a subprocess.
+
+Each ``Stack`` gets a Redis database of its own, flushed before and after, so that workers of one test
+never take another test's tasks. Workers run in their own process group: a test can SIGKILL one the way a
+machine dies, parent and pool children at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import text
+
+from db.session import make_engine, migrate
+from tests.conftest import REPO, missing_service
+
+REDIS_URL = os.environ.get("DEEPSCAN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DBS = itertools.cycle(range(10, 16))  # one per stack; 0-9 are left to people running things
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+WORKER_STOP_TIMEOUT_S = 20
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], *, timeout_s: float, what: str, poll_s: float = 0.25) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+@pytest.fixture(scope="session")
+def redis_base() -> str:
+    import redis
+
+    client = redis.Redis.from_url(f"{REDIS_URL}/0", socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.ConnectionError as e:
+        missing_service(f"Redis unreachable at {REDIS_URL}: {e}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 in server mode on a free loopback port, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def s3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        region_name=AWS_ENV["AWS_DEFAULT_REGION"],
+    )
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+class Stack:
+    """A bucket, a database, a Redis database, and the worker / beat / CLI processes that use them."""
+
+    def __init__(self, *, database_url: str, redis_url: str, s3_endpoint: str, models_dir: Path, work: Path):
+        self.database_url, self.redis_url, self.s3_endpoint = database_url, redis_url, s3_endpoint
+        self.work = work
+        self.bucket = f"deepscan-{uuid.uuid4().hex[:12]}"
+        self.s3 = s3_client(s3_endpoint)
+        self.s3.create_bucket(Bucket=self.bucket)
+        self.env = {
+            **os.environ,
+            **AWS_ENV,
+            "PYTHONPATH": str(REPO),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "DEEPSCAN_BROKER_URL": redis_url,
+            "DEEPSCAN_DATABASE_URL": database_url,
+            "DEEPSCAN_S3_ENDPOINT_URL": s3_endpoint,
+            "DEEPSCAN_MODELS_DIR": str(models_dir),
+            "DEEPSCAN_VIDEO_SEGMENT_S": "2",  # the 6 s sample video fans out into 3 segments
+            "DEEPSCAN_VISIBILITY_TIMEOUT_S": "120",
+            "DEEPSCAN_LOG_LEVEL": "INFO",
+        }
+        self.processes: list[subprocess.Popen[bytes]] = []
+        migrate(database_url)  # the workers migrate too; the test reads the tables before they start
+        self._engine = make_engine(database_url)
+        self.redis().flushdb()
+
+    # -- processes ------------------------------------------------------------------------------------
+
+    def _spawn(self, args: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.work / log_name).open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", *args],
+            env={**self.env, **env},
+            cwd=self.work,  # no stray .env from the repository
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: killpg reaches the pool children too
+        )
+        log.close()
+        self.processes.append(process)
+        return process
+
+    def worker(self, name: str = "worker", **env: str) -> subprocess.Popen[bytes]:
+        """A ``deepscan worker`` on both queues with one pool process; its log is ``work/<name>.log``."""
+        args = [
+            "worker",
+            "--queues",
+            "light,gpu",
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"{name}-{uuid.uuid4().hex[:6]}@%h",
+        ]
+        return self._spawn(args, f"{name}.log", env)
+
+    def beat(self, schedules: list[dict[str, Any]]) -> subprocess.Popen[bytes]:
+        env = {"DEEPSCAN_SCHEDULES": json.dumps(schedules)}
+        return self._spawn(["beat", "--schedule-file", str(self.work / "beat-schedule")], "beat.log", env)
+
+    def log(self, name: str) -> str:
+        path = self.work / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        """Warm shutdown (SIGTERM to the group), SIGKILL if it does not end in time."""
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=WORKER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill(process)
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the whole process group, as when a machine dies: nothing is acknowledged or cleaned up."""
+        with contextlib.suppress(ProcessLookupError):  # the group is gone already
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=WORKER_STOP_TIMEOUT_S)
+
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None, timeout_s: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """``deepscan ARGS...`` run to completion, with this stack's settings (and ``env`` over them)."""
+        return subprocess.run(
+            [sys.executable, "-m", "workers.cli", *args],
+            env={**self.env, **(env or {})},
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def close(self) -> None:
+        for process in self.processes:
+            self.stop(process)
+        self.redis().flushdb()
+        self._engine.dispose()
+
+    # -- S3, Redis, database ------------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes | Path) -> str:
+        """Upload an object; returns its ETag without quotes."""
+        body = data.read_bytes() if isinstance(data, Path) else data
+        return str(self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)["ETag"]).strip('"')
+
+    def uri(self, key: str = "") -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def redis(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.redis_url)
+
+    def query(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        with self._engine.connect() as connection:
+            return [dict(r._mapping) for r in connection.execute(text(sql), params)]
+
+    def rows(self, prefix: str | None = None) -> dict[str, dict[str, Any]]:
+        """The results rows under ``prefix`` (default: this stack's bucket), by URI."""
+        prefix = prefix or f"s3://{self.bucket}/"
+        found = self.query("SELECT * FROM results WHERE uri LIKE :p ORDER BY uri", p=f"{prefix}%")
+        return {row["uri"]: row for row in found}
+
+    def frames(self, uri: str) -> list[int]:
+        sql = "SELECT f.second FROM frame_results f JOIN results r ON r.id = f.result_id WHERE r.uri = :u"
+        return sorted(row["second"] for row in self.query(sql, u=uri))
+
+    def scan(self, scan_id: int) -> dict[str, Any]:
+        return self.query("SELECT * FROM scans WHERE id = :i", i=scan_id)[0]
+
+
+@pytest.fixture
+def stack_factory(
+    redis_base: str, s3_endpoint: str, random_pack: Path, tmp_path: Path
+) -> Iterator[Callable[..., Stack]]:
+    """Make stacks on a database URL; every process they started is stopped at the end of the test."""
+    stacks: list[Stack] = []
+
+    def make(database_url: str, *, models_dir: Path | None = None) -> Stack:
+        work = tmp_path / f"stack{len(stacks)}"
+        work.mkdir()
+        stack = Stack(
+            database_url=database_url,
+            redis_url=f"{redis_base}/{next(REDIS_DBS)}",
+            s3_endpoint=s3_endpoint,
+            models_dir=models_dir or random_pack,
+            work=work,
+        )
+        stacks.append(stack)
+        return stack
+
+    try:
+        yield make
+    finally:
+        for stack in stacks:
+            stack.close()
+
+
+@pytest.fixture(scope="session")
+def random_pack_v2(random_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random pack under a new version number: what a model upgrade looks like to the scanner."""
+    directory = tmp_path_factory.mktemp("pack_v2")
+    for path in random_pack.iterdir():
+        (directory / path.name).write_bytes(path.read_bytes())
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["version"] = "0.0.2"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory

@@ -1,0 +1,290 @@
+"""The distributed scanner end to end: real ``deepscan worker`` processes on the running Redis, moto's S3
+server on loopback, SQLite and PostgreSQL, and ``deepscan scan`` / ``deepscan beat`` as a user runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.workers.conftest import Stack, wait_for, zip_bytes
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+SCAN_TIMEOUT_S = 180
+WEEK_S = 7 * 24 * 3600
+
+
+def details(row: dict[str, Any]) -> dict[str, Any]:
+    value = row["details"]
+    return json.loads(value) if isinstance(value, str) else value  # SQLite hands back the JSON text
+
+
+def scan(
+    stack: Stack, source: str | None = None, *options: str, **env: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``deepscan scan SOURCE --wait`` (default: s3://bucket/media/): (the queued line, the final line)."""
+    source = source or stack.uri("media/")
+    proc = stack.cli("scan", source, "--wait", "--timeout", str(SCAN_TIMEOUT_S), *options, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:] + stack.log("worker")[-3000:]
+    queued, final = (json.loads(line) for line in proc.stdout.splitlines())
+    return queued, final
+
+
+def mixed_bucket(stack: Stack, samples: Path) -> dict[str, str]:
+    """An image, a video with speech, speech, a corrupt JPEG and a zip of two images: {key: ETag}."""
+    etags = {
+        f"media/{name}": stack.put(f"media/{name}", samples / name)
+        for name in ("face.jpg", "talking_face.mp4", "speech.wav", "corrupt.jpg")
+    }
+    archive = zip_bytes(
+        {
+            "faces/face.jpg": (samples / "face.jpg").read_bytes(),
+            "no_face.png": (samples / "no_face.png").read_bytes(),
+        }
+    )
+    etags["media/bundle.zip"] = stack.put("media/bundle.zip", archive)
+    return etags
+
+
+def test_mixed_bucket_scans_to_one_correct_row_per_object(
+    db_url: str, stack_factory: Any, samples: Path
+) -> None:
+    stack = stack_factory(db_url)
+    etags = mixed_bucket(stack, samples)
+    stack.worker()
+
+    queued, final = scan(stack)
+    assert (queued["queued"], queued["skipped"]) == (5, 0)
+    # the archive counts for its two members once expanded: 5 objects + 2 members, all with their row
+    assert final["status"] == "complete" and final["total"] == final["done"] == 7, final
+
+    rows = stack.rows()
+    zipped = stack.uri("media/bundle.zip")
+    assert {uri: (row["media_type"], row["status"]) for uri, row in rows.items()} == {
+        stack.uri("media/face.jpg"): ("image", "ok"),
+        stack.uri("media/talking_face.mp4"): ("video", "ok"),
+        stack.uri("media/speech.wav"): ("audio", "ok"),
+        stack.uri("media/corrupt.jpg"): ("image", "decode_error"),
+        zipped: ("archive", "expanded"),
+        f"{zipped}#faces/face.jpg": ("image", "ok"),
+        f"{zipped}#no_face.png": ("image", "no_face"),
+    }
+    for uri, row in rows.items():
+        key = uri.removeprefix(f"s3://{stack.bucket}/").split("#")[0]
+        assert (row["bucket"], row["key"], row["etag"]) == (stack.bucket, key, etags[key]), uri
+        assert row["scan_id"] == queued["scan_id"] and row["model_version"] == "0.0.1"
+        assert row["content_sha256"] and row["size_bytes"] > 0
+        if row["status"] == "ok":
+            assert row["label"] in ("fake", "real") and 0.0 <= row["fake_probability"] <= 1.0, uri
+        else:
+            assert row["fake_probability"] is None and row["reason"], uri
+    assert details(rows[zipped])["archive"]["members"] == 2
+
+    video_uri = stack.uri("media/talking_face.mp4")
+    video = details(rows[video_uri])
+    assert stack.frames(video_uri) == [0, 1, 2, 3, 4, 5]  # 3 segments of 2 s, one row per second
+    assert video["parts"]["count"] == 4 and video["parts"]["failed_segments"] == []  # + the soundtrack
+    assert video["audio"]["label"] in ("fake", "real") and video["verdict_driven_by"] in ("faces", "audio")
+
+    # The chord parts' results live in Redis, and expire: nothing stays for ever, nothing too early.
+    redis = stack.redis()
+    results = redis.keys("celery-task-meta-*")
+    assert len(results) >= 4
+    assert all(0 < redis.ttl(key) <= WEEK_S for key in results)
+
+    # A second scan finds every object analysed with this ETag and model version: it queues nothing.
+    updated = {uri: row["updated_at"] for uri, row in rows.items()}
+    again, final = scan(stack)
+    assert (again["queued"], again["skipped"]) == (0, 5)
+    assert final["status"] == "complete" and final["total"] == 0
+    assert {uri: row["updated_at"] for uri, row in stack.rows().items()} == updated
+
+
+def test_a_local_folder_is_scanned_incrementally_and_a_new_model_version_re_analyses(
+    stack_factory: Any, tmp_path: Path, samples: Path, random_pack_v2: Path
+) -> None:
+    stack = stack_factory(f"sqlite:///{tmp_path / 'versions.db'}")
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for name in ("face.jpg", "speech.wav"):
+        shutil.copy(samples / name, folder / name)
+    old = stack.worker("worker-v1")
+    first, _ = scan(stack, str(folder))
+    assert first["queued"] == 2
+    rows = stack.rows(folder.as_uri())
+    assert sorted(rows) == [(folder / "face.jpg").as_uri(), (folder / "speech.wav").as_uri()]
+    assert all(
+        row["etag"] is None and row["content_sha256"] and row["status"] == "ok" for row in rows.values()
+    )
+    stack.stop(old)
+
+    v2 = {"DEEPSCAN_MODELS_DIR": str(random_pack_v2)}
+    stack.worker("worker-v2", **v2)
+    second, final = scan(stack, str(folder), **v2)
+    assert (second["queued"], second["skipped"]) == (2, 0) and final["done"] == 2
+    rows = stack.rows(folder.as_uri())
+    assert {(row["model_version"], row["scan_id"]) for row in rows.values()} == {("0.0.2", second["scan_id"])}
+
+    # Local files are versioned by content: an edited file is analysed again, the other is not.
+    shutil.copy(samples / "no_face.png", folder / "face.jpg")
+    third, _ = scan(stack, str(folder), **v2)
+    assert (third["queued"], third["skipped"]) == (1, 1)
+    assert stack.rows(folder.as_uri())[(folder / "face.jpg").as_uri()]["status"] == "no_face"
+    forced, final = scan(stack, str(folder), "--force", **v2)
+    assert (forced["queued"], forced["skipped"]) == (2, 0) and final["done"] == 2
+
+
+def test_scan_exits_non_zero_with_a_message_when_it_cannot_finish(
+    stack_factory: Any, tmp_path: Path, samples: Path
+) -> None:
+    stack = stack_factory(f"sqlite:///{tmp_path / 'unfinished.db'}")
+    stack.put("media/face.jpg", samples / "face.jpg")
+    down = stack.cli(
+        "scan", stack.uri("media/"), "--wait", env={"DEEPSCAN_BROKER_URL": "redis://127.0.0.1:9/0"}
+    )
+    assert down.returncode == 1 and "broker" in down.stderr and "unreachable" in down.stderr
+    assert stack.query("SELECT * FROM scans") == []  # refused before recording anything
+
+    no_worker = stack.cli("scan", stack.uri("media/"), "--wait", "--timeout", "2")
+    assert no_worker.returncode == 1 and "did not finish within 2 s: 0 of 1" in no_worker.stderr
+    assert json.loads(no_worker.stdout.splitlines()[0])["queued"] == 1
+    assert stack.cli("scan", "gs://elsewhere/x").returncode == 2
+
+
+def _unacked_segments(redis: Any) -> set[str]:
+    """Ids of the segment tasks a worker took and has not acknowledged (kombu keeps them in ``unacked``)."""
+    headers = [json.loads(raw)[0]["headers"] for raw in redis.hvals("unacked")]
+    return {h["id"] for h in headers if h["task"] == "deepscan.score_segment"}
+
+
+def test_a_worker_killed_mid_video_loses_nothing(stack_factory: Any, tmp_path: Path, samples: Path) -> None:
+    stack = stack_factory(f"sqlite:///{tmp_path / 'kill.db'}")
+    # Redelivery after 10 s (time limits 8 s / 9 s); 1 s segments: six parts and the soundtrack.
+    stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="10", DEEPSCAN_VIDEO_SEGMENT_S="1")
+    stack.put("media/talking_face.mp4", samples / "talking_face.mp4")
+    stack.put("media/face.jpg", samples / "face.jpg")
+    first = stack.worker("first")
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workers.cli",
+            "scan",
+            stack.uri("media/"),
+            "--wait",
+            "--timeout",
+            str(SCAN_TIMEOUT_S),
+        ],
+        env=stack.env,
+        cwd=stack.work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    redis = stack.redis()
+
+    def segment_in_flight() -> bool:
+        parts_in = any(redis.zcard(key) for key in redis.keys("celery-taskset-meta-*.j"))
+        return parts_in and bool(_unacked_segments(redis))
+
+    wait_for(segment_in_flight, timeout_s=120, poll_s=0.05, what="a video segment in flight")
+    stack.kill(first)
+    owed = _unacked_segments(redis)  # taken by the dead worker, never acknowledged: owed, not lost
+    assert owed
+
+    stack.worker("second")
+    out, err = waiting.communicate(timeout=SCAN_TIMEOUT_S + 30)
+    assert waiting.returncode == 0, err[-3000:] + stack.log("second")[-3000:]
+    final = json.loads(out.splitlines()[-1])
+    assert final["status"] == "complete" and final["total"] == final["done"] == 2
+
+    rows = stack.rows()
+    video_uri = stack.uri("media/talking_face.mp4")
+    assert len(rows) == 2 and rows[video_uri]["status"] == "ok"
+    assert stack.frames(video_uri) == [0, 1, 2, 3, 4, 5]
+    # The segment the first worker died on (mid-run, or run but not yet acknowledged) ran again on the
+    # second one, and the chord counted it once: six segments and the soundtrack.
+    assert all(f"score_segment[{task_id}] succeeded" in stack.log("second") for task_id in owed)
+    assert details(rows[video_uri])["parts"]["count"] == 7
+
+
+SEND_STALE_CHORD = """
+import sys
+from db import queries
+from db.session import session_scope
+from pipeline.media import probe_video
+from workers.embedded import open_sessions
+from workers.storage import ObjectRef
+from workers.tasks import video_chord
+
+uri, etag, size, local = sys.argv[1:]
+with session_scope(open_sessions()) as session:
+    scan_id = queries.create_scan(
+        session, uri=uri, kind="scan", model_name="test-pack", model_version="0.0.1", total=1
+    ).id
+ref = ObjectRef(uri=uri, etag=etag, size_bytes=int(size))
+video_chord(ref, scan_id, probe_video(local), segment_s=2, started_s=0.0, sha256="").delay()
+print(scan_id)
+"""
+
+
+def test_a_failed_chord_part_gives_the_video_an_error_row(
+    stack_factory: Any, tmp_path: Path, samples: Path
+) -> None:
+    """A part that fails for good (here: the object was overwritten, If-Match fails) must not leave the
+    chord waiting for ever: its error callback writes the video's row and the scan completes."""
+    stack = stack_factory(f"sqlite:///{tmp_path / 'chord.db'}")
+    video = samples / "talking_face.mp4"
+    etag = stack.put("media/clip.mp4", video)
+    stack.put("media/clip.mp4", samples / "face.jpg")
+    stack.worker()
+    uri = stack.uri("media/clip.mp4")
+    proc = subprocess.run(
+        [sys.executable, "-c", SEND_STALE_CHORD, uri, etag, str(video.stat().st_size), str(video)],
+        env=stack.env,
+        cwd=stack.work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scan_id = int(proc.stdout.split()[-1])
+
+    wait_for(lambda: stack.scan(scan_id)["status"] == "complete", timeout_s=SCAN_TIMEOUT_S, what="the scan")
+    row = stack.rows()[uri]
+    assert (row["media_type"], row["status"], row["fake_probability"]) == ("video", "error", None)
+    assert "overwritten" in row["reason"] and row["scan_id"] == scan_id
+
+
+def test_beat_schedule_triggers_incremental_scans(stack_factory: Any, tmp_path: Path, samples: Path) -> None:
+    stack = stack_factory(f"sqlite:///{tmp_path / 'beat.db'}")
+    stack.put("media/face.jpg", samples / "face.jpg")
+    stack.worker()
+    stack.beat([{"uri": stack.uri("media/"), "every_s": 2}])
+
+    def complete_beat_scans() -> list[dict[str, Any]]:
+        return stack.query("SELECT * FROM scans WHERE kind = 'beat' AND status = 'complete' ORDER BY id")
+
+    first = wait_for(
+        lambda: [s for s in complete_beat_scans() if s["total"] == 1], timeout_s=120, what="a scheduled scan"
+    )[0]
+    stack.put("media/speech.wav", samples / "speech.wav")
+    later = wait_for(
+        lambda: [s for s in complete_beat_scans() if s["id"] > first["id"] and s["total"] == 1],
+        timeout_s=120,
+        what="a scheduled scan of the new object",
+    )[0]
+    assert later["skipped"] == 1  # the image, analysed by the first run, is not queued again
+    rows = stack.rows()
+    assert rows[stack.uri("media/face.jpg")]["scan_id"] == first["id"]
+    assert rows[stack.uri("media/speech.wav")]["scan_id"] == later["id"]
+    between = [s for s in complete_beat_scans() if first["id"] < s["id"] < later["id"]]
+    assert all(s["total"] == 0 and s["skipped"] == 1 for s in between)  # runs with nothing new

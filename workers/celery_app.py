@@ -1,0 +1,184 @@
+"""The Celery application of the distributed scanner, configured from ``workers.settings``.
+
+Two queues: ``light`` (listing, probing and splitting videos, expanding archives, aggregating verdicts,
+scheduled scans) and ``gpu`` (model inference: images, audio, video segments, soundtracks). GPU workers
+consume ``gpu``; CPU-only workers may consume both.
+
+Delivery is at-least-once: a task is acknowledged after it ran (``acks_late``), a task whose worker
+died is handed out again (``reject_on_worker_lost``, and Redis redelivers what stays unacknowledged past
+the visibility timeout), so every task is idempotent. Time limits and retry delays sit below the
+visibility timeout, or Redis would hand a task that is still running, or waiting to retry, to a second
+worker. Messages are JSON only: a worker never unpickles what a broker hands it.
+
+``python -m workers.cli worker`` (or ``celery -A workers.celery_app worker``) runs a worker of this app.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery, signals
+from celery.schedules import crontab
+from kombu import Queue
+
+from workers.errors import UsageError
+from workers.settings import ScheduleSpec, Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+LIGHT_QUEUE, GPU_QUEUE = "light", "gpu"
+GPU_TASKS = ("deepscan.analyze_object", "deepscan.score_segment", "deepscan.score_soundtrack")
+# A soft limit raises inside the task (which then records an error row); the hard limit kills it. Both
+# stay below the visibility timeout so that no task still running is ever handed to a second worker.
+SOFT_LIMIT_FRACTION, HARD_LIMIT_FRACTION = 0.8, 0.9
+# Retries wait (unacknowledged) in the worker: they must come back well within the visibility timeout.
+RETRY_DELAY_FRACTION, RETRY_DELAY_CAP_S = 0.25, 600
+# How often a worker sweeps Redis for tasks abandoned by a dead worker (a cheap sorted-set range query):
+# four times per visibility timeout, at least once a minute.
+RESTORE_SWEEPS_PER_TIMEOUT, RESTORE_SWEEP_CAP_S = 4, 60
+# A child loads TensorFlow and the pack before taking tasks; Celery's default (4 s) would reap it as hung.
+PROCESS_START_TIMEOUT_S = 300.0
+
+
+def time_limits(visibility_timeout_s: int) -> tuple[float, float]:
+    """(soft, hard) task time limits in seconds for a broker visibility timeout."""
+    return SOFT_LIMIT_FRACTION * visibility_timeout_s, HARD_LIMIT_FRACTION * visibility_timeout_s
+
+
+def retry_delay_cap_s(visibility_timeout_s: int) -> int:
+    """The longest backoff between two tries of a task."""
+    return max(1, min(RETRY_DELAY_CAP_S, int(RETRY_DELAY_FRACTION * visibility_timeout_s)))
+
+
+def beat_schedule(specs: list[ScheduleSpec]) -> dict[str, dict[str, Any]]:
+    """Celery beat entries: one incremental ``scheduled_scan`` of each URI on its interval or crontab.
+
+    A run that no worker picked up before the next one is due expires rather than piling up.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        if spec.every_s is not None:
+            schedule: timedelta | crontab = timedelta(seconds=spec.every_s)
+            expires_s = spec.every_s
+        else:
+            assert spec.crontab is not None
+            minute, hour, day_of_month, month_of_year, day_of_week = spec.crontab.split()
+            schedule = crontab(
+                minute=minute,
+                hour=hour,
+                day_of_month=day_of_month,
+                month_of_year=month_of_year,
+                day_of_week=day_of_week,
+            )
+            expires_s = 3600.0
+        entries[f"scan {spec.uri}"] = {
+            "task": "deepscan.scheduled_scan",
+            "schedule": schedule,
+            "kwargs": {"uri": spec.uri},
+            "options": {"queue": LIGHT_QUEUE, "expires": expires_s},
+        }
+    return entries
+
+
+def require_broker(settings: Settings) -> str:
+    """The broker URL; UsageError when it is not set (a worker, beat or producer then refuses to start)."""
+    if not settings.broker_url:
+        raise UsageError(
+            "DEEPSCAN_BROKER_URL is not set: the distributed scanner needs a broker "
+            "(e.g. redis://127.0.0.1:6379/0)"
+        )
+    return settings.broker_url
+
+
+def make_app(settings: Settings) -> Celery:
+    """The Celery app for ``settings``. Raises UsageError for inconsistent timeouts.
+
+    Importing it needs no broker (tests, the embedded CLI); starting a worker or beat without one fails
+    (``require_broker``).
+    """
+    visibility_s = settings.visibility_timeout_s
+    if settings.result_expires_s < visibility_s:
+        raise UsageError(
+            "DEEPSCAN_RESULT_EXPIRES_S must be at least DEEPSCAN_VISIBILITY_TIMEOUT_S: a video's chord "
+            "keeps its parts' results until the last part is done"
+        )
+    soft_s, hard_s = time_limits(visibility_s)
+    app = Celery("deepscan", include=["workers.tasks"])
+    app.conf.update(
+        broker_url=settings.broker_url,
+        # Chords count their parts in the result backend: it must exist and keep results.
+        result_backend=settings.result_backend or settings.broker_url,
+        result_expires=settings.result_expires_s,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": visibility_s,
+            "unacked_restore_interval": max(
+                1, min(RESTORE_SWEEP_CAP_S, visibility_s // RESTORE_SWEEPS_PER_TIMEOUT)
+            ),
+            "unacked_restore_throttle": 1,
+        },
+        task_soft_time_limit=soft_s,
+        task_time_limit=hard_s,
+        task_queues=(Queue(LIGHT_QUEUE), Queue(GPU_QUEUE)),
+        task_default_queue=LIGHT_QUEUE,
+        task_routes={name: {"queue": GPU_QUEUE} for name in GPU_TASKS},
+        worker_proc_alive_timeout=PROCESS_START_TIMEOUT_S,
+        beat_schedule=beat_schedule(settings.schedules),
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+app = make_app(get_settings())
+
+
+@signals.celeryd_init.connect
+@signals.beat_init.connect
+def _refuse_to_start_without_broker(**_: Any) -> None:
+    require_broker(get_settings())
+
+
+# Set in the worker's main process before it forks, read by each child.
+_consumes_gpu_queue = True
+
+
+@signals.celeryd_after_setup.connect
+def _note_queues(sender: str, instance: Any, **_: Any) -> None:
+    global _consumes_gpu_queue
+    consumed = instance.app.amqp.queues.consume_from
+    _consumes_gpu_queue = not consumed or GPU_QUEUE in consumed
+
+
+@signals.worker_process_init.connect
+def _load_models(**_: Any) -> None:
+    """Load the models once per child of a worker that runs inference, before it takes a task.
+
+    Loading at the first task instead would spend that task's time limit on it.
+    """
+    if not _consumes_gpu_queue:
+        return
+    from pipeline.errors import DeepscanError
+    from workers import runtime
+
+    try:
+        runtime.analyzer()
+    except DeepscanError:  # the tasks record it on each row (status model_error); keep the worker up
+        logger.exception("could not load the model pack")
+
+
+@signals.worker_process_shutdown.connect
+def _drop_local_copies(**_: Any) -> None:
+    from workers import runtime
+
+    runtime.local_copies().close()

@@ -1,0 +1,226 @@
+"""The producer: list a bucket prefix or a folder, record a scan, queue one task per object, and wait.
+
+A scan is created 'queuing' while the listing goes on, page by page: each page's count is committed to the
+scan's ``total`` before its tasks are published, so no task can see a total smaller than the number of
+objects already queued. Once the listing is done the scan turns 'running' and may complete: whoever
+writes the last row (a task, or ``wait_for_scan``) marks it complete, with one conditional UPDATE.
+
+Objects already analysed with the same ETag (S3) or sha256 (local files) and the same model version are
+skipped and counted in ``skipped``, unless ``force``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import Scan, utcnow
+from db.session import session_scope
+from pipeline.errors import ModelPackError
+from workers import runtime
+from workers.errors import ScanError, UsageError
+from workers.settings import get_settings
+from workers.storage import ObjectRef, canonical_source, list_objects
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 500  # objects checked against the results table and queued per transaction
+BROKER_CONNECT_RETRIES = 2
+BROKER_CHECK_INTERVAL_S = 10.0  # how often a waiting producer makes sure the broker still answers
+# A queuing or running scan older than this is taken for abandoned: a scheduled run no longer waits on it.
+ACTIVE_SCAN_MAX_AGE = timedelta(hours=24)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class QueuedScan:
+    scan_id: int
+    uri: str
+    queued: int
+    skipped: int
+
+
+@dataclass(frozen=True)
+class ScanProgress:
+    """A scan's counts, as ``db.queries.scan_counts`` gives them."""
+
+    scan_id: int
+    status: str
+    total: int
+    done: int
+    skipped: int
+    ok: int
+    errors: int
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _pages(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while page := list(itertools.islice(iterator, size)):
+        yield page
+
+
+def check_broker() -> None:
+    """Raise ScanError unless the broker accepts a connection (after a couple of quick retries)."""
+    from workers.celery_app import app, require_broker
+
+    require_broker(get_settings())
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(
+                max_retries=BROKER_CONNECT_RETRIES, interval_start=0.2, interval_step=0.5
+            )
+    except (BrokerError, OSError) as e:
+        raise ScanError(f"the broker at {app.connection_for_write().as_uri()} is unreachable: {e}") from e
+
+
+def start_scan(
+    uri: str,
+    *,
+    kind: str = "scan",
+    force: bool = False,
+    skip_if_active: bool = False,
+    sessions: sessionmaker[Session] | None = None,
+) -> QueuedScan | None:
+    """List ``uri`` (``s3://bucket/prefix`` or a folder), record a scan and queue its new objects.
+
+    Returns None, queuing nothing, when ``skip_if_active`` and an earlier scan of ``uri`` is still under
+    way (scheduled runs never overlap: two scans racing for the same rows would leave one unfinished).
+    Raises UsageError for a bad URI or model pack, ScanError when the broker or the store fails; a scan
+    that fails while queuing is marked 'failed' with the reason.
+    """
+    from workers.tasks import analyze_object
+
+    settings = get_settings()
+    sessions = sessions or runtime.process_sessions()
+    source = canonical_source(uri)
+    try:
+        model_name, model_version = runtime.model_identity()
+    except ModelPackError as e:
+        raise UsageError(f"cannot read the model pack in {settings.models_dir}: {e.reason}") from e
+    check_broker()
+    with session_scope(sessions) as session:
+        if skip_if_active and (
+            active := queries.active_scan(session, uri=source, since=utcnow() - ACTIVE_SCAN_MAX_AGE)
+        ):
+            logger.warning(
+                "scan %d of %s is still %s: not starting another", active.id, source, active.status
+            )
+            return None
+        scan_id = queries.create_scan(
+            session,
+            uri=source,
+            kind=kind,
+            model_name=model_name,
+            model_version=model_version,
+            status="queuing",
+        ).id
+    queued = skipped = 0
+    try:
+        for page in _pages(list_objects(source, endpoint_url=settings.s3_endpoint_url), PAGE_SIZE):
+            fresh = _fresh(sessions, page, model_version=model_version, force=force)
+            with session_scope(sessions) as session:  # committed before publishing: see the module docstring
+                queries.add_to_scan(
+                    session, scan_id=scan_id, queued=len(fresh), skipped=len(page) - len(fresh)
+                )
+            for ref in fresh:
+                analyze_object.apply_async(kwargs={"ref": ref.to_dict(), "scan_id": scan_id})
+            queued, skipped = queued + len(fresh), skipped + len(page) - len(fresh)
+    except BaseException as e:  # interrupted too: a scan must not stay 'queuing' for ever
+        with session_scope(sessions) as session:
+            queries.finish_scan(session, scan_id=scan_id, status="failed", error=f"{type(e).__name__}: {e}")
+        if isinstance(e, UsageError | ScanError) or not isinstance(e, Exception):
+            raise
+        raise ScanError(f"scan {scan_id} of {source} stopped while queuing: {e}") from e
+    with session_scope(sessions) as session:
+        queries.mark_scan_running(session, scan_id=scan_id)
+    runtime.complete_if_done(scan_id, sessions=sessions)  # the tasks may all have finished already
+    logger.info("scan %d of %s: %d queued, %d skipped", scan_id, source, queued, skipped)
+    return QueuedScan(scan_id, source, queued, skipped)
+
+
+def _fresh(
+    sessions: sessionmaker[Session], page: list[ObjectRef], *, model_version: str, force: bool
+) -> list[ObjectRef]:
+    """The objects of ``page`` that need analysing: all of them with ``force``."""
+    if force:
+        return page
+    with session_scope(sessions) as session:
+        return [
+            ref
+            for ref in page
+            if not queries.already_analysed(
+                session, uri=ref.uri, etag=ref.etag, content_sha256=ref.sha256, model_version=model_version
+            )
+        ]
+
+
+def scan_progress(scan_id: int, *, sessions: sessionmaker[Session] | None = None) -> ScanProgress:
+    with session_scope(sessions or runtime.process_sessions()) as session:
+        rows = queries.scan_counts(session, scan_id=scan_id)
+        scan = session.get(Scan, scan_id)
+        error = scan.error if scan is not None else None
+    if not rows:
+        raise ScanError(f"there is no scan {scan_id}")
+    row = rows[0]
+    return ScanProgress(
+        scan_id,
+        row["status"],
+        row["total"],
+        row["done"],
+        row["skipped"],
+        row["ok"],
+        row["errors"],
+        error,
+    )
+
+
+def wait_for_scan(
+    scan_id: int,
+    *,
+    timeout_s: float | None = None,
+    poll_s: float = 1.0,
+    on_progress: Callable[[ScanProgress], None] | None = None,
+    sessions: sessionmaker[Session] | None = None,
+) -> ScanProgress:
+    """Wait until every queued object of the scan has its row; return the final counts.
+
+    Completes the scan itself when all rows are there (a task that wrote the last row but died before
+    completing it leaves that to us). Raises ScanError on timeout, when the broker stops answering, or
+    when the scan failed.
+    """
+    sessions = sessions or runtime.process_sessions()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_broker_check = time.monotonic()
+    while True:
+        runtime.complete_if_done(scan_id, sessions=sessions)
+        progress = scan_progress(scan_id, sessions=sessions)
+        if on_progress is not None:
+            on_progress(progress)
+        if progress.status == "complete":
+            return progress
+        if progress.status == "failed":
+            raise ScanError(f"scan {scan_id} failed: {progress.error}")
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            raise ScanError(
+                f"scan {scan_id} did not finish within {timeout_s:.0f} s: "
+                f"{progress.done} of {progress.total} objects have a result"
+            )
+        if now - last_broker_check > BROKER_CHECK_INTERVAL_S:
+            check_broker()
+            last_broker_check = now
+        time.sleep(poll_s)

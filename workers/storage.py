@@ -1,0 +1,297 @@
+"""Where objects live: S3-compatible buckets and local folders. Listing, fetching, and the keys tasks carry.
+
+Tasks carry an ``ObjectRef`` (a URI and the version the producer saw), never bytes. A worker fetches the
+object into a temporary directory (S3, with ``If-Match`` on the ETag so that every task of one object
+reads the same version) or reads a local file in place. ``LocalCopies`` keeps the last few fetched
+objects of a worker process, so the segments of one video or the members of one archive download it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from workers.errors import (
+    ObjectChangedError,
+    ObjectMissingError,
+    StorageError,
+    StorageUnavailableError,
+    UsageError,
+)
+
+logger = logging.getLogger(__name__)
+
+COPY_BLOCK_BYTES = 1 << 20
+# S3 answers with these codes when it is overloaded or briefly unavailable: retry later, they pass.
+TRANSIENT_S3_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+)
+MISSING_S3_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+CHANGED_S3_CODES = frozenset({"PreconditionFailed", "412"})
+S3_MAX_ATTEMPTS = 5  # botocore's own retries (standard mode) before a task-level retry takes over
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """The key to one object, JSON-ready through ``to_dict``: what a task carries instead of bytes.
+
+    ``uri`` is ``s3://bucket/key`` or ``file:///abs/path``; ``member`` a path inside the archive at
+    ``uri``. ``etag`` (S3, quotes stripped) or ``sha256`` (local files) is the content version the
+    producer saw; a result row records it so the next scan can skip unchanged objects.
+    """
+
+    uri: str
+    etag: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    member: str | None = None
+
+    @property
+    def result_uri(self) -> str:
+        """The URI of this object's result row: ``s3://bucket/key.zip#member/path`` for members."""
+        return f"{self.uri}#{self.member}" if self.member is not None else self.uri
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @property
+    def bucket(self) -> str | None:
+        return split_s3_uri(self.uri)[0] if self.is_s3 else None
+
+    @property
+    def key(self) -> str | None:
+        return split_s3_uri(self.uri)[1] if self.is_s3 else None
+
+    @property
+    def version(self) -> str | None:
+        return self.etag or self.sha256
+
+    def for_member(self, name: str, size_bytes: int | None) -> ObjectRef:
+        """The ref of member ``name`` of this archive: same container and version, the member's size."""
+        return replace(self, member=name, size_bytes=size_bytes)
+
+    def row_extra(self, *, content_sha256: str | None = None) -> dict[str, Any]:
+        """The storage columns of this object's result row; ``content_sha256`` of what was analysed.
+
+        A member's ``etag`` is its archive's: a new archive version re-analyses every member.
+        """
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "etag": self.etag,
+            "content_sha256": content_sha256 or (self.sha256 if self.member is None else None),
+            "size_bytes": self.size_bytes,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ObjectRef:
+        return cls(**data)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``; the key may be empty (a whole bucket)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise UsageError(f"not an s3://bucket/key URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def local_path(uri: str) -> Path:
+    """The path of a ``file://`` URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        raise UsageError(f"not a file:// URI: {uri!r}")
+    return Path(unquote(parsed.path))
+
+
+def canonical_source(uri: str) -> str:
+    """A scan source as stored in the scans table: ``s3://bucket/prefix`` as given, folders as file URIs.
+
+    Raises ``UsageError`` for anything else, including a local path that is not a folder.
+    """
+    if uri.startswith("s3://"):
+        split_s3_uri(uri)
+        return uri
+    path = local_path(uri) if uri.startswith("file://") else Path(uri)
+    if not path.is_dir():
+        raise UsageError(f"not an s3://bucket/prefix URI nor a folder: {uri!r}")
+    return path.resolve().as_uri()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(COPY_BLOCK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- S3 ---------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def s3_client(endpoint_url: str | None) -> Any:
+    """One boto3 S3 client per process and endpoint (clients are thread-safe; sessions are not)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"})
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def _s3_error(error: Exception, what: str) -> StorageError:
+    """Map a botocore exception to our hierarchy: missing, changed, transient, or plain StorageError."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in MISSING_S3_CODES:
+            return ObjectMissingError(f"{what} no longer exists ({code})")
+        if code in CHANGED_S3_CODES:
+            return ObjectChangedError(f"{what} was overwritten after it was listed")
+        if code in TRANSIENT_S3_CODES or status >= 500:
+            return StorageUnavailableError(f"S3 is unavailable for {what}: {code or status}")
+        return StorageError(f"S3 refused {what}: {code or status}")
+    if isinstance(error, BotoCoreError):  # connection refused, timeouts, closed connections
+        return StorageUnavailableError(f"S3 is unreachable for {what}: {error}")
+    raise TypeError(f"not a botocore error: {error!r}") from error
+
+
+def list_s3(uri: str, *, endpoint_url: str | None) -> Iterator[ObjectRef]:
+    """Every object under ``s3://bucket/prefix`` (paginated), folder markers left out."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_s3_uri(uri)
+    paginator = s3_client(endpoint_url).get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith("/") and item["Size"] == 0:
+                    continue
+                yield ObjectRef(
+                    uri=f"s3://{bucket}/{item['Key']}",
+                    etag=str(item["ETag"]).strip('"'),
+                    size_bytes=int(item["Size"]),
+                )
+    except (BotoCoreError, ClientError) as e:
+        raise _s3_error(e, uri) from e
+
+
+def download_s3(ref: ObjectRef, destination: Path, *, endpoint_url: str | None) -> str:
+    """Download the object to ``destination`` and return its ETag.
+
+    With ``ref.etag`` set, the request carries ``If-Match``: a newer version raises ObjectChangedError
+    rather than mixing two versions in one result.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(ref.uri)
+    extra = {"IfMatch": f'"{ref.etag}"'} if ref.etag else {}
+    try:
+        response = s3_client(endpoint_url).get_object(Bucket=bucket, Key=key, **extra)
+        with destination.open("wb") as out:
+            shutil.copyfileobj(response["Body"], out, COPY_BLOCK_BYTES)
+    except (BotoCoreError, ClientError) as e:
+        raise _s3_error(e, ref.uri) from e
+    return str(response["ETag"]).strip('"')
+
+
+# -- local folders ------------------------------------------------------------------------------------------
+
+
+def list_folder(uri: str) -> Iterator[ObjectRef]:
+    """Every regular file below a folder (recursively, sorted), with its sha256 as the version."""
+    for path in sorted(local_path(uri).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            yield ObjectRef(uri=path.as_uri(), sha256=sha256_file(path), size_bytes=path.stat().st_size)
+
+
+def list_objects(source: str, *, endpoint_url: str | None) -> Iterator[ObjectRef]:
+    """The objects of a canonical scan source (``canonical_source``)."""
+    if source.startswith("s3://"):
+        return list_s3(source, endpoint_url=endpoint_url)
+    return list_folder(source)
+
+
+# -- fetching -------------------------------------------------------------------------------------------------
+
+
+class LocalCopies:
+    """Fetched objects of this process, least recently used first out.
+
+    Keys are (uri, version, member). A video's segments, or an archive's members, handled by one worker
+    process then cost one download. Holds at most ``max_entries`` files; the directory goes when the
+    process ends.
+    """
+
+    def __init__(self, *, endpoint_url: str | None, max_entries: int = 8) -> None:
+        self.endpoint_url = endpoint_url
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[str, str | None, str | None], Path] = OrderedDict()
+        self._directory: tempfile.TemporaryDirectory[str] | None = None
+
+    def path(self, ref: ObjectRef) -> Path:
+        """A local file with the content of ``ref`` (a member is extracted from its cached archive).
+
+        Local files are read in place. Raises a StorageError subclass when the object cannot be read.
+        """
+        if ref.member is not None:
+            return self._cached((ref.uri, ref.version, ref.member), lambda dest: self._extract(ref, dest))
+        if not ref.is_s3:
+            path = local_path(ref.uri)
+            if not path.is_file():
+                raise ObjectMissingError(f"{ref.uri} no longer exists")
+            return path
+        return self._cached(
+            (ref.uri, ref.version, None),
+            lambda dest: download_s3(ref, dest, endpoint_url=self.endpoint_url),
+        )
+
+    def _extract(self, ref: ObjectRef, destination: Path) -> None:
+        from workers.archives import extract_member
+
+        assert ref.member is not None
+        container = self.path(replace(ref, member=None))
+        extract_member(container, ref.member, destination)
+
+    def _cached(self, key: tuple[str, str | None, str | None], fill: Callable[[Path], object]) -> Path:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        if self._directory is None or not Path(self._directory.name).is_dir():
+            self._directory = tempfile.TemporaryDirectory(prefix="deepscan-")
+        fd, name = tempfile.mkstemp(dir=self._directory.name)
+        os.close(fd)
+        destination = Path(name)
+        try:
+            fill(destination)
+        except BaseException:
+            destination.unlink(missing_ok=True)
+            raise
+        self._entries[key] = destination
+        while len(self._entries) > self.max_entries:
+            _, evicted = self._entries.popitem(last=False)
+            evicted.unlink(missing_ok=True)
+        return destination
+
+    def close(self) -> None:
+        """Delete every copy and the directory (a SIGKILLed process leaves them to the tmp cleaner)."""
+        self._entries.clear()
+        if self._directory is not None:
+            self._directory.cleanup()
+            self._directory = None

@@ -1,0 +1,248 @@
+"""The Celery tasks of the distributed scanner. Each is thin: parse the keys, fetch, call one pipeline
+entry point, write a row.
+
+Every task carries keys (an ``ObjectRef`` as a dict, the scan id), never media bytes, and is safe to run
+twice: rows are upserted on the object's URI. The flow of one object::
+
+    analyze_object (gpu) -- image, audio, anything unreadable: analysed and written here
+      |- video   -> split_video (light) -> chord([score_segment (gpu)..., score_soundtrack (gpu)],
+      |                                          finish_video (light), error callback video_failed)
+      '- archive -> expand_archive (light) -> analyze_object for each member
+
+Transient errors (S3 unavailable, database or broker connection lost) retry with exponential backoff.
+An object task that fails for good still writes the object's row, with status 'error' and the reason,
+so a scan never waits for an object that will not come.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict
+from typing import Any
+
+from celery import Task, chord
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from pipeline.analyze import MediaResult
+from pipeline.errors import DeepscanError, UnsupportedMediaError
+from pipeline.media import MediaType, VideoInfo, detect_media_type, probe_video
+from workers import runtime
+from workers.archives import list_members
+from workers.celery_app import app, retry_delay_cap_s
+from workers.errors import StorageUnavailableError
+from workers.settings import get_settings
+from workers.storage import ObjectRef, sha256_file
+
+logger = logging.getLogger(__name__)
+
+MAX_REASONS_SHOWN = 3  # members left out of an archive, quoted in its row's reason
+TRANSIENT_ERRORS = (StorageUnavailableError, OperationalError, InterfaceError, BrokerError)
+RETRYING: dict[str, Any] = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 2,  # seconds before the first retry, doubling each time
+    "retry_backoff_max": retry_delay_cap_s(get_settings().visibility_timeout_s),
+    "retry_jitter": True,
+    "max_retries": 6,  # 2+4+8+...: about two minutes of outage with the default cap
+}
+
+
+class ObjectTask(Task):
+    """A task that owns an object's row: when it fails for good, the object gets an error row."""
+
+    media_type = "unknown"
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
+    ) -> None:
+        ref = ObjectRef.from_dict(kwargs["ref"])
+        try:
+            runtime.write_failure(ref, kwargs.get("scan_id"), exc, media_type=self.media_type)
+        except Exception:  # the database is down too: the waiting producer reports the scan unfinished
+            logger.exception("could not record the failure of %s", ref.result_uri)
+
+
+def _sniff(path: Any) -> MediaType:
+    try:
+        return detect_media_type(path)
+    except DeepscanError:
+        return "unknown"  # analyze_file finds the same problem and says why
+
+
+@app.task(name="deepscan.analyze_object", base=ObjectTask, bind=True, ignore_result=True, **RETRYING)
+def analyze_object(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
+    """Analyse one object or archive member: images and audio here, videos and archives handed on."""
+    obj = ObjectRef.from_dict(ref)
+    path = runtime.local_copies().path(obj)
+    media_type = _sniff(path)
+    if media_type == "video":
+        split_video.apply_async(kwargs={"ref": ref, "scan_id": scan_id})
+    elif media_type == "archive" and obj.member is None:
+        expand_archive.apply_async(kwargs={"ref": ref, "scan_id": scan_id})
+    else:
+        if media_type == "archive":
+            result = MediaResult(path=obj.result_uri, media_type="archive")
+            result.fail(UnsupportedMediaError("an archive inside an archive is not expanded"))
+        else:
+            result = runtime.analyzer().analyze_file(path)
+        runtime.write_row(obj, scan_id, result, content_sha256=sha256_file(path))
+
+
+@app.task(
+    name="deepscan.split_video",
+    base=ObjectTask,
+    media_type="video",
+    bind=True,
+    ignore_result=True,
+    **RETRYING,
+)
+def split_video(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
+    """Probe a video and fan it out: one chord part per segment (and the soundtrack), then the verdict."""
+    obj, started_s = ObjectRef.from_dict(ref), time.time()
+    path = runtime.local_copies().path(obj)
+    try:
+        info = probe_video(path)
+    except DeepscanError as e:
+        runtime.write_failure(obj, scan_id, e, media_type="video")
+        return
+    segment_s = get_settings().video_segment_s
+    video_chord(
+        obj, scan_id, info, segment_s=segment_s, started_s=started_s, sha256=sha256_file(path)
+    ).delay()
+
+
+def video_chord(
+    obj: ObjectRef, scan_id: int | None, info: VideoInfo, *, segment_s: int, started_s: float, sha256: str
+) -> chord:
+    """The chord of one video: ``ceil(duration / segment_s)`` segment parts (plus the soundtrack) whose
+    results ``finish_video`` aggregates; ``video_failed`` writes an error row if a part fails for good."""
+    ref, info_dict = obj.to_dict(), asdict(info)
+    header = [
+        score_segment.s(ref=ref, info=info_dict, start_s=float(start), duration_s=float(segment_s))
+        for start in range(0, math.ceil(info.duration_s), segment_s)
+    ]
+    if info.has_audio:
+        header.append(score_soundtrack.s(ref=ref))
+    body = finish_video.s(
+        ref=ref, scan_id=scan_id, info=info_dict, started_s=started_s, content_sha256=sha256
+    ).on_error(video_failed.s(ref=ref, scan_id=scan_id))
+    return chord(header, body)
+
+
+@app.task(name="deepscan.score_segment", bind=True, ignore_result=False, **RETRYING)
+def score_segment(
+    self: Task, *, ref: dict[str, Any], info: dict[str, Any], start_s: float, duration_s: float
+) -> dict[str, Any]:
+    """Chord part: timeline entries of ``[start_s, start_s + duration_s)``, or why there are none.
+
+    A segment that cannot be decoded is an entry, not an exception; an object that cannot be fetched
+    (gone, overwritten) raises, and the chord's error callback writes the video's row.
+    """
+    path = runtime.local_copies().path(ObjectRef.from_dict(ref))
+    started = time.perf_counter()
+    try:
+        timeline = runtime.analyzer().score_video_segment(path, VideoInfo(**info), start_s, duration_s)
+    except DeepscanError as e:
+        return {"start_s": start_s, "error": {"status": e.status, "reason": e.reason}}
+    return {"start_s": start_s, "timeline": timeline, "elapsed_s": round(time.perf_counter() - started, 4)}
+
+
+@app.task(name="deepscan.score_soundtrack", bind=True, ignore_result=False, **RETRYING)
+def score_soundtrack(self: Task, *, ref: dict[str, Any]) -> dict[str, Any]:
+    """Chord part: the audio verdict of a video's soundtrack (or a status dict saying why there is none)."""
+    path = runtime.local_copies().path(ObjectRef.from_dict(ref))
+    started = time.perf_counter()
+    audio = runtime.analyzer().score_soundtrack_of(path)
+    return {"audio": audio, "elapsed_s": round(time.perf_counter() - started, 4)}
+
+
+@app.task(
+    name="deepscan.finish_video",
+    base=ObjectTask,
+    media_type="video",
+    bind=True,
+    ignore_result=True,
+    **RETRYING,
+)
+def finish_video(
+    self: Task,
+    parts: list[dict[str, Any]],
+    *,
+    ref: dict[str, Any],
+    scan_id: int | None,
+    info: dict[str, Any],
+    started_s: float,
+    content_sha256: str | None = None,
+) -> None:
+    """Chord body: the video's verdict from its parts, in any order and with any duplicates (idempotent)."""
+    obj = ObjectRef.from_dict(ref)
+    result = MediaResult(path=obj.result_uri, media_type="video")
+    timeline = [entry for part in parts for entry in part.get("timeline", [])]
+    audio = next((part["audio"] for part in parts if "audio" in part), None)
+    try:
+        runtime.verdict_analyzer().video_verdict(result, VideoInfo(**info), timeline, audio)
+    except DeepscanError as e:
+        result.fail(e)
+    result.details["parts"] = {
+        "count": len(parts),
+        "failed_segments": [part for part in parts if "error" in part],
+        "compute_s": round(sum(part.get("elapsed_s", 0.0) for part in parts), 4),
+    }
+    result.elapsed_s = round(time.time() - started_s, 4)  # wall clock, probe to verdict
+    runtime.write_row(obj, scan_id, result, content_sha256=content_sha256)
+
+
+@app.task(name="deepscan.video_failed", ignore_result=True)
+def video_failed(
+    request: Any, exc: BaseException, traceback: Any, *, ref: dict[str, Any], scan_id: int | None
+) -> None:
+    """Chord error callback: a part (or the aggregation) failed for good, so the video gets an error row.
+
+    Celery calls it in the worker that saw the failure, with the failed request and the exception.
+    """
+    error = DeepscanError(f"a part of the video analysis failed: {exc}")
+    runtime.write_failure(ObjectRef.from_dict(ref), scan_id, error, media_type="video")
+
+
+@app.task(
+    name="deepscan.expand_archive",
+    base=ObjectTask,
+    media_type="archive",
+    bind=True,
+    ignore_result=True,
+    **RETRYING,
+)
+def expand_archive(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
+    """List an archive's members (under limits), give the archive its row, queue one task per member."""
+    obj = ObjectRef.from_dict(ref)
+    path = runtime.local_copies().path(obj)
+    try:
+        listing = list_members(path)
+        if not listing.members:
+            left_out = "; ".join(f"{name!r}: {why}" for name, why in listing.rejected[:MAX_REASONS_SHOWN])
+            raise UnsupportedMediaError(f"the archive holds nothing to analyse ({left_out or 'it is empty'})")
+    except DeepscanError as e:
+        runtime.write_failure(obj, scan_id, e, media_type="archive")
+        return
+    members = [obj.for_member(m.name, m.size_bytes) for m in listing.members]
+    runtime.record_expansion(obj, scan_id, listing, content_sha256=sha256_file(path))
+    for member in members:
+        analyze_object.apply_async(kwargs={"ref": member.to_dict(), "scan_id": scan_id})
+
+
+@app.task(name="deepscan.scheduled_scan", ignore_result=True)
+def scheduled_scan(*, uri: str) -> None:
+    """Celery beat's entry point: an incremental scan of ``uri``, unless the previous one is still going."""
+    from workers import producer
+
+    started = producer.start_scan(uri, kind="beat", skip_if_active=True)
+    if started is not None:
+        logger.info(
+            "scheduled scan %d of %s: %d queued, %d skipped",
+            started.scan_id,
+            uri,
+            started.queued,
+            started.skipped,
+        )
