@@ -12,7 +12,9 @@ import numpy as np
 
 from pipeline.errors import SilentAudioError, TooShortError
 
-FEATURES = ("logmel", "linear")
+FEATURES = ("logmel", "linear", "cqt")
+CQT_FMIN_HZ = 30.0  # eight octaves up from here stay below the 8 kHz Nyquist limit of 16 kHz audio
+CQT_BINS_PER_OCTAVE = 12
 SILENCE_FLOOR_DBFS = -50.0  # quieter than a whisper in a quiet room: nothing there to judge
 MIN_SPEECH_S = 1.0  # below one second of sound no window carries enough of a voice
 
@@ -28,16 +30,28 @@ class AudioFrontEnd:
     n_fft: int = 512  # 32 ms at 16 kHz
     hop_length: int = 160  # 10 ms at 16 kHz
     n_mels: int = 64
+    n_cqt_bins: int = 96  # eight octaves; CQT needs hop_length divisible by 2**(octaves - 1) = 128
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> AudioFrontEnd:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         front_end = cls(**known)  # type: ignore[arg-type]
-        if front_end.feature not in FEATURES:
-            raise ValueError(
-                f"unknown audio feature {front_end.feature!r}; choose from {', '.join(FEATURES)}"
-            )
+        front_end.validate()
         return front_end
+
+    @classmethod
+    def for_feature(cls, feature: str) -> AudioFrontEnd:
+        """The default front end of a feature (CQT takes a 128-sample hop, see ``n_cqt_bins``)."""
+        front_end = cls(feature=feature, hop_length=128) if feature == "cqt" else cls(feature=feature)
+        front_end.validate()
+        return front_end
+
+    def validate(self) -> None:
+        if self.feature not in FEATURES:
+            raise ValueError(f"unknown audio feature {self.feature!r}; choose from {', '.join(FEATURES)}")
+        octaves = int(np.ceil(self.n_cqt_bins / CQT_BINS_PER_OCTAVE))
+        if self.feature == "cqt" and self.hop_length % 2 ** (octaves - 1):
+            raise ValueError(f"CQT over {octaves} octaves needs a hop divisible by {2 ** (octaves - 1)}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -53,7 +67,7 @@ class AudioFrontEnd:
     @property
     def input_shape(self) -> tuple[int, int]:
         """(frequency bins, time frames) of one window's spectrogram."""
-        bins = self.n_mels if self.feature == "logmel" else self.n_fft // 2 + 1
+        bins = {"logmel": self.n_mels, "linear": self.n_fft // 2 + 1, "cqt": self.n_cqt_bins}[self.feature]
         return bins, 1 + self.window_samples // self.hop_length
 
 
@@ -105,6 +119,11 @@ def spectrograms(windows: np.ndarray, front_end: AudioFrontEnd) -> np.ndarray:
             fmin=20.0,
             fmax=front_end.sample_rate_hz / 2,
         )
+    elif front_end.feature == "cqt":
+        power = np.abs(librosa.cqt(
+            windows, sr=front_end.sample_rate_hz, hop_length=front_end.hop_length, fmin=CQT_FMIN_HZ,
+            n_bins=front_end.n_cqt_bins, bins_per_octave=CQT_BINS_PER_OCTAVE,
+        )) ** 2  # fmt: skip
     else:
         power = np.abs(librosa.stft(windows, n_fft=front_end.n_fft, hop_length=front_end.hop_length)) ** 2
     log_power = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)

@@ -197,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         manifest = train_audio_member(
             args.data,
             args.out,
-            front_end=AudioFrontEnd(feature=args.feature),
+            front_end=AudioFrontEnd.for_feature(args.feature),
             config=config,
             pack_name=args.name,
             version=args.version,
@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--target-fpr", type=float, default=None, help="pick the threshold for this val FPR")
     image.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
     audio = train_sub.choices["audio"]
-    audio.add_argument("--feature", choices=("logmel", "linear"), default="logmel")
+    audio.add_argument("--feature", choices=("logmel", "linear", "cqt"), default="logmel")
     audio.add_argument(
         "--holdout-families", default="", help="comma-separated spoof families kept out of training"
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -40,9 +42,9 @@ def test_level_dbfs() -> None:
     assert level_dbfs(np.zeros(10, np.float32)) == float("-inf")
 
 
-@pytest.mark.parametrize("feature", ["logmel", "linear"])
+@pytest.mark.parametrize("feature", ["logmel", "linear", "cqt"])
 def test_spectrogram_shape_matches_the_declared_input(feature: str) -> None:
-    fe = AudioFrontEnd(feature=feature, window_s=2.0, hop_s=1.0)
+    fe = replace(AudioFrontEnd.for_feature(feature), window_s=2.0, hop_s=1.0)
     features = spectrograms(split_windows(tone(3.0), fe), fe)
     assert features.shape == (2, *fe.input_shape, 1) and features.dtype == np.float32
     assert abs(features.mean()) < 1e-3 and features.std() == pytest.approx(1.0, abs=1e-3)
@@ -53,6 +55,18 @@ def test_gain_does_not_change_features() -> None:
     a = spectrograms(split_windows(0.1 * sound, FE), FE)
     b = spectrograms(split_windows(sound, FE), FE)
     np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_cqt_needs_a_compatible_hop() -> None:
+    with pytest.raises(ValueError, match="divisible by 128"):
+        AudioFrontEnd.from_dict({"feature": "cqt", "hop_length": 160})
+
+
+def test_cqt_resolves_a_tone_to_its_bin() -> None:
+    fe = replace(AudioFrontEnd.for_feature("cqt"), window_s=2.0, hop_s=1.0)
+    features = spectrograms(split_windows(tone(2.0), fe), fe)[0, :, :, 0]
+    expected_bin = round(12 * np.log2(300 / 30.0))  # the 300 Hz test tone, 12 bins per octave from 30 Hz
+    assert abs(int(features.mean(axis=1).argmax()) - expected_bin) <= 1
 
 
 def test_front_end_round_trip() -> None:
