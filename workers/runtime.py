@@ -81,6 +81,22 @@ def model_identity() -> tuple[str, str]:
     return _identity(get_settings().models_dir)
 
 
+def _save(
+    session: Session, ref: ObjectRef, scan_id: int | None, result: MediaResult, content_sha256: str | None
+) -> None:
+    """Upsert the row of ``ref`` under the configured pack's name and version."""
+    name, version = model_identity()
+    save_result(
+        session,
+        result,
+        uri=ref.result_uri,
+        scan_id=scan_id,
+        model_name=name,
+        model_version=version,
+        extra=ref.row_extra(content_sha256=content_sha256),
+    )
+
+
 def write_row(
     ref: ObjectRef, scan_id: int | None, result: MediaResult, *, content_sha256: str | None = None
 ) -> None:
@@ -89,15 +105,7 @@ def write_row(
     result.path = ref.result_uri
     result.model = f"{name}@{version}"
     with session_scope(process_sessions()) as session:
-        save_result(
-            session,
-            result,
-            uri=ref.result_uri,
-            scan_id=scan_id,
-            model_name=name,
-            model_version=version,
-            extra=ref.row_extra(content_sha256=content_sha256),
-        )
+        _save(session, ref, scan_id, result, content_sha256)
     complete_if_done(scan_id)
 
 
@@ -155,14 +163,6 @@ def record_expansion(
             and current.status == "expanded"
             and (current.etag, current.content_sha256) == (ref.etag, content_sha256)
         )
-        save_result(
-            session,
-            result,
-            uri=ref.result_uri,
-            scan_id=scan_id,
-            model_name=name,
-            model_version=version,
-            extra=ref.row_extra(content_sha256=content_sha256),
-        )
+        _save(session, ref, scan_id, result, content_sha256)
         if scan_id is not None and not counted:
             queries.add_to_scan(session, scan_id=scan_id, queued=n)
