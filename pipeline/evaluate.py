@@ -29,18 +29,19 @@ class Evaluation:
     sources: list[str]
     scores: dict[str, np.ndarray]  # scorer -> (N,)
     thresholds: dict[str, float]
+    # True for spoof families: every family is measured against all bona fide items (the per-family EER)
+    real_in_every_subset: bool = False
     reports: dict[str, dict[str, Report]] = field(default_factory=dict)  # scorer -> subset -> report
 
     def __post_init__(self) -> None:
-        subsets = ["all", *sorted(set(self.sources))]
+        sources = np.asarray(self.sources)
+        positives = sources[self.labels == 1] if self.real_in_every_subset else sources
         for scorer, scores in self.scores.items():
-            self.reports[scorer] = {}
-            for subset in subsets:
-                mask = (
-                    np.ones(len(self.labels), bool)
-                    if subset == "all"
-                    else np.array([s == subset for s in self.sources])
-                )
+            self.reports[scorer] = {"all": report(self.labels, scores, self.thresholds[scorer])}
+            for subset in sorted(set(positives.tolist())):
+                mask = sources == subset
+                if self.real_in_every_subset:
+                    mask |= self.labels == 0
                 self.reports[scorer][subset] = report(
                     self.labels[mask], scores[mask], self.thresholds[scorer]
                 )
@@ -64,6 +65,42 @@ def evaluate_images(pack: ModelPack, data_dir: str | Path, *, split: str | None 
     scores[ENSEMBLE] = aggregate(member_scores, manifest.aggregation)
     thresholds = {name: 0.5 for name in scores} | {ENSEMBLE: manifest.threshold("image")}
     return Evaluation(np.array([s.label for s in samples]), [s.source for s in samples], scores, thresholds)
+
+
+def evaluate_audio(
+    pack: ModelPack, data_dir: str | Path, *, split: str | None = "test"
+) -> tuple[Evaluation, list[tuple[Path, str]]]:
+    """Score clips under ``real/`` and ``fake/<family>/`` of ``data_dir`` (speaker-disjoint split, or all).
+
+    Returns the evaluation (one subset per spoof family, each against all bona fide clips) and the clips
+    that have no score, with the reason (too short, silent, undecodable): they are reported, not dropped.
+    """
+    from pipeline.analyze import Analyzer
+    from pipeline.audio_datasets import load_folders, speaker_disjoint_split
+    from pipeline.errors import DeepscanError
+    from pipeline.media import load_audio
+
+    items = load_folders(data_dir)
+    if split is not None:
+        items = speaker_disjoint_split(items)[split]
+    analyzer = Analyzer(pack)
+    scored, probabilities, unscored = [], [], []
+    for item in items:
+        try:
+            probabilities.append(analyzer.score_audio(load_audio(item.path))["fake_probability"])
+            scored.append(item)
+        except DeepscanError as e:
+            unscored.append((item.path, e.reason))
+    if not scored:
+        raise ValueError(f"no scorable clips in {data_dir} (split {split})")
+    evaluation = Evaluation(
+        np.array([i.label for i in scored]),
+        [i.family for i in scored],
+        {"audio": np.asarray(probabilities, dtype=np.float64)},
+        {"audio": pack.manifest.threshold("audio")},
+        real_in_every_subset=True,
+    )
+    return evaluation, unscored
 
 
 COLUMNS = ("n", "n_fake", "auc", "eer", "accuracy", "f1", "ece", "threshold")

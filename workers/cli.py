@@ -223,7 +223,7 @@ def cmd_samples(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.errors import ModelPackError
-    from pipeline.evaluate import ENSEMBLE, evaluate_images, plot_roc, to_markdown
+    from pipeline.evaluate import ENSEMBLE, evaluate_audio, evaluate_images, plot_roc, to_markdown
     from pipeline.pack import ModelPack
     from workers.settings import get_settings
 
@@ -232,8 +232,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         pack = ModelPack.load(directory)
     except ModelPackError as e:
         raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
+    split = None if args.split == "all" else args.split
     try:
-        evaluation = evaluate_images(pack, args.data, split=None if args.split == "all" else args.split)
+        if args.kind == "audio":
+            evaluation, unscored = evaluate_audio(pack, args.data, split=split)
+            for path, reason in unscored:
+                logger.warning("no score for %s: %s", path, reason)
+        else:
+            evaluation = evaluate_images(pack, args.data, split=split)
     except ValueError as e:
         raise UsageError(str(e)) from e
     table = to_markdown(evaluation)
@@ -247,7 +253,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     best_member = max(
         (r["all"].auc for name, r in evaluation.reports.items() if name != ENSEMBLE), default=float("nan")
     )
-    logger.info("ensemble AUC %.4f, best member %.4f", evaluation.reports[ENSEMBLE]["all"].auc, best_member)
+    if ENSEMBLE in evaluation.reports:
+        logger.info(
+            "ensemble AUC %.4f, best member %.4f", evaluation.reports[ENSEMBLE]["all"].auc, best_member
+        )
     return EXIT_OK
 
 
@@ -454,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="measure a pack on labelled face crops (real/ and fake/ folders)"
     )
     evaluate.add_argument("--data", required=True, metavar="DIR")
+    evaluate.add_argument(
+        "--kind",
+        choices=("image", "audio"),
+        default="image",
+        help="image: face crops; audio: clips under real/ and fake/<family>/ (EER per family)",
+    )
     evaluate.add_argument("--models", metavar="DIR")
     evaluate.add_argument(
         "--split",

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.evaluate import ENSEMBLE, Evaluation, evaluate_audio, evaluate_images, plot_roc, to_markdown
+from pipeline.pack import ModelPack
+from tests.pipeline.test_training import make_dataset
+from workers.samples import write_wav
+
+
+def test_every_member_and_the_ensemble_per_source(random_pack: Path, tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "faces", per_class=6)
+    evaluation = evaluate_images(ModelPack.load(random_pack), data, split=None)
+    assert set(evaluation.reports) == {"spectral", "densenet121", ENSEMBLE}
+    assert set(evaluation.reports[ENSEMBLE]) == {"all", "gan", "swap"}
+    assert evaluation.reports[ENSEMBLE]["all"].n == 24 and evaluation.reports["spectral"]["swap"].n == 12
+    table = to_markdown(evaluation)
+    assert table.count("\n| ") == 9 and "| ensemble | gan |" in table
+    assert plot_roc(evaluation, tmp_path / "roc.png").stat().st_size > 1000
+
+
+def test_spoof_families_are_each_measured_against_all_real_clips() -> None:
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    families = ["bonafide", "bonafide", "tts", "tts", "vocoder", "vocoder"]
+    scores = np.array([0.1, 0.4, 0.9, 0.8, 0.3, 0.2])
+    evaluation = Evaluation(labels, families, {"audio": scores}, {"audio": 0.5}, real_in_every_subset=True)
+    reports = evaluation.reports["audio"]
+    assert set(reports) == {"all", "tts", "vocoder"}
+    assert (reports["tts"].n, reports["tts"].auc) == (4, 1.0)
+    assert (reports["vocoder"].n, reports["vocoder"].auc) == (4, 0.5)  # wins 2 of 4 pairs
+
+
+def test_audio_clips_without_a_score_are_reported(random_pack: Path, samples: Path, tmp_path: Path) -> None:
+    data = tmp_path / "speech"
+    for rel in ("real/19-198-0001.wav", "real/26-495-0000.wav", "fake/espeak/19-espeak-0.wav"):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(samples / "speech.wav", data / rel)
+    write_wav(data / "fake" / "espeak" / "26-espeak-0.wav", np.zeros(100, np.float32))
+    evaluation, unscored = evaluate_audio(ModelPack.load(random_pack), data, split=None)
+    assert evaluation.reports["audio"]["all"].n == 3 and set(evaluation.reports["audio"]) == {"all", "espeak"}
+    assert [(p.name, "too_short" if "lasts" in why else why) for p, why in unscored] == [
+        ("26-espeak-0.wav", "too_short")
+    ]
+    with pytest.raises(ValueError, match="no scorable clips"):
+        evaluate_audio(ModelPack.load(random_pack), data / "fake", split=None)
