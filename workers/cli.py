@@ -221,6 +221,44 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import cv2
+
+    from pipeline.analyze import Analyzer
+    from pipeline.errors import DeepscanError, ModelPackError
+    from pipeline.media import load_image
+    from pipeline.pack import ModelPack
+    from workers.settings import get_settings
+
+    directory = Path(args.models) if args.models else get_settings().models_dir
+    try:
+        analyzer = Analyzer(ModelPack.load(directory))
+    except ModelPackError as e:
+        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image = Path(args.image)
+    try:
+        explained = analyzer.explain_image(load_image(image), num_samples=args.samples)
+    except DeepscanError as e:
+        print(json.dumps({"path": str(image), "status": e.status, "reason": e.reason}))
+        return EXIT_SOME_FAILED
+    faces = []
+    for i, (box, explanation) in enumerate(explained):
+        overlay = out_dir / f"{image.stem}_face{i}.png"
+        cv2.imwrite(str(overlay), cv2.cvtColor(explanation.overlay, cv2.COLOR_RGB2BGR))
+        faces.append(
+            {
+                "box": box.as_dict(),
+                "fake_probability": round(explanation.fake_probability, 6),
+                "overlay": str(overlay),
+                "top_segments": explanation.top_segments(),
+            }
+        )
+    print(json.dumps({"path": str(image), "status": "ok", "faces": faces}))
+    return EXIT_OK
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.errors import ModelPackError
     from pipeline.evaluate import ENSEMBLE, evaluate_audio, evaluate_images, plot_roc, to_markdown
@@ -459,9 +497,16 @@ def build_parser() -> argparse.ArgumentParser:
     samples.add_argument("out", metavar="DIR")
     samples.set_defaults(func=cmd_samples)
 
-    evaluate = sub.add_parser(
-        "evaluate", help="measure a pack on labelled face crops (real/ and fake/ folders)"
+    explain = sub.add_parser(
+        "explain", help="LIME: which regions of each face drove its score (PNG overlays)"
     )
+    explain.add_argument("image", metavar="IMAGE")
+    explain.add_argument("--out", required=True, metavar="DIR", help="where the overlays are written")
+    explain.add_argument("--models", metavar="DIR")
+    explain.add_argument("--samples", type=int, default=400, help="perturbed crops per face (default 400)")
+    explain.set_defaults(func=cmd_explain)
+
+    evaluate = sub.add_parser("evaluate", help="measure a pack on labelled face crops or audio clips")
     evaluate.add_argument("--data", required=True, metavar="DIR")
     evaluate.add_argument(
         "--kind",
