@@ -19,6 +19,7 @@ from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
 from pipeline.audio_datasets import AudioItem, load_folders, speaker_disjoint_split
 from pipeline.ensemble import Aggregation, aggregate, logit
 from pipeline.errors import DeepscanError
+from pipeline.faces import to_model_input
 from pipeline.media import load_audio
 from pipeline.metrics import report, threshold_at_fpr
 from pipeline.pack import MANIFEST_FILE, Manifest, MemberSpec, read_manifest, write_manifest
@@ -30,6 +31,7 @@ from pipeline.training import (
     find_labelled_files,
     fit_member,
     load_crops,
+    make_array_sequence,
     make_face_sequence,
     split_samples,
 )
@@ -124,8 +126,6 @@ def train_image_members(
         logger.info("%s: %d images (%d fake)", name, len(items), sum(s.label for s in items))
     crops = {name: load_crops(items) for name, items in splits.items()}
     labels = {name: np.array([s.label for s in items], dtype=np.int64) for name, items in splits.items()}
-
-    from pipeline.faces import to_model_input
 
     specs: list[MemberSpec] = []
     val_scores, test_scores = [], []
@@ -267,7 +267,7 @@ def train_audio_member(
     train = (x_train[order], y_train[order].astype(np.float32)[:, None], weights[order].astype(np.float32))
     name = "audio_cnn"
     model, state = fit_member(
-        lambda: build_audio_cnn(front_end.input_shape), name, _ArrayBatches(*train, config.batch_size),
+        lambda: build_audio_cnn(front_end.input_shape), name, make_array_sequence(*train, batch_size=config.batch_size, seed=config.seed),
         data["val"][0], data["val"][1], out_dir / "checkpoints", config, verbose=verbose,
     )  # fmt: skip
     x_test, _, test_clip_idx = data["test"]
@@ -297,32 +297,6 @@ def train_audio_member(
     )  # fmt: skip
     (out_dir / f"{name}.report.json").write_text(json.dumps({"state": state, "test": figures}, indent=2))
     return write_manifest(out_dir, manifest)
-
-
-class _ArrayBatches:
-    """Shuffled in-memory batches for ``model.fit`` (x, y, sample_weight)."""
-
-    def __new__(cls, x: np.ndarray, y: np.ndarray, w: np.ndarray, batch_size: int) -> Any:
-        import keras
-
-        class Batches(keras.utils.PyDataset):
-            def __init__(self) -> None:
-                super().__init__()
-                self.order = np.arange(len(y))
-                self.epoch = 0
-
-            def __len__(self) -> int:
-                return int(np.ceil(len(y) / batch_size))
-
-            def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-                idx = self.order[i * batch_size : (i + 1) * batch_size]
-                return x[idx], y[idx], w[idx]
-
-            def on_epoch_end(self) -> None:
-                self.epoch += 1
-                self.order = np.random.default_rng(self.epoch).permutation(len(y))
-
-        return Batches()
 
 
 def copy_pack(source: Path, target: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.faces import to_model_input
 from pipeline.metrics import roc_auc
 
 logger = logging.getLogger(__name__)
@@ -132,12 +133,6 @@ def augment(crop: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> np
     return np.ascontiguousarray(out)
 
 
-def _resize_batch(crops: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    from pipeline.faces import to_model_input
-
-    return to_model_input(list(crops), size_hw)
-
-
 def make_face_sequence(
     crops: np.ndarray,
     labels: np.ndarray,
@@ -164,7 +159,7 @@ def make_face_sequence(
             idx = self.order[index * batch_size : (index + 1) * batch_size]
             rng = np.random.default_rng((seed, self.epoch, index))
             batch = crops[idx] if aug is None else np.stack([augment(crops[i], rng, aug) for i in idx])
-            x = _resize_batch(batch, input_size)
+            x = to_model_input(list(batch), input_size)
             return x, labels[idx].astype(np.float32)[:, None], weights[idx]
 
         def on_epoch_end(self) -> None:
@@ -172,6 +167,30 @@ def make_face_sequence(
             self.order = np.random.default_rng((seed, self.epoch)).permutation(len(labels))
 
     return FaceSequence()
+
+
+def make_array_sequence(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, batch_size: int, seed: int) -> Any:
+    """A ``keras.utils.PyDataset`` of in-memory (x, y, sample_weight) batches, reshuffled every epoch."""
+    import keras
+
+    class ArraySequence(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+            self.order = np.arange(len(y))
+
+        def __len__(self) -> int:
+            return int(np.ceil(len(y) / batch_size))
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            idx = self.order[index * batch_size : (index + 1) * batch_size]
+            return x[idx], y[idx], w[idx]
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.order = np.random.default_rng((seed, self.epoch)).permutation(len(y))
+
+    return ArraySequence()
 
 
 @dataclass(frozen=True)

@@ -120,3 +120,52 @@ def test_member_plan_parsing() -> None:
     assert MemberPlan.parse("Xception:128x160") == MemberPlan("xception", (128, 160))
     with pytest.raises(ValueError):
         MemberPlan.parse("resnet50")
+
+
+def make_audio_dataset(root: Path, n_speakers: int = 24) -> Path:
+    """'Real' clips are noisy chirps, 'fake' ones pure tones (family 'tone') or clicks (family 'click')."""
+    from workers.samples import write_wav
+
+    rate = 16_000
+    t = np.arange(2 * rate) / rate
+    rng = np.random.default_rng(0)
+    for speaker in range(100, 100 + n_speakers):
+        f0 = rng.uniform(120, 240)
+        real = 0.3 * np.sin(2 * np.pi * (f0 + 40 * t) * t) + rng.normal(0, 0.05, t.size)
+        fakes = {
+            "tone": 0.3 * np.sin(2 * np.pi * f0 * t),
+            "click": 0.3 * (np.arange(t.size) % int(rate / f0) == 0),
+        }
+        (root / "real").mkdir(parents=True, exist_ok=True)
+        write_wav(root / "real" / f"{speaker}-1-0000.wav", real.astype(np.float32))
+        for family, signal in fakes.items():
+            (root / "fake" / family).mkdir(parents=True, exist_ok=True)
+            write_wav(root / "fake" / family / f"{speaker}-{family}-0.wav", signal.astype(np.float32))
+    return root
+
+
+@pytest.mark.slow
+def test_audio_member_with_a_held_out_family(tmp_path: Path) -> None:
+    from pipeline.audio import AudioFrontEnd
+    from pipeline.pack import ModelPack
+    from pipeline.recipes import train_audio_member
+
+    data = make_audio_dataset(tmp_path / "audio")
+    front_end = AudioFrontEnd(window_s=1.0, hop_s=1.0)
+    manifest = train_audio_member(data, tmp_path / "pack", front_end=front_end, holdout_families=["click"],
+                                  config=FitConfig(epochs=3, batch_size=8, patience=5), verbose=0)  # fmt: skip
+    (member,) = manifest.audio_members
+    assert member.input_size == front_end.input_shape and manifest.audio == front_end
+    info = manifest.info["audio_training"]
+    assert info["holdout_families"] == ["click"]
+    from pipeline.audio_datasets import load_folders, speaker_disjoint_split
+
+    splits = speaker_disjoint_split(load_folders(data))
+    for name in ("train", "val"):  # the held-out family never reaches training or early stopping
+        assert info["split_clips"][name] == sum(1 for item in splits[name] if item.family != "click")
+    assert info["split_clips"]["test"] == len(splits["test"])  # but it is measured
+    figures = info["test_clips"]
+    assert {"all", "tone", "click", "held_out_pooled"} <= set(figures)
+    assert figures["tone"]["n"] == figures["click"]["n"]  # each family against the same real clips
+    pack = ModelPack.load(tmp_path / "pack")
+    assert pack.score_spectrograms(np.zeros((2, *front_end.input_shape, 1), np.float32)).shape == (2, 1)
