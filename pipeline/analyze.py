@@ -132,7 +132,7 @@ class Analyzer:
             raise UnsupportedMediaError("the model pack has no audio member")
         windows = split_windows(signal, front_end)
         scores = self.pack.score_spectrograms(spectrograms(windows, front_end))
-        window_p = scores.mean(axis=1)
+        window_p = aggregate(scores, self.pack.manifest.audio_aggregation)
         verdict = Verdict(float(window_p.mean()), self.audio_threshold)
         return {
             "label": verdict.label,

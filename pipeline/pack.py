@@ -76,6 +76,8 @@ class Manifest:
     aggregation: Aggregation = Aggregation()
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     audio: AudioFrontEnd | None = None
+    # window scores of the audio members -> P(fake); one-member stacking is Platt calibration
+    audio_aggregation: Aggregation = Aggregation()
     info: Mapping[str, Any] = field(default_factory=dict)  # free-form: training data, dates, figures
 
     @property
@@ -110,6 +112,7 @@ class Manifest:
                     **{k: float(v) for k, v in data.get("thresholds", {}).items()},
                 },
                 audio=AudioFrontEnd.from_dict(audio) if audio else None,
+                audio_aggregation=Aggregation.from_dict(data.get("audio_aggregation", {})),
                 info=dict(data.get("info", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -124,6 +127,7 @@ class Manifest:
             "aggregation": self.aggregation.to_dict(),
             "thresholds": dict(self.thresholds),
             "audio": self.audio.to_dict() if self.audio else None,
+            "audio_aggregation": self.audio_aggregation.to_dict(),
             "info": dict(self.info),
         }
 

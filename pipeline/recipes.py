@@ -21,7 +21,7 @@ from pipeline.ensemble import Aggregation, aggregate, logit
 from pipeline.errors import DeepscanError
 from pipeline.faces import to_model_input
 from pipeline.media import load_audio
-from pipeline.metrics import report, threshold_at_fpr
+from pipeline.metrics import eer, report, threshold_at_fpr
 from pipeline.pack import MANIFEST_FILE, Manifest, MemberSpec, read_manifest, write_manifest
 from pipeline.training import (
     IMAGE_SUFFIXES,
@@ -76,13 +76,18 @@ def _metrics_by_source(
     return figures
 
 
-def fit_aggregation(val_scores: np.ndarray, val_labels: np.ndarray) -> Aggregation:
-    """Stacking: logistic regression over member logits, fitted on validation scores (calibrates too)."""
+def fit_aggregation(val_scores: np.ndarray, val_labels: np.ndarray, *, platt: bool = False) -> Aggregation:
+    """Stacking: logistic regression over member logits, fitted on validation scores (calibrates too).
+
+    With one member it is Platt scaling; without ``platt`` a single member is left as it is.
+    """
     from sklearn.linear_model import LogisticRegression
 
-    if val_scores.shape[1] == 1 or len(set(val_labels.tolist())) < 2:
+    if (val_scores.shape[1] == 1 and not platt) or len(set(val_labels.tolist())) < 2:
         return Aggregation(method="mean")
-    model = LogisticRegression(C=1.0, max_iter=1000)
+    # Platt on a generated spoof set: its class ratio is an artefact of how many families we made, so the
+    # probabilities are calibrated for equal priors rather than for that ratio.
+    model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced" if platt else None)
     model.fit(logit(val_scores), val_labels)
     return Aggregation(
         method="stacking",
@@ -270,16 +275,7 @@ def train_audio_member(
         lambda: build_audio_cnn(front_end.input_shape), name, make_array_sequence(*train, batch_size=config.batch_size, seed=config.seed),
         data["val"][0], data["val"][1], out_dir / "checkpoints", config, verbose=verbose,
     )  # fmt: skip
-    x_test, _, test_clip_idx = data["test"]
-    window = np.asarray(model.predict(x_test, batch_size=64, verbose=0)).reshape(-1)
-    per_clip = clip_scores(window, test_clip_idx, len(splits["test"]))
-    keep = ~np.isnan(per_clip)
-    test_items = [item for item, k in zip(splits["test"], keep, strict=True) if k]
-    test_labels = np.array([item.label for item in test_items])
-    figures = figures_by_family(test_labels, per_clip[keep], [i.family for i in test_items], 0.5)
-    if held:
-        mask = np.array([i.label == 0 or i.family in held for i in test_items])
-        figures["held_out_pooled"] = report(test_labels[mask], per_clip[keep][mask], 0.5).as_dict()
+    calibration, threshold, figures = measure_audio_member(model, data, splits, held)
     file = f"{name}.keras"
     _save_inference_copy(out_dir / "checkpoints" / f"{name}.best.keras", out_dir / file)
     spec = MemberSpec(name=name, kind="audio", file=file, input_size=front_end.input_shape, architecture=name,
@@ -291,12 +287,50 @@ def train_audio_member(
         base,
         members=tuple(others + [spec]),
         audio=front_end,
+        audio_aggregation=calibration,
+        thresholds={**base.thresholds, "audio": threshold},
         info={**dict(base.info), "audio_training": {
             "data": data_dir.name, "split_clips": {k: len(v) for k, v in splits.items()},
             "holdout_families": sorted(held), "config": config.__dict__, "test_clips": figures}},
     )  # fmt: skip
     (out_dir / f"{name}.report.json").write_text(json.dumps({"state": state, "test": figures}, indent=2))
     return write_manifest(out_dir, manifest)
+
+
+def measure_audio_member(
+    model: Any,
+    data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    splits: dict[str, list[AudioItem]],
+    held: set[str],
+) -> tuple[Aggregation, float, dict[str, Any]]:
+    """Calibrate window scores (Platt, on validation windows), pick the clip threshold at the validation
+    EER point, then measure the test clips with both.
+
+    ``data`` holds each split's windows as ``load_audio_windows`` returns them. Class weighting in
+    training moves the scores away from 0.5, so the threshold comes from data the test never sees.
+    Returns (calibration, threshold, figures: all clips, each family against all real clips, the held-out pool).
+    """
+
+    def windows(split: str) -> np.ndarray:
+        return np.asarray(model.predict(data[split][0], batch_size=64, verbose=0)).reshape(-1, 1)
+
+    calibration = fit_aggregation(windows("val"), data["val"][1], platt=True)
+
+    def per_clip(split: str) -> tuple[np.ndarray, list[AudioItem]]:
+        calibrated = aggregate(windows(split), calibration)
+        scores = clip_scores(calibrated, data[split][2], len(splits[split]))
+        keep = ~np.isnan(scores)
+        return scores[keep], [item for item, k in zip(splits[split], keep, strict=True) if k]
+
+    val_scores, val_items = per_clip("val")
+    _, threshold = eer(np.array([i.label for i in val_items]), val_scores)
+    test_scores, test_items = per_clip("test")
+    labels = np.array([i.label for i in test_items])
+    figures = figures_by_family(labels, test_scores, [i.family for i in test_items], threshold)
+    if held:
+        mask = np.array([i.label == 0 or i.family in held for i in test_items])
+        figures["held_out_pooled"] = report(labels[mask], test_scores[mask], threshold).as_dict()
+    return calibration, float(threshold), figures
 
 
 def copy_pack(source: Path, target: Path) -> None:

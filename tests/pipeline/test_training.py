@@ -167,5 +167,9 @@ def test_audio_member_with_a_held_out_family(tmp_path: Path) -> None:
     figures = info["test_clips"]
     assert {"all", "tone", "click", "held_out_pooled"} <= set(figures)
     assert figures["tone"]["n"] == figures["click"]["n"]  # each family against the same real clips
+    calibration = manifest.audio_aggregation  # Platt scaling of window scores, fitted on validation windows
+    assert calibration.method == "stacking" and len(calibration.coefficients) == 1
+    threshold = manifest.thresholds["audio"]  # chosen at the validation EER, used for every test figure
+    assert 0.0 < threshold < 1.0 and figures["all"]["threshold"] == figures["click"]["threshold"] == threshold
     pack = ModelPack.load(tmp_path / "pack")
     assert pack.score_spectrograms(np.zeros((2, *front_end.input_shape, 1), np.float32)).shape == (2, 1)
