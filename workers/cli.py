@@ -52,7 +52,10 @@ def iter_inputs(paths: Sequence[str]) -> Iterator[Path]:
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
     confidence = row.get("confidence") or {}
-    n_faces = len(row.get("faces") or []) or sum(e.get("n_faces", 0) for e in row.get("timeline") or [])
+    # a fresh result carries faces and timeline; a stored row keeps faces in details and seconds in frames
+    faces = row.get("faces") or (row.get("details") or {}).get("faces") or []
+    seconds = row.get("timeline") or row.get("frames") or []
+    n_faces = len(faces) or sum(entry.get("n_faces", 0) for entry in seconds)
     return {
         **{k: row.get(k) for k in CSV_FIELDS},
         "confidence_real": confidence.get("real"),
@@ -325,7 +328,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     writer = Writer(args.format)
     for row in rows:
         row.setdefault("path", row.get("uri"))
-        row.setdefault("model", row.get("model_version"))
+        row.setdefault(
+            "model", f"{row['model_name']}@{row['model_version']}" if row.get("model_name") else None
+        )
         writer.write(row)
     writer.close()
     return EXIT_OK

@@ -105,6 +105,10 @@ def test_results_filters(samples: Path, random_pack: Path, tmp_path: Path) -> No
     assert [Path(r["uri"]).name for r in bad] == ["corrupt.jpg"]
     scored = jsonl(deepscan("results", "--min-probability", "0", database_url=url).stdout)
     assert scored and all(r["fake_probability"] is not None for r in scored)
+    table = list(csv.DictReader(io.StringIO(deepscan("results", "--format", "csv", database_url=url).stdout)))
+    by_name = {Path(r["path"]).name: r for r in table}
+    assert by_name["face.jpg"]["n_faces"] == "1" and int(by_name["talking_face.mp4"]["n_faces"]) >= 6
+    assert by_name["face.jpg"]["model"] == "test-pack@0.0.1"
 
 
 def test_usage_errors_exit_2(tmp_path: Path, random_pack: Path) -> None:
