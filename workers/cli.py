@@ -68,7 +68,8 @@ class Writer:
     """Streams results as JSON lines or CSV; collects them for a table printed at the end."""
 
     def __init__(self, fmt: str, stream: Any = sys.stdout) -> None:
-        self.fmt, self.stream, self.rows = fmt, stream, []
+        self.fmt, self.stream = fmt, stream
+        self.rows: list[dict[str, Any]] = []
         self._csv = csv.DictWriter(stream, fieldnames=CSV_FIELDS) if fmt == "csv" else None
         if self._csv:
             self._csv.writeheader()
@@ -228,16 +229,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import cv2
 
     from pipeline.analyze import Analyzer
-    from pipeline.errors import DeepscanError, ModelPackError
+    from pipeline.errors import DeepscanError
     from pipeline.media import load_image
-    from pipeline.pack import ModelPack
-    from workers.settings import get_settings
+    from workers.embedded import load_pack
 
-    directory = Path(args.models) if args.models else get_settings().models_dir
-    try:
-        analyzer = Analyzer(ModelPack.load(directory))
-    except ModelPackError as e:
-        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
+    analyzer = Analyzer(load_pack(args.models))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     image = Path(args.image)
@@ -263,16 +259,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.errors import ModelPackError
     from pipeline.evaluate import ENSEMBLE, evaluate_audio, evaluate_images, plot_roc, to_markdown
-    from pipeline.pack import ModelPack
-    from workers.settings import get_settings
+    from workers.embedded import load_pack
 
-    directory = Path(args.models) if args.models else get_settings().models_dir
-    try:
-        pack = ModelPack.load(directory)
-    except ModelPackError as e:
-        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
+    pack = load_pack(args.models)
     split = None if args.split == "all" else args.split
     try:
         if args.kind == "audio":

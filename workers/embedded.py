@@ -16,10 +16,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.session import make_engine, migrate, session_factory, session_scope
 from pipeline.analyze import Analyzer
+from pipeline.errors import ModelPackError
 from pipeline.pack import ModelPack
 from workers.errors import UsageError
 from workers.settings import get_settings
 from workers.store import file_uri, save_result, sha256_of
+
+
+def load_pack(models: str | Path | None = None) -> ModelPack:
+    """The pack in ``models`` (default: the configured one); a pack that will not load is a usage error."""
+    directory = Path(models) if models else get_settings().models_dir
+    try:
+        return ModelPack.load(directory)
+    except ModelPackError as e:
+        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
 
 
 def open_sessions(database_url: str | None = None) -> sessionmaker[Session]:
@@ -42,15 +52,7 @@ class EmbeddedRunner:
 
     @classmethod
     def create(cls, *, models: str | Path | None = None, database_url: str | None = None) -> EmbeddedRunner:
-        settings = get_settings()
-        directory = Path(models) if models else settings.models_dir
-        from pipeline.errors import ModelPackError
-
-        try:
-            pack = ModelPack.load(directory)
-        except ModelPackError as e:
-            raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
-        analyzer = Analyzer(pack, score_soundtrack=settings.score_soundtrack)
+        analyzer = Analyzer(load_pack(models), score_soundtrack=get_settings().score_soundtrack)
         return cls(analyzer, open_sessions(database_url))
 
     @contextmanager

@@ -64,6 +64,14 @@ class ObjectTask(Task):
             logger.exception("could not record the failure of %s", ref.result_uri)
 
 
+def object_task(name: str, *, media_type: str = ObjectTask.media_type) -> Any:
+    """Decorator for a task that owns an object's row: ``ObjectTask`` base, bound, retried on transient
+    errors, result ignored (the row is the result)."""
+    return app.task(
+        name=name, base=ObjectTask, media_type=media_type, bind=True, ignore_result=True, **RETRYING
+    )
+
+
 def _sniff(path: Any) -> MediaType:
     try:
         return detect_media_type(path)
@@ -71,7 +79,7 @@ def _sniff(path: Any) -> MediaType:
         return "unknown"  # analyze_file finds the same problem and says why
 
 
-@app.task(name="deepscan.analyze_object", base=ObjectTask, bind=True, ignore_result=True, **RETRYING)
+@object_task("deepscan.analyze_object")
 def analyze_object(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
     """Analyse one object or archive member: images and audio here, videos and archives handed on."""
     obj = ObjectRef.from_dict(ref)
@@ -90,14 +98,7 @@ def analyze_object(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> N
         runtime.write_row(obj, scan_id, result, content_sha256=sha256_file(path))
 
 
-@app.task(
-    name="deepscan.split_video",
-    base=ObjectTask,
-    media_type="video",
-    bind=True,
-    ignore_result=True,
-    **RETRYING,
-)
+@object_task("deepscan.split_video", media_type="video")
 def split_video(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
     """Probe a video and fan it out: one chord part per segment (and the soundtrack), then the verdict."""
     obj, started_s = ObjectRef.from_dict(ref), time.time()
@@ -158,14 +159,7 @@ def score_soundtrack(self: Task, *, ref: dict[str, Any]) -> dict[str, Any]:
     return {"audio": audio, "elapsed_s": round(time.perf_counter() - started, 4)}
 
 
-@app.task(
-    name="deepscan.finish_video",
-    base=ObjectTask,
-    media_type="video",
-    bind=True,
-    ignore_result=True,
-    **RETRYING,
-)
+@object_task("deepscan.finish_video", media_type="video")
 def finish_video(
     self: Task,
     parts: list[dict[str, Any]],
@@ -206,14 +200,7 @@ def video_failed(
     runtime.write_failure(ObjectRef.from_dict(ref), scan_id, error, media_type="video")
 
 
-@app.task(
-    name="deepscan.expand_archive",
-    base=ObjectTask,
-    media_type="archive",
-    bind=True,
-    ignore_result=True,
-    **RETRYING,
-)
+@object_task("deepscan.expand_archive", media_type="archive")
 def expand_archive(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
     """List an archive's members (under limits), give the archive its row, queue one task per member."""
     obj = ObjectRef.from_dict(ref)
