@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import spectrograms, split_windows
+from pipeline.audio import split_windows
 from pipeline.ensemble import Verdict, aggregate, vote
 from pipeline.errors import DeepscanError, MediaDecodeError, NoFaceError, UnsupportedMediaError
 from pipeline.faces import FaceBox, FaceDetector, square_crop
@@ -130,8 +130,7 @@ class Analyzer:
         front_end = self.pack.manifest.audio
         if front_end is None or not self.pack.manifest.audio_members:
             raise UnsupportedMediaError("the model pack has no audio member")
-        windows = split_windows(signal, front_end)
-        scores = self.pack.score_spectrograms(spectrograms(windows, front_end))
+        scores = self.pack.score_audio_windows(split_windows(signal, front_end))
         window_p = aggregate(scores, self.pack.manifest.audio_aggregation)
         verdict = Verdict(float(window_p.mean()), self.audio_threshold)
         return {

@@ -56,6 +56,12 @@ class AudioFrontEnd:
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def same_windows(self, other: AudioFrontEnd) -> bool:
+        """Whether both cut a signal into the same windows (their spectrograms may differ)."""
+        return (self.sample_rate_hz, self.window_samples, self.hop_samples) == (
+            other.sample_rate_hz, other.window_samples, other.hop_samples,
+        )  # fmt: skip
+
     @property
     def window_samples(self) -> int:
         return round(self.window_s * self.sample_rate_hz)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 
@@ -34,7 +35,35 @@ def _applications() -> dict[str, Architecture]:
 
 
 CLASSIC_ARCHITECTURES = ("xception", "inception_v3", "resnet50", "densenet121")
-IMAGE_ARCHITECTURES = (*CLASSIC_ARCHITECTURES, "spectral")
+IMAGE_ARCHITECTURES = (*CLASSIC_ARCHITECTURES, "spectral", "profile")
+CAPTION_BAND = 0.08  # bottom fraction of a face crop every image member ignores (see CaptionMask)
+
+
+@keras.saving.register_keras_serializable(package="deepscan")
+class CaptionMask(layers.Layer):
+    """Sets the bottom ``fraction`` of the rows to mid-grey, for real and fake crops alike.
+
+    Generated-face sites stamp a caption in the bottom corner (thispersondoesnotexist's StyleGAN2 faces
+    carry "StyleGAN2 (Karras et al.)": 9 of the first 32 fake crops in our data show it). A member that could see it
+    would learn the caption, not the face. The band is chin and neck in a 1.3x-margin crop, so little is lost,
+    and since the mask is part of the model it applies at inference exactly as in training.
+    """
+
+    def __init__(self, fraction: float = CAPTION_BAND, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fraction = float(fraction)
+
+    def call(self, images: Any) -> Any:
+        h = ops.shape(images)[1]
+        keep = ops.cast(
+            ops.arange(h) < h - ops.cast(ops.ceil(self.fraction * ops.cast(h, "float32")), "int32"),
+            images.dtype,
+        )
+        keep = ops.reshape(keep, (1, -1, 1, 1))
+        return images * keep + 0.5 * (1.0 - keep)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "fraction": self.fraction}
 
 
 @keras.saving.register_keras_serializable(package="deepscan")
@@ -58,6 +87,67 @@ class LogSpectrum(layers.Layer):
         return (*input_shape[:-1], 1)
 
 
+@keras.saving.register_keras_serializable(package="deepscan")
+class SpectrumProfile(layers.Layer):
+    """Radial profile of the log-magnitude spectrum of the luminance, plus colour statistics.
+
+    Input (N, H, W, 3) in [0, 1]; output (N, bins + 12): the mean log magnitude in ``bins`` rings from the
+    centre of the spectrum to its corners, then the mean and standard deviation of R, G, B, Y, Cb and Cr.
+    Blending a swapped face into a photograph changes both: the high-frequency fall-off (resampling and
+    smoothing) and the colour distribution (the pasted face's colour transfer).
+    """
+
+    def __init__(self, bins: int = 64, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bins = int(bins)
+
+    def call(self, images: Any) -> Any:
+        h, w = images.shape[1], images.shape[2]
+        rings = _ring_index(h, w, self.bins)
+        luma = ops.sum(images * ops.convert_to_tensor([0.299, 0.587, 0.114], dtype=images.dtype), axis=-1)
+        luma = luma - ops.mean(luma, axis=(1, 2), keepdims=True)
+        real, imag = ops.fft2((luma, ops.zeros_like(luma)))
+        magnitude = ops.log(ops.sqrt(real * real + imag * imag) + 1e-6)  # (N, H, W)
+        flat = ops.transpose(ops.reshape(magnitude, (-1, h * w)))  # (H*W, N): segments run over axis 0
+        sums = ops.segment_sum(flat, ops.convert_to_tensor(rings.ravel(), "int32"), num_segments=self.bins)
+        counts = ops.convert_to_tensor(np.bincount(rings.ravel(), minlength=self.bins)[:, None], images.dtype)
+        profile = ops.transpose(sums / counts)  # (N, bins)
+        ycbcr = ops.matmul(images, ops.convert_to_tensor(_YCBCR.T, images.dtype))
+        colours = ops.concatenate([images, ycbcr], axis=-1)  # (N, H, W, 6)
+        stats = [ops.mean(colours, axis=(1, 2)), ops.std(colours, axis=(1, 2))]
+        return ops.concatenate([profile, *stats], axis=-1)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (input_shape[0], self.bins + 12)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "bins": self.bins}
+
+
+_YCBCR = np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], "float32"
+)
+
+
+def _ring_index(h: int, w: int, bins: int) -> np.ndarray:
+    """(H, W) ring number of every frequency of an unshifted 2-D FFT: 0 at DC, ``bins - 1`` at the corners."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    radius = np.hypot(fy, fx) / np.hypot(0.5, 0.5)
+    return np.minimum((radius * bins).astype(np.int64), bins - 1)
+
+
+def build_profile(input_size: tuple[int, int]) -> keras.Model:
+    """Logistic-regression-sized member over ``SpectrumProfile`` features (about 2 k parameters)."""
+    inputs = keras.Input((*input_size, 3), name="face")
+    x = CaptionMask(name="caption_mask")(inputs)
+    x = SpectrumProfile(name="profile")(x)
+    x = layers.BatchNormalization(name="feature_norm")(x)
+    x = layers.Dense(32, activation="relu", name="hidden")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
+    return keras.Model(inputs, outputs, name="profile")
+
+
 def _conv_block(x: Any, filters: int, name: str) -> Any:
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(name=f"{name}_bn")(x)
@@ -68,7 +158,8 @@ def _conv_block(x: Any, filters: int, name: str) -> Any:
 def build_spectral(input_size: tuple[int, int]) -> keras.Model:
     """A small CNN over the log spectrum: the frequency-domain member (about 0.1 M parameters)."""
     inputs = keras.Input((*input_size, 3), name="face")
-    x = LogSpectrum(name="log_spectrum")(inputs)
+    x = CaptionMask(name="caption_mask")(inputs)
+    x = LogSpectrum(name="log_spectrum")(x)
     x = layers.BatchNormalization(name="spectrum_norm")(x)
     for i, filters in enumerate((16, 32, 64, 96)):
         x = _conv_block(x, filters, f"block{i + 1}")
@@ -87,6 +178,8 @@ def build_image_member(
     """
     if architecture == "spectral":
         return build_spectral(input_size)
+    if architecture == "profile":
+        return build_profile(input_size)
     apps = _applications()
     if architecture not in apps:
         raise ValueError(
@@ -96,7 +189,8 @@ def build_image_member(
     if min(input_size) < arch.min_input_px:
         raise ValueError(f"{architecture} needs inputs of at least {arch.min_input_px} px, got {input_size}")
     inputs = keras.Input((*input_size, 3), name="face")
-    x = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(inputs)
+    x = CaptionMask(name="caption_mask")(inputs)
+    x = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(x)
     backbone = arch.build_backbone(
         include_top=False, weights=None, input_shape=(*input_size, 3), pooling="avg"
     )

@@ -1,8 +1,9 @@
 """Model packs: a directory with ``manifest.json`` and one ``.keras`` file per member.
 
 The manifest names the pack and its version, lists the members (``name``, ``kind`` image|audio, ``file``,
-``input_size`` [h, w] (audio: the spectrogram's [F, T]), ``architecture``, ``sha256``), and carries the
-aggregation, the thresholds and the audio front end. Every file's sha256 is checked at load.
+``input_size`` [h, w] (audio: the spectrogram's [F, T]), ``architecture``, ``sha256``; audio members may name
+their own ``front_end``), and carries the aggregation, the thresholds and the audio window layout (``audio``: the
+front end of members that name none). Every file's sha256 is checked at load.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class MemberSpec:
     architecture: str
     sha256: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)
+    front_end: AudioFrontEnd | None = None  # audio members only; None: the manifest's ``audio``
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MemberSpec:
@@ -44,6 +46,7 @@ class MemberSpec:
             if kind not in ("image", "audio"):
                 raise ModelPackError(f"member {data.get('name')!r} has unknown kind {kind!r}")
             h, w = (int(v) for v in data["input_size"])
+            front_end = data.get("front_end")
             return cls(
                 name=str(data["name"]),
                 kind=kind,
@@ -52,6 +55,7 @@ class MemberSpec:
                 architecture=str(data.get("architecture", data["name"])),
                 sha256=str(data.get("sha256", "")),
                 metrics=dict(data.get("metrics", {})),
+                front_end=AudioFrontEnd.from_dict(front_end) if front_end else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelPackError(f"malformed member entry {dict(data)!r}: {e}") from e
@@ -65,6 +69,7 @@ class MemberSpec:
             "architecture": self.architecture,
             "sha256": self.sha256,
             "metrics": dict(self.metrics),
+            **({"front_end": self.front_end.to_dict()} if self.front_end else {}),
         }
 
 
@@ -92,6 +97,28 @@ class Manifest:
     def label(self) -> str:
         return f"{self.name}@{self.version}"
 
+    def front_end_of(self, member: MemberSpec) -> AudioFrontEnd:
+        front_end = member.front_end or self.audio
+        if front_end is None:
+            raise ModelPackError(f"audio member {member.name!r} has no front end and the manifest names none")
+        return front_end
+
+    def check_audio_layout(self) -> None:
+        """Every audio member must cut the same windows: their scores are combined window by window."""
+        for member in self.audio_members:
+            front_end = self.front_end_of(member)
+            if self.audio is not None and not front_end.same_windows(self.audio):
+                raise ModelPackError(
+                    f"audio member {member.name!r} cuts windows of {front_end.window_s} s every "
+                    f"{front_end.hop_s} s at {front_end.sample_rate_hz} Hz; the pack's layout is "
+                    f"{self.audio.window_s} s every {self.audio.hop_s} s at {self.audio.sample_rate_hz} Hz"
+                )
+            if member.input_size != front_end.input_shape:
+                raise ModelPackError(
+                    f"audio member {member.name!r} takes {member.input_size} but its front end makes "
+                    f"{front_end.input_shape}"
+                )
+
     def threshold(self, kind: str) -> float:
         return float(self.thresholds.get(kind, DEFAULT_THRESHOLDS.get(kind, 0.5)))
 
@@ -102,7 +129,7 @@ class Manifest:
             if not members:
                 raise ModelPackError("the manifest lists no members")
             audio = data.get("audio")
-            return cls(
+            manifest = cls(
                 name=str(data["name"]),
                 version=str(data["version"]),
                 members=members,
@@ -117,6 +144,8 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelPackError(f"malformed manifest: {e}") from e
+        manifest.check_audio_layout()
+        return manifest
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +159,61 @@ class Manifest:
             "audio_aggregation": self.audio_aggregation.to_dict(),
             "info": dict(self.info),
         }
+
+
+def store_float16(path: str | Path) -> None:
+    """Rewrite a ``.keras`` file with its float32 weights stored as float16, halving its size.
+
+    The file stays a plain ``.keras`` archive: Keras casts each stored array to the variable's dtype when it
+    loads, so the model still computes in float32 on any backend. Only the stored precision changes (about
+    three significant digits, far below what moves a score). Other members of the archive are copied as they are.
+    """
+    import io
+    import zipfile
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for info, data in entries:
+            if info.filename.endswith(".h5"):
+                data = _float16_h5(io.BytesIO(data))
+            archive.writestr(info, data)
+
+
+def compact_pack(directory: str | Path) -> Manifest:
+    """Store every member of a pack as float16 (``store_float16``) and update the manifest's checksums.
+
+    Figures in the manifest were measured before the rounding; ``deepscan evaluate`` re-measures them.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    for member in manifest.members:
+        store_float16(directory / member.file)
+    return write_manifest(directory, manifest)  # fills in the new checksums
+
+
+def _float16_h5(source: Any) -> bytes:
+    import io
+
+    import h5py
+
+    out = io.BytesIO()
+    with h5py.File(source, "r") as fin, h5py.File(out, "w") as fout:
+        fout.attrs.update(fin.attrs)
+
+        def copy(name: str, item: Any) -> None:
+            if isinstance(item, h5py.Dataset):
+                array = item[()]
+                target = fout.create_dataset(
+                    name, data=array.astype(np.float16) if array.dtype == np.float32 else array
+                )
+            else:
+                target = fout.require_group(name)
+            target.attrs.update(item.attrs)
+
+        fin.visititems(copy)
+    return out.getvalue()
 
 
 def sha256_file(path: Path) -> str:
@@ -229,10 +313,22 @@ class ModelPack:
             scores[:, j] = self._predict(member.name, inputs[member.input_size])
         return scores
 
-    def score_spectrograms(self, features: np.ndarray) -> np.ndarray:
-        """Score audio windows (N, F, T, 1) with every audio member. Returns float64 (N, M_audio)."""
+    def score_audio_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Score raw audio windows (N, window_samples) with every audio member.
+
+        Each member gets the spectrogram of its own front end (computed once per distinct front end).
+        Returns float64 (N, M_audio), P(fake) per window and audio member, in manifest order.
+        """
+        from pipeline.audio import spectrograms
+
         members = self.manifest.audio_members
-        scores = np.zeros((len(features), len(members)), dtype=np.float64)
+        scores = np.zeros((len(windows), len(members)), dtype=np.float64)
+        if not len(windows):
+            return scores
+        features: dict[AudioFrontEnd, np.ndarray] = {}
         for j, member in enumerate(members):
-            scores[:, j] = self._predict(member.name, features)
+            front_end = self.manifest.front_end_of(member)
+            if front_end not in features:
+                features[front_end] = spectrograms(windows, front_end)
+            scores[:, j] = self._predict(member.name, features[front_end])
         return scores

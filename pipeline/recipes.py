@@ -18,11 +18,19 @@ import numpy as np
 from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
 from pipeline.audio_datasets import AudioItem, load_folders, speaker_disjoint_split
 from pipeline.ensemble import Aggregation, aggregate, logit
-from pipeline.errors import DeepscanError
+from pipeline.errors import DeepscanError, ModelPackError
 from pipeline.faces import to_model_input
 from pipeline.media import load_audio
 from pipeline.metrics import eer, report, threshold_at_fpr
-from pipeline.pack import MANIFEST_FILE, Manifest, MemberSpec, read_manifest, write_manifest
+from pipeline.pack import (
+    MANIFEST_FILE,
+    Manifest,
+    MemberSpec,
+    ModelPack,
+    read_manifest,
+    store_float16,
+    write_manifest,
+)
 from pipeline.training import (
     IMAGE_SUFFIXES,
     Augmentation,
@@ -56,14 +64,6 @@ class MemberPlan:
             raise ValueError(f"member {text!r} needs an input size, e.g. {architecture}:96")
         h, _, w = size.partition("x")
         return cls(architecture.strip().lower(), (int(h), int(w or h)))
-
-
-def _existing_members(out_dir: Path, kind: str) -> tuple[list[MemberSpec], Manifest | None]:
-    """Members of the other kind already in ``out_dir`` (kept when one kind is retrained)."""
-    if not (out_dir / MANIFEST_FILE).is_file():
-        return [], None
-    manifest = read_manifest(out_dir)
-    return [m for m in manifest.members if m.kind != kind], manifest
 
 
 def _metrics_by_source(
@@ -132,72 +132,96 @@ def train_image_members(
     crops = {name: load_crops(items) for name, items in splits.items()}
     labels = {name: np.array([s.label for s in items], dtype=np.int64) for name, items in splits.items()}
 
+    previous = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else None
+    trained = {plan.name for plan in plans}
+    kept = [m for m in previous.members if m.name not in trained] if previous else []
     specs: list[MemberSpec] = []
-    val_scores, test_scores = [], []
     for plan in plans:
-        inputs_val = to_model_input(list(crops["val"]), plan.input_size)
         train_seq = make_face_sequence(
             crops["train"], labels["train"], balanced_weights(splits["train"]),
             input_size=plan.input_size, batch_size=config.batch_size, aug=augmentation, seed=config.seed,
         )  # fmt: skip
-        model, state = fit_member(
-            partial(build_image_member, plan.architecture, plan.input_size),
-            plan.name, train_seq, inputs_val, labels["val"], out_dir / "checkpoints", config, verbose=verbose,
+        _, state = fit_member(
+            partial(build_image_member, plan.architecture, plan.input_size), plan.name, train_seq,
+            to_model_input(list(crops["val"]), plan.input_size), labels["val"], out_dir / "checkpoints", config,
+            verbose=verbose,
         )  # fmt: skip
-        val_scores.append(np.asarray(model.predict(inputs_val, batch_size=64, verbose=0)).reshape(-1))
-        inputs_test = to_model_input(list(crops["test"]), plan.input_size)
-        test_scores.append(np.asarray(model.predict(inputs_test, batch_size=64, verbose=0)).reshape(-1))
         file = f"{plan.name}.keras"
         _save_inference_copy(out_dir / "checkpoints" / f"{plan.name}.best.keras", out_dir / file)
-        member_metrics = _metrics_by_source(
-            labels["test"], test_scores[-1], [s.source for s in splits["test"]], 0.5
-        )
         specs.append(MemberSpec(
             name=plan.name, kind="image", file=file, input_size=plan.input_size, architecture=plan.architecture,
-            metrics={"test_auc": member_metrics["all"]["auc"], "best_epoch": state["best_epoch"] + 1,
-                     "val_auc": state["best_auc"]},
+            metrics={"best_epoch": state["best_epoch"] + 1, "val_auc": state["best_auc"]},
         ))  # fmt: skip
         (out_dir / f"{plan.name}.report.json").write_text(
-            json.dumps({"state": state, "test": member_metrics}, indent=2)
+            json.dumps({"state": state, "config": config.__dict__}, indent=2)
         )
+    base = previous or Manifest(name=pack_name, version=version, members=tuple(specs))
+    write_manifest(out_dir, replace(base, members=(*kept, *specs)))
+    return fit_image_ensemble(
+        out_dir, splits, crops, target_fpr=target_fpr,
+        info={"data": str(data_dir.name), "config": config.__dict__},
+    )  # fmt: skip
 
-    val_matrix, test_matrix = np.stack(val_scores, axis=1), np.stack(test_scores, axis=1)
+
+def fit_image_ensemble(
+    pack_dir: Path,
+    splits: dict[str, list[Any]],
+    crops: dict[str, np.ndarray],
+    *,
+    target_fpr: float | None = None,
+    info: dict[str, Any] | None = None,
+) -> Manifest:
+    """Fuse every image member of the pack and measure members and ensemble on the test split.
+
+    The aggregation is stacking fitted on the validation split; the threshold is the one that gives
+    ``target_fpr`` on validation (0.5 without a target). Members already in the pack (trained by an earlier
+    run) take part like the new ones. Each member's figures are for its raw output at 0.5.
+    """
+    pack = ModelPack.load(pack_dir, verify=False)
+    labels = {k: np.array([s.label for s in v], dtype=np.int64) for k, v in splits.items()}
+    sources = [s.source for s in splits["test"]]
+    val_matrix = pack.score_faces(list(crops["val"]))
+    test_matrix = pack.score_faces(list(crops["test"]))
     aggregation = fit_aggregation(val_matrix, labels["val"])
     val_ensemble = aggregate(val_matrix, aggregation)
     threshold = threshold_at_fpr(labels["val"], val_ensemble, target_fpr) if target_fpr else 0.5
-    test_ensemble = aggregate(test_matrix, aggregation)
-    sources = [s.source for s in splits["test"]]
-    ensemble_figures = _metrics_by_source(labels["test"], test_ensemble, sources, threshold)
-    mean_figures = _metrics_by_source(labels["test"], test_matrix.mean(axis=1), sources, threshold)
-
-    others, previous = _existing_members(out_dir, "image")
-    manifest = Manifest(
-        name=pack_name,
-        version=version,
-        members=tuple(specs + others),
-        aggregation=aggregation,
-        thresholds={**(previous.thresholds if previous else {}), "image": threshold},
-        audio=previous.audio if previous else None,
-        info={
-            **(dict(previous.info) if previous else {}),
-            "image_training": {
-                "data": str(data_dir.name),
-                "split": {k: len(v) for k, v in splits.items()},
-                "target_fpr": target_fpr,
-                "config": config.__dict__,
-                "test_ensemble": ensemble_figures,
-                "test_mean": mean_figures,
-            },
-        },
+    ensemble_figures = _metrics_by_source(
+        labels["test"], aggregate(test_matrix, aggregation), sources, threshold
     )
-    return write_manifest(out_dir, manifest)
+    mean_figures = _metrics_by_source(labels["test"], test_matrix.mean(axis=1), sources, threshold)
+    members, member_figures = [], {}
+    for j, member in enumerate(pack.manifest.image_members):
+        figures = _metrics_by_source(labels["test"], test_matrix[:, j], sources, 0.5)
+        member_figures[member.name] = figures
+        members.append(replace(member, metrics={**member.metrics, "test_auc": figures["all"]["auc"]}))
+        (pack_dir / f"{member.name}.report.json").write_text(json.dumps(
+            {**_read_json(pack_dir / f"{member.name}.report.json"), "test": figures}, indent=2
+        ))  # fmt: skip
+    manifest = replace(
+        pack.manifest,
+        members=(*members, *pack.manifest.audio_members),
+        aggregation=aggregation,
+        thresholds={**pack.manifest.thresholds, "image": threshold},
+        info={**dict(pack.manifest.info), "image_training": {
+            **(info or {}), "split": {k: len(v) for k, v in splits.items()}, "target_fpr": target_fpr,
+            "test_ensemble": ensemble_figures, "test_mean": mean_figures, "members": member_figures}},
+    )  # fmt: skip
+    return write_manifest(pack_dir, manifest)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _save_inference_copy(checkpoint: Path, target: Path) -> None:
-    """Write a model without its optimizer state (a third of the size of an Adam checkpoint)."""
+    """Write a model without its optimizer state, weights stored as float16 (a sixth of an Adam checkpoint).
+
+    Every figure the recipes report is measured on this copy, as ``deepscan detect`` will load it.
+    """
     import keras
 
     keras.saving.load_model(checkpoint, compile=False).save(target)
+    store_float16(target)
 
 
 def load_audio_windows(
@@ -246,91 +270,156 @@ def train_audio_member(
     front_end: AudioFrontEnd = AudioFrontEnd(),
     config: FitConfig = FitConfig(epochs=15, batch_size=32),
     holdout_families: Sequence[str] = (),
+    name: str | None = None,
     pack_name: str = "deepscan-default",
     version: str = "0.1.0",
     verbose: int = 1,
 ) -> Manifest:
-    """Train the audio CNN on clips under ``real/`` and ``fake/<family>/`` of ``data_dir``; add it to the pack.
+    """Train an audio CNN on clips under ``real/`` and ``fake/<family>/`` of ``data_dir``; add it to the pack.
 
-    The split is speaker-disjoint. Spoof families in ``holdout_families`` are kept out of training and
-    validation entirely: their test figures are the ones that predict unseen generators.
+    The member is named ``audio_<feature>`` unless ``name`` says otherwise; a member of that name is
+    replaced, other audio members stay and are fused with it (``fit_audio_fusion``). The split is
+    speaker-disjoint. Spoof families in ``holdout_families`` are kept out of training and validation
+    entirely: their test figures are the ones that predict unseen generators.
     """
     from pipeline.models import build_audio_cnn
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = speaker_disjoint_split(load_folders(data_dir))
-    held = set(holdout_families)
-    for name in ("train", "val"):
-        splits[name] = [item for item in splits[name] if item.family not in held]
-    for name, items in splits.items():
-        logger.info("%s: %d clips (%d spoofed)", name, len(items), sum(i.label for i in items))
-    data = {name: load_audio_windows(items, front_end) for name, items in splits.items()}
+    name = name or f"audio_{front_end.feature}"
+    previous = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else None
+    members = [m for m in previous.members if m.name != name] if previous else []
+    layout = previous.audio if previous and any(m.kind == "audio" for m in members) else front_end
+    if layout is None or not front_end.same_windows(layout):  # checked before any training time is spent
+        raise ModelPackError(
+            f"{name} would cut windows of {front_end.window_s} s every {front_end.hop_s} s; the pack's other "
+            f"audio members use {layout.window_s if layout else '?'} s every {layout.hop_s if layout else '?'} s, "
+            "and members are fused window by window"
+        )
+    splits = _audio_splits(data_dir, holdout_families)
+    data = {split: load_audio_windows(splits[split], front_end) for split in ("train", "val")}
     x_train, y_train, _ = data["train"]
     weights = np.where(y_train == 1, 0.5 / max(y_train.mean(), 1e-6), 0.5 / max(1 - y_train.mean(), 1e-6))
     order = np.random.default_rng(config.seed).permutation(len(y_train))
     train = (x_train[order], y_train[order].astype(np.float32)[:, None], weights[order].astype(np.float32))
-    name = "audio_cnn"
-    model, state = fit_member(
+    del data["train"], x_train
+    _, state = fit_member(
         lambda: build_audio_cnn(front_end.input_shape), name, make_array_sequence(*train, batch_size=config.batch_size, seed=config.seed),
         data["val"][0], data["val"][1], out_dir / "checkpoints", config, verbose=verbose,
     )  # fmt: skip
-    calibration, threshold, figures = measure_audio_member(model, data, splits, held)
     file = f"{name}.keras"
     _save_inference_copy(out_dir / "checkpoints" / f"{name}.best.keras", out_dir / file)
-    spec = MemberSpec(name=name, kind="audio", file=file, input_size=front_end.input_shape, architecture=name,
-                      metrics={"test_auc": figures["all"]["auc"], "test_eer": figures["all"]["eer"],
-                               "val_auc": state["best_auc"], "best_epoch": state["best_epoch"] + 1})  # fmt: skip
-    others, previous = _existing_members(out_dir, "audio")
+    spec = MemberSpec(name=name, kind="audio", file=file, input_size=front_end.input_shape, architecture="audio_cnn",
+                      metrics={"val_auc": state["best_auc"], "best_epoch": state["best_epoch"] + 1},
+                      front_end=front_end)  # fmt: skip
     base = previous or Manifest(name=pack_name, version=version, members=(spec,))
-    manifest = replace(
-        base,
-        members=tuple(others + [spec]),
-        audio=front_end,
-        audio_aggregation=calibration,
-        thresholds={**base.thresholds, "audio": threshold},
-        info={**dict(base.info), "audio_training": {
-            "data": data_dir.name, "split_clips": {k: len(v) for k, v in splits.items()},
-            "holdout_families": sorted(held), "config": config.__dict__, "test_clips": figures}},
-    )  # fmt: skip
-    (out_dir / f"{name}.report.json").write_text(json.dumps({"state": state, "test": figures}, indent=2))
-    return write_manifest(out_dir, manifest)
+    manifest = replace(base, members=(*members, spec), audio=layout)
+    write_manifest(out_dir, manifest)
+    (out_dir / f"{name}.report.json").write_text(
+        json.dumps({"state": state, "config": config.__dict__}, indent=2)
+    )
+    return fit_audio_fusion(data_dir, out_dir, holdout_families=holdout_families, config=config)
 
 
-def measure_audio_member(
-    model: Any,
-    data: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-    splits: dict[str, list[AudioItem]],
-    held: set[str],
-) -> tuple[Aggregation, float, dict[str, Any]]:
-    """Calibrate window scores (Platt, on validation windows), pick the clip threshold at the validation
-    EER point, then measure the test clips with both.
+def _audio_splits(data_dir: Path, holdout_families: Sequence[str]) -> dict[str, list[AudioItem]]:
+    splits = speaker_disjoint_split(load_folders(data_dir))
+    held = set(holdout_families)
+    for split in ("train", "val"):
+        splits[split] = [item for item in splits[split] if item.family not in held]
+    for split, items in splits.items():
+        logger.info("%s: %d clips (%d spoofed)", split, len(items), sum(i.label for i in items))
+    return splits
 
-    ``data`` holds each split's windows as ``load_audio_windows`` returns them. Class weighting in
-    training moves the scores away from 0.5, so the threshold comes from data the test never sees.
-    Returns (calibration, threshold, figures: all clips, each family against all real clips, the held-out pool).
+
+def score_audio_clips(
+    pack: ModelPack, items: Sequence[AudioItem]
+) -> tuple[np.ndarray, np.ndarray, list[AudioItem]]:
+    """Window scores of every audio member for every usable clip.
+
+    Returns (scores (N, M_audio), clip index (N,) into the returned items, the usable items).
     """
+    if pack.manifest.audio is None:
+        raise DeepscanError("the pack has no audio member")
+    scores: list[np.ndarray] = []
+    clips: list[int] = []
+    usable: list[AudioItem] = []
+    for item in items:
+        try:
+            windows = split_windows(load_audio(item.path, sample_rate_hz=pack.manifest.audio.sample_rate_hz),
+                                    pack.manifest.audio)  # fmt: skip
+        except DeepscanError as e:
+            logger.warning("skipping %s: %s", item.path, e.reason)
+            continue
+        scores.append(pack.score_audio_windows(windows))
+        clips.extend([len(usable)] * len(windows))
+        usable.append(item)
+    if not usable:
+        raise DeepscanError("no usable audio clips")
+    return np.concatenate(scores), np.asarray(clips, dtype=np.int64), usable
 
-    def windows(split: str) -> np.ndarray:
-        return np.asarray(model.predict(data[split][0], batch_size=64, verbose=0)).reshape(-1, 1)
 
-    calibration = fit_aggregation(windows("val"), data["val"][1], platt=True)
+def fit_audio_fusion(
+    data_dir: str | Path,
+    pack_dir: str | Path,
+    *,
+    holdout_families: Sequence[str] = (),
+    config: FitConfig | None = None,
+) -> Manifest:
+    """Fuse the pack's audio members and measure them: the audio aggregation, threshold and figures.
 
-    def per_clip(split: str) -> tuple[np.ndarray, list[AudioItem]]:
-        calibrated = aggregate(windows(split), calibration)
-        scores = clip_scores(calibrated, data[split][2], len(splits[split]))
-        keep = ~np.isnan(scores)
-        return scores[keep], [item for item, k in zip(splits[split], keep, strict=True) if k]
+    The aggregation is a logistic regression over the members' window logits, fitted on validation windows
+    with balanced classes (with one member it is Platt scaling). The generated set's spoof-to-real ratio is
+    an artefact of how many families were made, so probabilities are calibrated for equal priors. The clip
+    threshold sits at the validation EER point. Test figures: all clips, each family against all real
+    clips, the held-out families pooled; for the fusion and for each member alone (Platt-scaled alike).
+    """
+    data_dir, pack_dir = Path(data_dir), Path(pack_dir)
+    pack = ModelPack.load(pack_dir, verify=False)
+    splits = _audio_splits(data_dir, holdout_families)
+    held = set(holdout_families)
+    scored = {split: score_audio_clips(pack, splits[split]) for split in ("val", "test")}
+    val_windows, val_clips, val_items = scored["val"]
+    window_labels = np.array([val_items[c].label for c in val_clips])
 
-    val_scores, val_items = per_clip("val")
-    _, threshold = eer(np.array([i.label for i in val_items]), val_scores)
-    test_scores, test_items = per_clip("test")
-    labels = np.array([i.label for i in test_items])
-    figures = figures_by_family(labels, test_scores, [i.family for i in test_items], threshold)
-    if held:
-        mask = np.array([i.label == 0 or i.family in held for i in test_items])
-        figures["held_out_pooled"] = report(labels[mask], test_scores[mask], threshold).as_dict()
-    return calibration, float(threshold), figures
+    def measure(columns: list[int]) -> tuple[Aggregation, float, dict[str, Any]]:
+        fusion = fit_aggregation(val_windows[:, columns], window_labels, platt=True)
+
+        def per_clip(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+            windows, clips, items = scored[split]
+            probabilities = clip_scores(aggregate(windows[:, columns], fusion), clips, len(items))
+            return probabilities, np.array([i.label for i in items]), [i.family for i in items]
+
+        val_scores, val_labels, _ = per_clip("val")
+        _, threshold = eer(val_labels, val_scores)
+        test_scores, labels, families = per_clip("test")
+        figures = figures_by_family(labels, test_scores, families, threshold)
+        if held:
+            mask = np.array(
+                [label == 0 or family in held for label, family in zip(labels, families, strict=True)]
+            )
+            figures["held_out_pooled"] = report(labels[mask], test_scores[mask], threshold).as_dict()
+        return fusion, float(threshold), figures
+
+    members = pack.manifest.audio_members
+    member_figures = {m.name: measure([j])[2] for j, m in enumerate(members)}
+    fusion, threshold, figures = measure(list(range(len(members))))
+    manifest = pack.manifest
+    updated = tuple(
+        replace(m, metrics={**m.metrics, "test_auc": member_figures[m.name]["all"]["auc"],
+                            "test_eer": member_figures[m.name]["all"]["eer"]}) if m.kind == "audio" else m
+        for m in manifest.members
+    )  # fmt: skip
+    manifest = replace(
+        manifest,
+        members=updated,
+        audio_aggregation=fusion,
+        thresholds={**manifest.thresholds, "audio": threshold},
+        info={**dict(manifest.info), "audio_training": {
+            "data": data_dir.name, "split_clips": {k: len(v) for k, v in splits.items()},
+            "holdout_families": sorted(held), "config": config.__dict__ if config else None,
+            "test_clips": figures, "members": member_figures}},
+    )  # fmt: skip
+    return write_manifest(pack_dir, manifest)
 
 
 def copy_pack(source: Path, target: Path) -> None:

@@ -162,10 +162,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(render(read_manifest(directory), directory, notes), end="")
         return EXIT_OK
     from pipeline.errors import ModelPackError
-    from pipeline.pack import read_manifest
+    from pipeline.pack import compact_pack, read_manifest
 
     try:
-        manifest = read_manifest(directory)
+        manifest = compact_pack(directory) if args.action == "compact" else read_manifest(directory)
     except ModelPackError as e:
         raise UsageError(e.reason) from e
     print(f"{manifest.label}  ({directory})")
@@ -183,6 +183,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.training import FitConfig
 
+    if args.kind == "spoofs":
+        from pipeline.spoofs import build_spoof_dataset
+
+        print(json.dumps(build_spoof_dataset(args.real, args.out, seed=args.seed)))
+        return EXIT_OK
     config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        patience=args.patience, seed=args.seed)  # fmt: skip
     verbose = 1 if sys.stderr.isatty() else 2
@@ -203,16 +208,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.out,
             front_end=AudioFrontEnd.for_feature(args.feature),
             config=config,
+            holdout_families=[f for f in args.holdout_families.split(",") if f],
             pack_name=args.name,
             version=args.version,
             verbose=verbose,
         )
-    else:
-        from pipeline.spoofs import build_spoof_dataset
-
-        counts = build_spoof_dataset(args.real, args.out, seed=args.seed)
-        print(json.dumps(counts))
-        return EXIT_OK
     print(json.dumps({m.name: dict(m.metrics) for m in manifest.members}, indent=2))
     return EXIT_OK
 
@@ -450,7 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(func=cmd_detect)
 
     models = sub.add_parser("models", help="the model pack")
-    models.add_argument("action", choices=("path", "list", "card"))
+    models.add_argument(
+        "action", choices=("path", "list", "card", "compact"), help="compact: store the members as float16"
+    )
     models.add_argument("--models", metavar="DIR")
     models.add_argument("--notes", metavar="FILE", help="with card: hand-written notes to append")
     models.set_defaults(func=cmd_models)

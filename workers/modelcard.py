@@ -4,6 +4,7 @@ the test split), so no number in a card is typed by hand.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ def _figure_table(figures: dict[str, dict[str, Any]]) -> list[str]:
     for subset, values in figures.items():
         lines.append(f"| {subset} | " + " | ".join(_fmt(values.get(k)) for k in FIGURES) + " |")
     return lines
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
@@ -63,24 +72,41 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
         lines += _figure_table(image["test_ensemble"])
         lines += ["", "Plain mean of the members, for comparison:", ""]
         lines += _figure_table(image["test_mean"])
-        for m in manifest.image_members:
-            report = directory / f"{m.name}.report.json"
-            if report.is_file():
-                import json
-
-                lines += ["", f"Member `{m.name}` alone (threshold 0.5):", ""]
-                lines += _figure_table(json.loads(report.read_text())["test"])
+        members = image.get("members") or {
+            m.name: _read_json(directory / f"{m.name}.report.json").get("test")
+            for m in manifest.image_members
+        }
+        for name, figures in members.items():
+            if figures:
+                lines += ["", f"Member `{name}` alone (threshold 0.5):", ""]
+                lines += _figure_table(figures)
     audio = info.get("audio_training")
     if audio:
+        held = ", ".join(audio.get("holdout_families") or []) or "none"
         lines += [
             "",
-            "## Audio member",
+            "## Audio",
             "",
             f"Data: `{audio['data']}`, clips per split {audio['split_clips']}; "
-            f"configuration {audio['config']}. Clip score = mean of window scores.",
+            f"configuration {audio['config']}. Spoof families held out of training and validation: {held}.",
+            f"Window scores of the {len(manifest.audio_members)} audio member(s) are fused by "
+            f"`{manifest.audio_aggregation.method}` (fitted on validation windows); clip score = mean of the "
+            f"fused windows; threshold {manifest.threshold('audio'):.3f} (validation EER point).",
             "",
         ]
         lines += _figure_table(audio["test_clips"])
+        scorers = {"fusion": audio["test_clips"], **(audio.get("members") or {})}
+        subsets = [k for k in audio["test_clips"] if k != "all"]
+        lines += [
+            "",
+            "Test EER per spoof family (each family against all real test clips), fusion and members alone:",
+            "",
+            "| scorer | all | " + " | ".join(subsets) + " |",
+            "|---" * (len(subsets) + 2) + "|",
+        ]
+        for scorer, figures in scorers.items():
+            cells = [_percent(figures.get(k, {}).get("eer")) for k in ("all", *subsets)]
+            lines.append(f"| {scorer} | " + " | ".join(cells) + " |")
     if notes:
         lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"

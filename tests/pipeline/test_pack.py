@@ -17,8 +17,8 @@ def test_save_reload_gives_identical_outputs(random_pack: Path, tmp_path: Path) 
     pack = ModelPack.load(random_pack)
     rng = np.random.default_rng(0)
     crops = [face_image()[60:220, 150:310], rng.integers(0, 255, (90, 90, 3), dtype=np.uint8)]
-    spectro = rng.normal(size=(3, *pack.manifest.audio.input_shape, 1)).astype(np.float32)  # type: ignore[union-attr]
-    before_faces, before_audio = pack.score_faces(crops), pack.score_spectrograms(spectro)
+    windows = rng.normal(0, 0.1, size=(3, pack.manifest.audio.window_samples)).astype(np.float32)  # type: ignore[union-attr]
+    before_faces, before_audio = pack.score_faces(crops), pack.score_audio_windows(windows)
 
     copy = tmp_path / "copy"
     copy.mkdir()
@@ -27,8 +27,45 @@ def test_save_reload_gives_identical_outputs(random_pack: Path, tmp_path: Path) 
     shutil.copy(random_pack / MANIFEST_FILE, copy / MANIFEST_FILE)
     reloaded = ModelPack.load(copy, verify=False)
     np.testing.assert_array_equal(reloaded.score_faces(crops), before_faces)
-    np.testing.assert_array_equal(reloaded.score_spectrograms(spectro), before_audio)
+    np.testing.assert_array_equal(reloaded.score_audio_windows(windows), before_audio)
     assert before_faces.shape == (2, 2) and ((before_faces >= 0) & (before_faces <= 1)).all()
+
+
+def test_audio_members_with_their_own_front_ends(random_pack: Path, tmp_path: Path) -> None:
+    """Members fused window by window may read different spectrograms of the same windows."""
+    from dataclasses import replace
+
+    from pipeline.audio import AudioFrontEnd, spectrograms
+    from pipeline.models import build_audio_cnn
+    from pipeline.pack import MemberSpec, write_manifest
+
+    copy = tmp_path / "two_audio"
+    shutil.copytree(random_pack, copy)
+    manifest = read_manifest(copy)
+    assert manifest.audio is not None
+    cqt = replace(
+        AudioFrontEnd.for_feature("cqt"), window_s=manifest.audio.window_s, hop_s=manifest.audio.hop_s
+    )
+    build_audio_cnn(cqt.input_shape).save(copy / "audio_cqt.keras")
+    member = MemberSpec("audio_cqt", "audio", "audio_cqt.keras", cqt.input_shape, "audio_cnn", front_end=cqt)
+    write_manifest(copy, replace(manifest, members=(*manifest.members, member)))
+
+    pack = ModelPack.load(copy)
+    assert pack.manifest.audio_members[-1].front_end == cqt  # survives the manifest round trip
+    windows = np.random.default_rng(0).normal(0, 0.1, (3, cqt.window_samples)).astype(np.float32)
+    scores = pack.score_audio_windows(windows)
+    assert scores.shape == (3, 2)
+    alone = np.asarray(pack.models["audio_cqt"].predict_on_batch(spectrograms(windows, cqt))).reshape(-1)
+    np.testing.assert_allclose(scores[:, 1], alone, rtol=1e-5)
+    assert not np.allclose(scores[:, 0], scores[:, 1])
+
+    longer = replace(cqt, window_s=2 * cqt.window_s)  # windows that cannot be fused with the others
+    data = json.loads((copy / MANIFEST_FILE).read_text())
+    data["members"][-1]["front_end"] = longer.to_dict()
+    data["members"][-1]["input_size"] = list(longer.input_shape)
+    (copy / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelPackError, match="cuts windows"):
+        read_manifest(copy)
 
 
 def test_checksum_mismatch_is_refused(random_pack: Path, tmp_path: Path) -> None:
@@ -81,3 +118,23 @@ def test_classic_members_build_at_their_smallest_input(architecture: str) -> Non
 def test_unknown_architecture() -> None:
     with pytest.raises(ValueError, match="unknown architecture"):
         build_image_member("vgg16", (64, 64))
+
+
+def test_float16_storage_halves_the_file_and_keeps_the_scores(tmp_path: Path) -> None:
+    import keras
+
+    from pipeline.pack import store_float16
+
+    keras.utils.set_random_seed(3)
+    model = build_image_member("densenet121", (32, 32))
+    path = tmp_path / "member.keras"
+    model.save(path)
+    before = path.stat().st_size
+    store_float16(path)
+    assert path.stat().st_size < 0.6 * before
+    reloaded = keras.saving.load_model(path, compile=False)  # a plain .keras file still
+    assert all(w.dtype == "float32" for w in reloaded.weights)  # computes in float32 as before
+    x = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+    expected, got = model.predict(x, verbose=0), reloaded.predict(x, verbose=0)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    assert not np.array_equal(got, expected)  # the weights really were rounded

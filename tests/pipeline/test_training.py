@@ -114,6 +114,17 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
     pack = ModelPack.load(out)
     assert pack.manifest.info["image_training"]["split"]["test"] > 0
 
+    # a later run that trains another member keeps the first one and fuses both on validation scores
+    manifest = train_image_members(data, out, [MemberPlan.parse("profile:64")], target_fpr=0.1,
+                                   config=FitConfig(epochs=1, batch_size=16), verbose=0)  # fmt: skip
+    assert [m.name for m in manifest.image_members] == ["spectral", "profile"]
+    assert manifest.aggregation.method == "stacking" and len(manifest.aggregation.coefficients) == 2
+    info = manifest.info["image_training"]
+    assert set(info["members"]) == {"spectral", "profile"} and info["target_fpr"] == 0.1
+    assert manifest.image_members[0].metrics["test_auc"] == info["members"]["spectral"]["all"]["auc"]
+    assert 0.0 < manifest.thresholds["image"] < 1.0
+    assert ModelPack.load(out).score_faces([np.zeros((64, 64, 3), np.uint8)]).shape == (1, 2)
+
 
 def test_member_plan_parsing() -> None:
     assert MemberPlan.parse("densenet121:96").input_size == (96, 96)
@@ -145,21 +156,23 @@ def make_audio_dataset(root: Path, n_speakers: int = 24) -> Path:
 
 
 @pytest.mark.slow
-def test_audio_member_with_a_held_out_family(tmp_path: Path) -> None:
+def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
     from pipeline.audio import AudioFrontEnd
-    from pipeline.pack import ModelPack
+    from pipeline.audio_datasets import load_folders, speaker_disjoint_split
+    from pipeline.errors import ModelPackError
+    from pipeline.pack import ModelPack, read_manifest
     from pipeline.recipes import train_audio_member
 
     data = make_audio_dataset(tmp_path / "audio")
     front_end = AudioFrontEnd(window_s=1.0, hop_s=1.0)
+    config = FitConfig(epochs=3, batch_size=8, patience=5)
     manifest = train_audio_member(data, tmp_path / "pack", front_end=front_end, holdout_families=["click"],
-                                  config=FitConfig(epochs=3, batch_size=8, patience=5), verbose=0)  # fmt: skip
+                                  config=config, verbose=0)  # fmt: skip
     (member,) = manifest.audio_members
-    assert member.input_size == front_end.input_shape and manifest.audio == front_end
+    assert member.name == "audio_logmel" and member.input_size == front_end.input_shape
+    assert manifest.audio == member.front_end == front_end
     info = manifest.info["audio_training"]
     assert info["holdout_families"] == ["click"]
-    from pipeline.audio_datasets import load_folders, speaker_disjoint_split
-
     splits = speaker_disjoint_split(load_folders(data))
     for name in ("train", "val"):  # the held-out family never reaches training or early stopping
         assert info["split_clips"][name] == sum(1 for item in splits[name] if item.family != "click")
@@ -171,5 +184,24 @@ def test_audio_member_with_a_held_out_family(tmp_path: Path) -> None:
     assert calibration.method == "stacking" and len(calibration.coefficients) == 1
     threshold = manifest.thresholds["audio"]  # chosen at the validation EER, used for every test figure
     assert 0.0 < threshold < 1.0 and figures["all"]["threshold"] == figures["click"]["threshold"] == threshold
+
+    # a second front end joins the first: both stay, and one logistic regression fuses their windows
+    linear = AudioFrontEnd(feature="linear", window_s=1.0, hop_s=1.0)
+    manifest = train_audio_member(data, tmp_path / "pack", front_end=linear, holdout_families=["click"],
+                                  config=config, verbose=0)  # fmt: skip
+    assert [m.name for m in manifest.audio_members] == ["audio_logmel", "audio_linear"]
+    assert len(manifest.audio_aggregation.coefficients) == 2
+    assert set(manifest.info["audio_training"]["members"]) == {"audio_logmel", "audio_linear"}
+    for m in manifest.audio_members:
+        assert manifest.info["audio_training"]["members"][m.name]["all"]["auc"] == m.metrics["test_auc"]
     pack = ModelPack.load(tmp_path / "pack")
-    assert pack.score_spectrograms(np.zeros((2, *front_end.input_shape, 1), np.float32)).shape == (2, 1)
+    assert pack.score_audio_windows(np.zeros((2, front_end.window_samples), np.float32)).shape == (2, 2)
+
+    # a member whose windows differ from the pack's cannot be fused: refused before any training
+    with pytest.raises(ModelPackError, match="would cut windows"):
+        train_audio_member(data, tmp_path / "pack", front_end=AudioFrontEnd(window_s=2.0, hop_s=1.0),
+                           config=FitConfig(epochs=1, batch_size=8), verbose=0)  # fmt: skip
+    assert [m.name for m in read_manifest(tmp_path / "pack").audio_members] == [
+        "audio_logmel",
+        "audio_linear",
+    ]

@@ -153,3 +153,18 @@ def test_default_database_is_sqlite_in_the_working_directory(
     )
     assert proc.returncode == 0, proc.stderr
     assert len(rows(f"sqlite:///{tmp_path / 'deepscan.db'}")) == 1
+
+
+def test_models_compact_stores_float16_and_keeps_the_pack_loadable(random_pack: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.pack import ModelPack
+
+    copy = tmp_path / "pack"
+    shutil.copytree(random_pack, copy)
+    before = {p.name: p.stat().st_size for p in copy.glob("*.keras")}
+    out = deepscan("models", "compact", "--models", str(copy))
+    assert out.returncode == 0, out.stderr
+    after = {p.name: p.stat().st_size for p in copy.glob("*.keras")}
+    assert all(after[name] < before[name] for name in before)
+    ModelPack.load(copy)  # checksums in the manifest match the rewritten files

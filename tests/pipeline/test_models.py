@@ -1,0 +1,59 @@
+"""Builders and the fixed layers every image member starts with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.models import (
+    CAPTION_BAND,
+    IMAGE_ARCHITECTURES,
+    CaptionMask,
+    SpectrumProfile,
+    build_image_member,
+)
+
+
+def test_caption_mask_greys_the_bottom_band_only() -> None:
+    images = np.ones((1, 100, 8, 3), np.float32)
+    out = np.asarray(CaptionMask()(images))
+    band = int(np.ceil(CAPTION_BAND * 100))
+    np.testing.assert_array_equal(out[0, -band:], 0.5)
+    np.testing.assert_array_equal(out[0, :-band], 1.0)
+
+
+@pytest.mark.parametrize("architecture", ["spectral", "profile", "densenet121"])
+def test_members_do_not_see_a_caption(architecture: str) -> None:
+    """A watermark in the bottom band (where generated-face sites put theirs) cannot change a score."""
+    size = 64
+    model = build_image_member(architecture, (size, size))
+    rng = np.random.default_rng(0)
+    face = rng.random((1, size, size, 3)).astype(np.float32)
+    captioned = face.copy()
+    captioned[0, -3:, size // 2 :] = 1.0  # white caption text in the bottom-right corner
+    moved = face.copy()
+    moved[0, :3, size // 2 :] = 1.0  # the same marks anywhere else do count
+    scores = [float(model.predict(x, verbose=0)[0, 0]) for x in (face, captioned, moved)]
+    assert scores[1] == pytest.approx(scores[0], abs=1e-6)
+    assert scores[2] != pytest.approx(scores[0], abs=1e-6)
+
+
+def test_spectrum_profile_sees_blur_and_colour() -> None:
+    rng = np.random.default_rng(1)
+    sharp = rng.random((1, 64, 64, 3)).astype(np.float32)
+    blurred = (
+        sharp + np.roll(sharp, 1, axis=1) + np.roll(sharp, 1, axis=2) + np.roll(sharp, 1, axis=(1, 2))
+    ) / 4
+    layer = SpectrumProfile(bins=16)
+    a, b = np.asarray(layer(sharp))[0], np.asarray(layer(blurred))[0]
+    assert a.shape == (16 + 12,)
+    assert b[15] < a[15] - 1.0  # blurring removes the highest frequencies (log magnitude)
+    np.testing.assert_allclose(a[16:19], sharp[0].mean(axis=(0, 1)), rtol=1e-5)  # mean R, G, B
+    tinted = np.asarray(layer(np.clip(sharp * [1.0, 0.8, 0.8], 0, 1).astype(np.float32)))[0]
+    assert tinted[17] < a[17] and tinted[19] < a[19]  # less green and blue: lower mean G and luma Y
+
+
+def test_every_architecture_is_known() -> None:
+    assert {"xception", "inception_v3", "resnet50", "densenet121", "spectral", "profile"} == set(
+        IMAGE_ARCHITECTURES
+    )
