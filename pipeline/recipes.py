@@ -132,9 +132,6 @@ def train_image_members(
     crops = {name: load_crops(items) for name, items in splits.items()}
     labels = {name: np.array([s.label for s in items], dtype=np.int64) for name, items in splits.items()}
 
-    previous = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else None
-    trained = {plan.name for plan in plans}
-    kept = [m for m in previous.members if m.name not in trained] if previous else []
     specs: list[MemberSpec] = []
     for plan in plans:
         train_seq = make_face_sequence(
@@ -155,6 +152,10 @@ def train_image_members(
         (out_dir / f"{plan.name}.report.json").write_text(
             json.dumps({"state": state, "config": config.__dict__}, indent=2)
         )
+    # read now, not before training: the pack may have changed meanwhile (an audio member trained beside)
+    previous = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else None
+    trained = {spec.name for spec in specs}
+    kept = [m for m in previous.members if m.name not in trained] if previous else []
     base = previous or Manifest(name=pack_name, version=version, members=tuple(specs))
     write_manifest(out_dir, replace(base, members=(*kept, *specs)))
     return fit_image_ensemble(
@@ -287,15 +288,7 @@ def train_audio_member(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or f"audio_{front_end.feature}"
-    previous = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else None
-    members = [m for m in previous.members if m.name != name] if previous else []
-    layout = previous.audio if previous and any(m.kind == "audio" for m in members) else front_end
-    if layout is None or not front_end.same_windows(layout):  # checked before any training time is spent
-        raise ModelPackError(
-            f"{name} would cut windows of {front_end.window_s} s every {front_end.hop_s} s; the pack's other "
-            f"audio members use {layout.window_s if layout else '?'} s every {layout.hop_s if layout else '?'} s, "
-            "and members are fused window by window"
-        )
+    _audio_pack_with(out_dir, name, front_end)  # refuses windows the pack cannot fuse, before training
     splits = _audio_splits(data_dir, holdout_families)
     data = {split: load_audio_windows(splits[split], front_end) for split in ("train", "val")}
     x_train, y_train, _ = data["train"]
@@ -312,13 +305,32 @@ def train_audio_member(
     spec = MemberSpec(name=name, kind="audio", file=file, input_size=front_end.input_shape, architecture="audio_cnn",
                       metrics={"val_auc": state["best_auc"], "best_epoch": state["best_epoch"] + 1},
                       front_end=front_end)  # fmt: skip
+    previous, members, layout = _audio_pack_with(out_dir, name, front_end)  # read again: it may have changed
     base = previous or Manifest(name=pack_name, version=version, members=(spec,))
-    manifest = replace(base, members=(*members, spec), audio=layout)
-    write_manifest(out_dir, manifest)
+    write_manifest(out_dir, replace(base, members=(*members, spec), audio=layout))
     (out_dir / f"{name}.report.json").write_text(
         json.dumps({"state": state, "config": config.__dict__}, indent=2)
     )
     return fit_audio_fusion(data_dir, out_dir, holdout_families=holdout_families, config=config)
+
+
+def _audio_pack_with(
+    out_dir: Path, name: str, front_end: AudioFrontEnd
+) -> tuple[Manifest | None, list[MemberSpec], AudioFrontEnd]:
+    """The pack in ``out_dir`` (if any), its members other than ``name``, and the window layout they share.
+
+    Raises ``ModelPackError`` when ``front_end`` cuts other windows than the pack's audio members do.
+    """
+    previous = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else None
+    members = [m for m in previous.members if m.name != name] if previous else []
+    layout = previous.audio if previous and any(m.kind == "audio" for m in members) else front_end
+    if layout is None or not front_end.same_windows(layout):
+        raise ModelPackError(
+            f"{name} would cut windows of {front_end.window_s} s every {front_end.hop_s} s; the pack's other "
+            f"audio members use {layout.window_s if layout else '?'} s every {layout.hop_s if layout else '?'} s, "
+            "and members are fused window by window"
+        )
+    return previous, members, layout
 
 
 def _audio_splits(data_dir: Path, holdout_families: Sequence[str]) -> dict[str, list[AudioItem]]:

@@ -180,6 +180,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _holdout(args: argparse.Namespace) -> list[str]:
+    return [family for family in args.holdout_families.split(",") if family]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.training import FitConfig
 
@@ -199,6 +203,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.data, args.out, plans, config=config, pack_name=args.name, version=args.version,
             target_fpr=args.target_fpr, limit_per_split=args.limit, verbose=verbose,
         )  # fmt: skip
+    elif args.kind == "audio" and args.fuse_only:
+        from pipeline.recipes import fit_audio_fusion
+
+        manifest = fit_audio_fusion(args.data, args.out, holdout_families=_holdout(args), config=config)
     elif args.kind == "audio":
         from pipeline.audio import AudioFrontEnd
         from pipeline.recipes import train_audio_member
@@ -208,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.out,
             front_end=AudioFrontEnd.for_feature(args.feature),
             config=config,
-            holdout_families=[f for f in args.holdout_families.split(",") if f],
+            holdout_families=_holdout(args),
             pack_name=args.name,
             version=args.version,
             verbose=verbose,
@@ -483,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     audio.add_argument("--feature", choices=("logmel", "linear", "cqt"), default="logmel")
     audio.add_argument(
         "--holdout-families", default="", help="comma-separated spoof families kept out of training"
+    )
+    audio.add_argument(
+        "--fuse-only",
+        action="store_true",
+        help="train nothing: refit the fusion of the pack's audio members and measure them again",
     )
     spoofs = train_sub.add_parser("spoofs", help="generate a spoof training set from real speech")
     spoofs.add_argument("--real", required=True, metavar="DIR")

@@ -197,6 +197,16 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
     pack = ModelPack.load(tmp_path / "pack")
     assert pack.score_audio_windows(np.zeros((2, front_end.window_samples), np.float32)).shape == (2, 2)
 
+    # --fuse-only trains nothing and measures the same members again: the same fusion, the same figures
+    from workers.cli import main
+
+    fused = manifest.info["audio_training"]
+    assert main(["train", "audio", "--data", str(data), "--out", str(tmp_path / "pack"), "--fuse-only",
+                 "--holdout-families", "click"]) == 0  # fmt: skip
+    again = read_manifest(tmp_path / "pack")
+    assert again.audio_aggregation.coefficients == pytest.approx(manifest.audio_aggregation.coefficients)
+    assert again.info["audio_training"]["test_clips"] == json.loads(json.dumps(fused["test_clips"]))
+
     # a member whose windows differ from the pack's cannot be fused: refused before any training
     with pytest.raises(ModelPackError, match="would cut windows"):
         train_audio_member(data, tmp_path / "pack", front_end=AudioFrontEnd(window_s=2.0, hop_s=1.0),
