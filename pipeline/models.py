@@ -89,12 +89,14 @@ class LogSpectrum(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="deepscan")
 class SpectrumProfile(layers.Layer):
-    """Radial profile of the log-magnitude spectrum of the luminance, plus colour statistics.
+    """Radial profile of the log-magnitude spectrum of the luminance, colour and exposure statistics.
 
-    Input (N, H, W, 3) in [0, 1]; output (N, bins + 12): the mean log magnitude in ``bins`` rings from the
-    centre of the spectrum to its corners, then the mean and standard deviation of R, G, B, Y, Cb and Cr.
-    Blending a swapped face into a photograph changes both: the high-frequency fall-off (resampling and
-    smoothing) and the colour distribution (the pasted face's colour transfer).
+    Input (N, H, W, 3) in [0, 1]; output (N, bins + 12 + 2 * (EXPOSURE_LEVELS - 1)): the mean log magnitude
+    in ``bins`` rings from the centre of the spectrum to its corners; the mean and standard deviation of R,
+    G, B, Y, Cb and Cr; then the cumulative histograms of the brightest channel and of the saturation.
+    Blending a swapped face into a photograph changes the high-frequency fall-off (resampling and smoothing)
+    and the colour distribution (the pasted face's colour transfer). GAN generators rarely produce clipped
+    highlights or fully saturated colours, which real sensors often do (McCloskey and Albright, 2018).
     """
 
     def __init__(self, bins: int = 64, **kwargs: Any) -> None:
@@ -115,15 +117,23 @@ class SpectrumProfile(layers.Layer):
         ycbcr = ops.matmul(images, ops.convert_to_tensor(_YCBCR.T, images.dtype))
         colours = ops.concatenate([images, ycbcr], axis=-1)  # (N, H, W, 6)
         stats = [ops.mean(colours, axis=(1, 2)), ops.std(colours, axis=(1, 2))]
-        return ops.concatenate([profile, *stats], axis=-1)
+        brightest, darkest = ops.max(images, axis=-1), ops.min(images, axis=-1)
+        saturation = (brightest - darkest) / (brightest + 1e-6)
+        edges = ops.convert_to_tensor(np.arange(1, EXPOSURE_LEVELS) / EXPOSURE_LEVELS, images.dtype)
+        exposure = [  # the fraction of pixels at or above each level
+            ops.mean(ops.cast(ops.expand_dims(x, -1) >= edges, images.dtype), axis=(1, 2))
+            for x in (brightest, saturation)
+        ]
+        return ops.concatenate([profile, *stats, *exposure], axis=-1)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return (input_shape[0], self.bins + 12)
+        return (input_shape[0], self.bins + 12 + 2 * (EXPOSURE_LEVELS - 1))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "bins": self.bins}
 
 
+EXPOSURE_LEVELS = 32  # histogram resolution of brightness and saturation (1/32 of the range per level)
 _YCBCR = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], "float32"
 )

@@ -66,6 +66,15 @@ class MemberPlan:
         return cls(architecture.strip().lower(), (int(h), int(w or h)))
 
 
+def _base_manifest(
+    previous: Manifest | None, pack_name: str, version: str | None, members: Sequence[MemberSpec]
+) -> Manifest:
+    """The pack's manifest to build on: the one in place (a new ``version`` if given), or a new pack."""
+    if previous is None:
+        return Manifest(name=pack_name, version=version or "0.1.0", members=tuple(members))
+    return replace(previous, version=version) if version else previous
+
+
 def _metrics_by_source(
     labels: np.ndarray, scores: np.ndarray, sources: Sequence[str], threshold: float
 ) -> dict[str, Any]:
@@ -103,7 +112,7 @@ def train_image_members(
     *,
     config: FitConfig = FitConfig(),
     pack_name: str = "deepscan-default",
-    version: str = "0.1.0",
+    version: str | None = None,
     target_fpr: float | None = None,
     augmentation: Augmentation | None = Augmentation(),
     limit_per_split: int | None = None,
@@ -156,7 +165,7 @@ def train_image_members(
     previous = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else None
     trained = {spec.name for spec in specs}
     kept = [m for m in previous.members if m.name not in trained] if previous else []
-    base = previous or Manifest(name=pack_name, version=version, members=tuple(specs))
+    base = _base_manifest(previous, pack_name, version, specs)
     write_manifest(out_dir, replace(base, members=(*kept, *specs)))
     return fit_image_ensemble(
         out_dir, splits, crops, target_fpr=target_fpr,
@@ -273,7 +282,7 @@ def train_audio_member(
     holdout_families: Sequence[str] = (),
     name: str | None = None,
     pack_name: str = "deepscan-default",
-    version: str = "0.1.0",
+    version: str | None = None,
     verbose: int = 1,
 ) -> Manifest:
     """Train an audio CNN on clips under ``real/`` and ``fake/<family>/`` of ``data_dir``; add it to the pack.
@@ -306,7 +315,7 @@ def train_audio_member(
                       metrics={"val_auc": state["best_auc"], "best_epoch": state["best_epoch"] + 1},
                       front_end=front_end)  # fmt: skip
     previous, members, layout = _audio_pack_with(out_dir, name, front_end)  # read again: it may have changed
-    base = previous or Manifest(name=pack_name, version=version, members=(spec,))
+    base = _base_manifest(previous, pack_name, version, [spec])
     write_manifest(out_dir, replace(base, members=(*members, spec), audio=layout))
     (out_dir / f"{name}.report.json").write_text(
         json.dumps({"state": state, "config": config.__dict__}, indent=2)

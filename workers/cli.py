@@ -477,7 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--patience", type=int, default=5)
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--name", default="deepscan-default")
-        t.add_argument("--version", default="0.1.0")
+        t.add_argument(
+            "--version", help="pack version to set (default: keep the pack's, 0.1.0 for a new one)"
+        )
         t.set_defaults(func=cmd_train)
     image = train_sub.choices["image"]
     image.add_argument(

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.models import (
     CAPTION_BAND,
+    EXPOSURE_LEVELS,
     IMAGE_ARCHITECTURES,
     CaptionMask,
     SpectrumProfile,
@@ -46,11 +47,16 @@ def test_spectrum_profile_sees_blur_and_colour() -> None:
     ) / 4
     layer = SpectrumProfile(bins=16)
     a, b = np.asarray(layer(sharp))[0], np.asarray(layer(blurred))[0]
-    assert a.shape == (16 + 12,)
+    assert a.shape == (16 + 12 + 2 * (EXPOSURE_LEVELS - 1),)
     assert b[15] < a[15] - 1.0  # blurring removes the highest frequencies (log magnitude)
     np.testing.assert_allclose(a[16:19], sharp[0].mean(axis=(0, 1)), rtol=1e-5)  # mean R, G, B
     tinted = np.asarray(layer(np.clip(sharp * [1.0, 0.8, 0.8], 0, 1).astype(np.float32)))[0]
     assert tinted[17] < a[17] and tinted[19] < a[19]  # less green and blue: lower mean G and luma Y
+
+    clipped = np.asarray(layer(np.clip(sharp * 1.5, 0, 1).astype(np.float32)))[0]
+    brightest = slice(28, 28 + EXPOSURE_LEVELS - 1)  # fraction of pixels at or above each brightness level
+    assert np.all(np.diff(a[brightest]) <= 0)  # cumulative: never rises with the level
+    assert clipped[brightest][-1] > a[brightest][-1] + 0.2  # over-exposure fills the top level
 
 
 def test_every_architecture_is_known() -> None:

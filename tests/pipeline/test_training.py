@@ -115,9 +115,10 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
     assert pack.manifest.info["image_training"]["split"]["test"] > 0
 
     # a later run that trains another member keeps the first one and fuses both on validation scores
-    manifest = train_image_members(data, out, [MemberPlan.parse("profile:64")], target_fpr=0.1,
+    manifest = train_image_members(data, out, [MemberPlan.parse("profile:64")], target_fpr=0.1, version="0.2.0",
                                    config=FitConfig(epochs=1, batch_size=16), verbose=0)  # fmt: skip
     assert [m.name for m in manifest.image_members] == ["spectral", "profile"]
+    assert (pack.manifest.version, manifest.version) == ("0.1.0", "0.2.0")  # kept unless a new one is given
     assert manifest.aggregation.method == "stacking" and len(manifest.aggregation.coefficients) == 2
     info = manifest.info["image_training"]
     assert set(info["members"]) == {"spectral", "profile"} and info["target_fpr"] == 0.1
