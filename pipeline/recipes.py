@@ -198,15 +198,13 @@ def fit_image_ensemble(
     ensemble_figures = _metrics_by_source(
         labels["test"], aggregate(test_matrix, aggregation), sources, threshold
     )
-    mean_figures = _metrics_by_source(labels["test"], test_matrix.mean(axis=1), sources, threshold)
+    mean_figures = _metrics_by_source(labels["test"], test_matrix.mean(axis=1), sources, 0.5)
     members, member_figures = [], {}
     for j, member in enumerate(pack.manifest.image_members):
         figures = _metrics_by_source(labels["test"], test_matrix[:, j], sources, 0.5)
         member_figures[member.name] = figures
         members.append(replace(member, metrics={**member.metrics, "test_auc": figures["all"]["auc"]}))
-        (pack_dir / f"{member.name}.report.json").write_text(json.dumps(
-            {**_read_json(pack_dir / f"{member.name}.report.json"), "test": figures}, indent=2
-        ))  # fmt: skip
+        _update_report(pack_dir / f"{member.name}.report.json", test=figures)
     manifest = replace(
         pack.manifest,
         members=(*members, *pack.manifest.audio_members),
@@ -219,8 +217,10 @@ def fit_image_ensemble(
     return write_manifest(pack_dir, manifest)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _update_report(path: Path, **fields: Any) -> None:
+    """Set ``fields`` in a member's ``<name>.report.json``, keeping what else it holds."""
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**report, **fields}, indent=2))
 
 
 def _save_inference_copy(checkpoint: Path, target: Path) -> None:
@@ -424,6 +424,8 @@ def fit_audio_fusion(
     members = pack.manifest.audio_members
     member_figures = {m.name: measure([j])[2] for j, m in enumerate(members)}
     fusion, threshold, figures = measure(list(range(len(members))))
+    for name, member_test in member_figures.items():
+        _update_report(pack_dir / f"{name}.report.json", test=member_test)
     manifest = pack.manifest
     updated = tuple(
         replace(m, metrics={**m.metrics, "test_auc": member_figures[m.name]["all"]["auc"],

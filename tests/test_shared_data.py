@@ -30,3 +30,20 @@ def test_every_research_clip_gets_a_verdict_with_faces_found(shared_data: Path, 
             f"{clip.name}: faces in only {with_faces}/{len(seconds)} seconds"
         )
         assert 0.0 <= row["fake_probability"] <= 1.0
+
+
+def test_bundled_pack_reproduces_the_image_figures_in_its_card(shared_data: Path, analyzer: Analyzer) -> None:
+    """The card is rendered from the manifest; `deepscan evaluate` on the same split must measure the same."""
+    from pipeline.evaluate import ENSEMBLE, evaluate_images
+
+    manifest = analyzer.pack.manifest
+    recorded = manifest.info["image_training"]
+    evaluation = evaluate_images(analyzer.pack, shared_data / "faces", split="test")
+    for subset, figures in recorded["test_ensemble"].items():
+        measured = evaluation.reports[ENSEMBLE][subset].as_dict()
+        assert measured["n"] == figures["n"], subset
+        for key in ("auc", "eer", "accuracy", "ece"):
+            assert measured[key] == pytest.approx(figures[key], abs=1e-6), (subset, key)
+    for member in manifest.image_members:
+        measured_auc = evaluation.reports[member.name]["all"].as_dict()["auc"]
+        assert measured_auc == pytest.approx(member.metrics["test_auc"], abs=1e-6), member.name

@@ -206,7 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.kind == "audio" and args.fuse_only:
         from pipeline.recipes import fit_audio_fusion
 
-        manifest = fit_audio_fusion(args.data, args.out, holdout_families=_holdout(args), config=config)
+        manifest = fit_audio_fusion(args.data, args.out, holdout_families=_holdout(args))
     elif args.kind == "audio":
         from pipeline.audio import AudioFrontEnd
         from pipeline.recipes import train_audio_member
@@ -484,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     image = train_sub.choices["image"]
     image.add_argument(
         "--members",
-        default="densenet121:96,spectral:128",
-        help="comma-separated ARCH:SIZE (xception, inception_v3, resnet50, densenet121, spectral)",
+        default="spectral:128,densenet121:96,profile:256",
+        help="comma-separated ARCH:SIZE (xception, inception_v3, resnet50, densenet121, spectral, profile)",
     )
     image.add_argument("--target-fpr", type=float, default=None, help="pick the threshold for this val FPR")
     image.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")

@@ -19,11 +19,26 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _rates(values: dict[str, Any]) -> dict[str, Any]:
+    """False- and true-positive rates at the threshold, from the confusion matrix ((tn, fp), (fn, tp))."""
+    (tn, fp), (fn, tp) = values["confusion"]
+    return {
+        "fpr": fp / (tn + fp) if tn + fp else float("nan"),
+        "tpr": tp / (tp + fn) if tp + fn else float("nan"),
+    }
+
+
 def _figure_table(figures: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["| subset | " + " | ".join(FIGURES) + " |", "|---" * (len(FIGURES) + 1) + "|"]
+    columns = (*FIGURES, "fpr", "tpr")
+    lines = ["| subset | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for subset, values in figures.items():
-        lines.append(f"| {subset} | " + " | ".join(_fmt(values.get(k)) for k in FIGURES) + " |")
+        row = {**values, **_rates(values)}
+        lines.append(f"| {subset} | " + " | ".join(_fmt(row.get(k)) for k in columns) + " |")
     return lines
+
+
+def _size(megabytes: float) -> str:
+    return f"{megabytes:.1f} MB" if megabytes >= 0.1 else f"{1000 * megabytes:.0f} kB"
 
 
 def _percent(value: Any) -> str:
@@ -47,15 +62,22 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
         "",
         "## Members",
         "",
-        "| member | kind | architecture | input | file size | best epoch | val AUC | test AUC |",
-        "|---|---|---|---|---|---|---|---|",
+        "| member | kind | architecture | input | file size | training | best epoch | val AUC | test AUC |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in manifest.members:
         size = (directory / m.file).stat().st_size / 1e6
         metrics = dict(m.metrics)
+        config = _read_json(directory / f"{m.name}.report.json").get("config") or {}
+        training = (
+            f"{config['epochs']} epochs max, patience {config['patience']}, lr {config['learning_rate']:g}"
+            if config
+            else "-"
+        )
         lines.append(
-            f"| {m.name} | {m.kind} | {m.architecture} | {m.input_size[0]}x{m.input_size[1]} | {size:.1f} MB "
-            f"| {metrics.get('best_epoch', '-')} | {_fmt(metrics.get('val_auc'))} | {_fmt(metrics.get('test_auc'))} |"
+            f"| {m.name} | {m.kind} | {m.architecture} | {m.input_size[0]}x{m.input_size[1]} | {_size(size)} "
+            f"| {training} | {metrics.get('best_epoch', '-')} | {_fmt(metrics.get('val_auc'))} "
+            f"| {_fmt(metrics.get('test_auc'))} |"
         )
     image = info.get("image_training")
     if image:
@@ -63,14 +85,14 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
             "",
             "## Image ensemble",
             "",
-            f"Data: `{image['data']}`, split sizes {image['split']}; "
-            f"training configuration {image['config']}.",
+            f"Data: `{image['data']}`, split sizes {image['split']}; target false-positive rate for the "
+            f"threshold: {image.get('target_fpr') or 'none (0.5)'}.",
             "",
             f"Ensemble (`{manifest.aggregation.method}`) at threshold {manifest.threshold('image'):.3f}:",
             "",
         ]
         lines += _figure_table(image["test_ensemble"])
-        lines += ["", "Plain mean of the members, for comparison:", ""]
+        lines += ["", "Plain mean of the members at 0.5, for comparison:", ""]
         lines += _figure_table(image["test_mean"])
         members = image.get("members") or {
             m.name: _read_json(directory / f"{m.name}.report.json").get("test")
@@ -87,8 +109,8 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
             "",
             "## Audio",
             "",
-            f"Data: `{audio['data']}`, clips per split {audio['split_clips']}; "
-            f"configuration {audio['config']}. Spoof families held out of training and validation: {held}.",
+            f"Data: `{audio['data']}`, clips per split {audio['split_clips']}. "
+            f"Spoof families held out of training and validation: {held}.",
             f"Window scores of the {len(manifest.audio_members)} audio member(s) are fused by "
             f"`{manifest.audio_aggregation.method}` (fitted on validation windows); clip score = mean of the "
             f"fused windows; threshold {manifest.threshold('audio'):.3f} (validation EER point).",
