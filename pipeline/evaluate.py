@@ -72,8 +72,9 @@ def evaluate_audio(
 ) -> tuple[Evaluation, list[tuple[Path, str]]]:
     """Score clips under ``real/`` and ``fake/<family>/`` of ``data_dir`` (speaker-disjoint split, or all).
 
-    Returns the evaluation (one subset per spoof family, each against all bona fide clips) and the clips
-    that have no score, with the reason (too short, silent, undecodable): they are reported, not dropped.
+    Returns the evaluation (one subset per spoof family, each against all bona fide clips, plus
+    ``held_out_pooled`` when the pack names families held out of its training) and the clips that have
+    no score, with the reason (too short, silent, undecodable): they are reported, not dropped.
     """
     from pipeline.analyze import Analyzer
     from pipeline.audio_datasets import load_folders, speaker_disjoint_split
@@ -100,6 +101,13 @@ def evaluate_audio(
         {"audio": pack.manifest.threshold("audio")},
         real_in_every_subset=True,
     )
+    held = set(pack.manifest.info.get("audio_training", {}).get("holdout_families") or ())
+    families = np.array(evaluation.sources)
+    pooled = (evaluation.labels == 0) | np.isin(families, sorted(held))
+    if held and (evaluation.labels[pooled] == 1).any():  # the families the pack never trained on, together
+        evaluation.reports["audio"]["held_out_pooled"] = report(
+            evaluation.labels[pooled], evaluation.scores["audio"][pooled], evaluation.thresholds["audio"]
+        )
     return evaluation, unscored
 
 

@@ -47,3 +47,29 @@ def test_audio_clips_without_a_score_are_reported(random_pack: Path, samples: Pa
     ]
     with pytest.raises(ValueError, match="no scorable clips"):
         evaluate_audio(ModelPack.load(random_pack), data / "fake", split=None)
+
+
+def test_audio_families_the_pack_held_out_are_pooled(
+    random_pack: Path, samples: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from pipeline.pack import read_manifest, write_manifest
+
+    pack_dir = tmp_path / "pack"
+    shutil.copytree(random_pack, pack_dir)
+    manifest = read_manifest(pack_dir)
+    write_manifest(pack_dir, replace(manifest, info={"audio_training": {"holdout_families": ["flite"]}}))
+    data = tmp_path / "speech"
+    for rel in ("real/19-198-0001.wav", "real/26-495-0000.wav", "fake/espeak/19-espeak-0.wav",
+                "fake/flite/26-flite-0.wav"):  # fmt: skip
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(samples / "speech.wav", data / rel)
+    evaluation, _ = evaluate_audio(ModelPack.load(pack_dir), data, split=None)
+    reports = evaluation.reports["audio"]
+    assert set(reports) == {"all", "espeak", "flite", "held_out_pooled"}
+    assert (reports["held_out_pooled"].n, reports["held_out_pooled"].n_fake) == (3, 1)  # both real + flite
+    assert (
+        "held_out_pooled"
+        not in evaluate_audio(ModelPack.load(random_pack), data, split=None)[0].reports["audio"]
+    )
