@@ -459,6 +459,71 @@ def resynth_mel_inversion(signal: np.ndarray, *, n_iter: int = 32, seed: int = 0
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
+LPC_ORDER = 18  # two poles per formant up to 8 kHz, plus two for the glottal tilt
+LPC_FRAME = 320  # 20 ms at 16 kHz; Hann frames at half overlap sum to a constant
+LPC_HOP = LPC_FRAME // 2
+PHASE_VOCODER_RATE_RANGE = (0.7, 1.4)  # time-stretch factors; the clip is stretched back afterwards
+
+
+def resynth_lpc(signal: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """An LPC vocoder (the classic source-filter model): per 20 ms frame, an all-pole filter of order 18
+    excited by a pulse train at the WORLD-estimated F0 where voiced and by white noise where not, scaled to
+    the frame's level and overlap-added.
+
+    The excitation is synthetic, as in every parametric vocoder; the envelope is the speaker's own.
+    ``signal``: mono float at 16 kHz, shape (n_samples,). Returns float32 of the same shape. Raises
+    ``TooShortError`` below :data:`MIN_RESYNTH_SAMPLES`.
+    """
+    import librosa
+    import pyworld
+    from scipy.signal import lfilter
+
+    x = _as_mono(signal).astype(np.float64)
+    _check_resynth_length(x)
+    rng = np.random.default_rng(seed)
+    f0, times = pyworld.dio(x, SAMPLE_RATE_HZ, frame_period=WORLD_FRAME_PERIOD_MS)
+    f0 = pyworld.stonemask(x, f0, times, SAMPLE_RATE_HZ)
+    f0_per_sample = np.interp(np.arange(x.size) / SAMPLE_RATE_HZ, times, f0)
+    voiced = f0_per_sample > 0
+    phase = np.cumsum(np.where(voiced, f0_per_sample, 0.0)) / SAMPLE_RATE_HZ
+    pulses = np.diff(np.floor(phase), prepend=0.0) > 0
+    excitation = np.where(voiced, pulses * np.sqrt(np.maximum(SAMPLE_RATE_HZ / np.maximum(f0_per_sample, 1.0), 1.0)),
+                          rng.standard_normal(x.size))  # fmt: skip
+    window = np.hanning(LPC_FRAME + 1)[:-1]  # periodic Hann: frames at half overlap sum to one
+    padded_x = np.pad(x, (LPC_HOP, LPC_FRAME))
+    padded_e = np.pad(excitation, (LPC_HOP, LPC_FRAME))
+    starts = np.arange(0, padded_x.size - LPC_FRAME, LPC_HOP)
+    frames = np.stack([padded_x[i : i + LPC_FRAME] for i in starts])
+    levels = np.sqrt(np.mean(frames**2, axis=1))
+    dither = 1e-9 * rng.standard_normal(frames.shape)  # keeps the all-pole fit defined on digital silence
+    filters = librosa.lpc(frames * window + dither, order=LPC_ORDER, axis=-1)  # (n_frames, order + 1)
+    y = np.zeros_like(padded_x)
+    for start, level, a in zip(starts, levels, filters, strict=True):
+        if level < 1e-6:
+            continue
+        out = lfilter([1.0], a, padded_e[start : start + LPC_FRAME])
+        out *= level / max(np.sqrt(np.mean(out**2)), 1e-12)
+        y[start : start + LPC_FRAME] += out * window
+    y = y[LPC_HOP : LPC_HOP + x.size]
+    return np.ascontiguousarray(np.clip(y, -1.0, 1.0), dtype=np.float32)
+
+
+def resynth_phase_vocoder(signal: np.ndarray, *, rate: float = 1.25) -> np.ndarray:
+    """Time-stretch by ``rate`` with a phase vocoder and back by ``1 / rate``: the duration and pitch are
+    the speaker's, but the phase is rebuilt twice (the "phasiness" of voice-modification tools).
+
+    ``signal``: mono float at 16 kHz, shape (n_samples,). Returns float32 of the same shape. Deterministic.
+    Raises ``TooShortError`` below :data:`MIN_RESYNTH_SAMPLES`.
+    """
+    import librosa
+
+    x = _as_mono(signal).astype(np.float32)
+    _check_resynth_length(x)
+    stretched = librosa.effects.time_stretch(x, rate=rate)
+    y = librosa.effects.time_stretch(stretched, rate=1.0 / rate)
+    return np.ascontiguousarray(_fit_length(y, x.shape[0]), dtype=np.float32)
+
+
 # --- processing -------------------------------------------------------------------------------------------
 
 
@@ -561,7 +626,7 @@ def process(
 # --- dataset builder --------------------------------------------------------------------------------------
 
 TTS_FAMILIES = ("espeak", "flite", "festival")
-RESYNTH_FAMILIES = ("griffin_lim", "world", "mel_inversion")
+RESYNTH_FAMILIES = ("griffin_lim", "world", "mel_inversion", "lpc", "phase_vocoder")
 ALL_FAMILIES = TTS_FAMILIES + RESYNTH_FAMILIES
 REAL_FAMILY_KEY = "real"  # the key of the real-clip count in build_spoof_dataset's result
 REAL_SUFFIXES = (".flac", ".wav")
@@ -638,6 +703,10 @@ def _resynth(family: str, signal: np.ndarray, rng: np.random.Generator) -> np.nd
         return resynth_griffin_lim(signal, seed=phase_seed)
     if family == "world":
         return resynth_world(signal)
+    if family == "lpc":
+        return resynth_lpc(signal, seed=phase_seed)
+    if family == "phase_vocoder":
+        return resynth_phase_vocoder(signal, rate=float(rng.uniform(*PHASE_VOCODER_RATE_RANGE)))
     return resynth_mel_inversion(signal, seed=phase_seed)
 
 

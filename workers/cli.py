@@ -190,7 +190,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.kind == "spoofs":
         from pipeline.spoofs import build_spoof_dataset
 
-        print(json.dumps(build_spoof_dataset(args.real, args.out, seed=args.seed)))
+        families = [f for f in args.families.split(",") if f] if args.families else None
+        counts = build_spoof_dataset(
+            args.real, args.out, seed=args.seed, **({"families": families} if families else {})
+        )
+        print(json.dumps(counts))
         return EXIT_OK
     config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        patience=args.patience, seed=args.seed)  # fmt: skip
@@ -503,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     spoofs.add_argument("--real", required=True, metavar="DIR")
     spoofs.add_argument("--out", required=True, metavar="DIR")
     spoofs.add_argument("--seed", type=int, default=0)
+    spoofs.add_argument(
+        "--families", help="comma-separated families to make (default: all); real clips are always written"
+    )
     spoofs.set_defaults(func=cmd_train)
 
     samples = sub.add_parser("samples", help="write sample media (public-domain stills, synthetic speech)")

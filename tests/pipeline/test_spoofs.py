@@ -22,7 +22,9 @@ from pipeline.spoofs import (
     codec_round_trip,
     process,
     resynth_griffin_lim,
+    resynth_lpc,
     resynth_mel_inversion,
+    resynth_phase_vocoder,
     resynth_world,
     tts_espeak,
     tts_festival,
@@ -133,7 +135,9 @@ def test_missing_binary_is_generator_unavailable(monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.parametrize(
-    "resynth", [resynth_griffin_lim, resynth_world, resynth_mel_inversion], ids=lambda f: f.__name__
+    "resynth",
+    [resynth_griffin_lim, resynth_world, resynth_mel_inversion, resynth_lpc, resynth_phase_vocoder],
+    ids=lambda f: f.__name__,
 )
 def test_resynthesis_keeps_length_and_level(resynth: Callable[[np.ndarray], np.ndarray]) -> None:
     source = voiced()
@@ -145,6 +149,16 @@ def test_resynthesis_keeps_length_and_level(resynth: Callable[[np.ndarray], np.n
     spectrum = np.abs(np.fft.rfft(out)) ** 2
     assert spectrum[: spectrum.shape[0] // 2].sum() > 0.9 * spectrum.sum()
     np.testing.assert_array_equal(resynth(source), out)  # deterministic
+
+
+def test_lpc_vocoder_keeps_the_pitch_of_a_voiced_signal() -> None:
+    """The pulse train sits at the source's F0: the strongest spectral peak stays where it was."""
+    source = voiced()
+    out = resynth_lpc(source)
+    freqs = np.fft.rfftfreq(source.size, 1 / RATE)
+    band = (freqs > 60) & (freqs < 400)
+    peak = lambda x: freqs[band][np.argmax(np.abs(np.fft.rfft(x))[band])]  # noqa: E731
+    assert abs(peak(out) - peak(source)) < 10.0
 
 
 def test_resynthesis_refuses_a_too_short_signal() -> None:
