@@ -168,3 +168,16 @@ def test_models_compact_stores_float16_and_keeps_the_pack_loadable(random_pack: 
     after = {p.name: p.stat().st_size for p in copy.glob("*.keras")}
     assert all(after[name] < before[name] for name in before)
     ModelPack.load(copy)  # checksums in the manifest match the rewritten files
+
+
+def test_train_spoofs_makes_the_named_families(samples: Path, tmp_path: Path) -> None:
+    import shutil
+
+    real = tmp_path / "real"
+    real.mkdir()
+    shutil.copy(samples / "speech.wav", real / "19-198-0001.wav")
+    out = deepscan("train", "spoofs", "--real", str(real), "--out", str(tmp_path / "corpus"),
+                   "--families", "phase_vocoder,lpc")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"real": 1, "phase_vocoder": 1, "lpc": 1}
+    assert sorted(p.name for p in (tmp_path / "corpus" / "fake").iterdir()) == ["lpc", "phase_vocoder"]
