@@ -216,3 +216,21 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
         "audio_logmel",
         "audio_linear",
     ]
+
+
+@pytest.mark.slow
+def test_full_classic_pack_at_native_input_sizes(tmp_path: Path) -> None:
+    """The four classic members at the sizes they were designed for come from the same command (one epoch)."""
+    from pipeline.models import CLASSIC_ARCHITECTURES, _applications
+    from pipeline.pack import ModelPack
+
+    data = make_dataset(tmp_path / "data", per_class=12)
+    plans = [MemberPlan(a, (_applications()[a].native_input_px,) * 2) for a in CLASSIC_ARCHITECTURES]
+    manifest = train_image_members(data, tmp_path / "pack", plans, config=FitConfig(epochs=1, batch_size=8),
+                                   target_fpr=0.1, verbose=0)  # fmt: skip
+    assert [(m.architecture, m.input_size) for m in manifest.image_members] == [
+        ("xception", (299, 299)), ("inception_v3", (299, 299)), ("resnet50", (224, 224)), ("densenet121", (224, 224))
+    ]  # fmt: skip
+    assert manifest.aggregation.method == "stacking" and len(manifest.aggregation.coefficients) == 4
+    scores = ModelPack.load(tmp_path / "pack").score_faces([np.zeros((128, 128, 3), np.uint8)])
+    assert scores.shape == (1, 4) and ((scores > 0) & (scores < 1)).all()
