@@ -66,6 +66,14 @@ class CaptionMask(layers.Layer):
         return {**super().get_config(), "fraction": self.fraction}
 
 
+def _log_magnitude_spectrum(images: Any) -> Any:
+    """Log magnitude of the unshifted 2-D FFT of the zero-mean luminance: (N, H, W, 3) -> (N, H, W)."""
+    luma = ops.sum(images * ops.convert_to_tensor(_YCBCR[0], dtype=images.dtype), axis=-1)
+    luma = luma - ops.mean(luma, axis=(1, 2), keepdims=True)
+    real, imag = ops.fft2((luma, ops.zeros_like(luma)))
+    return ops.log(ops.sqrt(real * real + imag * imag) + 1e-6)
+
+
 @keras.saving.register_keras_serializable(package="deepscan")
 class LogSpectrum(layers.Layer):
     """Centred log-magnitude 2-D spectrum of the luminance of an RGB batch.
@@ -75,10 +83,7 @@ class LogSpectrum(layers.Layer):
     """
 
     def call(self, images: Any) -> Any:
-        luma = ops.sum(images * ops.convert_to_tensor([0.299, 0.587, 0.114], dtype=images.dtype), axis=-1)
-        luma = luma - ops.mean(luma, axis=(1, 2), keepdims=True)
-        real, imag = ops.fft2((luma, ops.zeros_like(luma)))
-        magnitude = ops.log(ops.sqrt(real * real + imag * imag) + 1e-6)
+        magnitude = _log_magnitude_spectrum(images)
         h, w = ops.shape(magnitude)[1], ops.shape(magnitude)[2]
         shifted = ops.roll(ops.roll(magnitude, h // 2, axis=1), w // 2, axis=2)
         return ops.expand_dims(shifted, -1)
@@ -106,10 +111,7 @@ class SpectrumProfile(layers.Layer):
     def call(self, images: Any) -> Any:
         h, w = images.shape[1], images.shape[2]
         rings = _ring_index(h, w, self.bins)
-        luma = ops.sum(images * ops.convert_to_tensor([0.299, 0.587, 0.114], dtype=images.dtype), axis=-1)
-        luma = luma - ops.mean(luma, axis=(1, 2), keepdims=True)
-        real, imag = ops.fft2((luma, ops.zeros_like(luma)))
-        magnitude = ops.log(ops.sqrt(real * real + imag * imag) + 1e-6)  # (N, H, W)
+        magnitude = _log_magnitude_spectrum(images)
         flat = ops.transpose(ops.reshape(magnitude, (-1, h * w)))  # (H*W, N): segments run over axis 0
         sums = ops.segment_sum(flat, ops.convert_to_tensor(rings.ravel(), "int32"), num_segments=self.bins)
         counts = ops.convert_to_tensor(np.bincount(rings.ravel(), minlength=self.bins)[:, None], images.dtype)
@@ -147,7 +149,7 @@ def _ring_index(h: int, w: int, bins: int) -> np.ndarray:
 
 
 def build_profile(input_size: tuple[int, int]) -> keras.Model:
-    """Logistic-regression-sized member over ``SpectrumProfile`` features (about 2 k parameters)."""
+    """A small dense head over ``SpectrumProfile`` features (about 5 k parameters)."""
     inputs = keras.Input((*input_size, 3), name="face")
     x = CaptionMask(name="caption_mask")(inputs)
     x = SpectrumProfile(name="profile")(x)
