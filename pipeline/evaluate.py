@@ -18,6 +18,7 @@ from pipeline.pack import ModelPack
 from pipeline.training import IMAGE_SUFFIXES, find_labelled_files, load_crops, split_samples
 
 ENSEMBLE = "ensemble"
+HELD_OUT_POOLED = "held_out_pooled"
 EVAL_BATCH = 256  # crops loaded and scored at a time: bounds memory on large datasets
 
 
@@ -31,20 +32,32 @@ class Evaluation:
     thresholds: dict[str, float]
     # True for spoof families: every family is measured against all bona fide items (the per-family EER)
     real_in_every_subset: bool = False
+    # spoof families a pack never trained on: measured together, against all bona fide items, as
+    # ``held_out_pooled`` (with ``real_in_every_subset``)
+    held_out: tuple[str, ...] = ()
     reports: dict[str, dict[str, Report]] = field(default_factory=dict)  # scorer -> subset -> report
 
     def __post_init__(self) -> None:
         sources = np.asarray(self.sources)
         positives = sources[self.labels == 1] if self.real_in_every_subset else sources
+        real = self.labels == 0
+        masks = {
+            subset: (sources == subset) | real if self.real_in_every_subset else sources == subset
+            for subset in sorted(set(positives.tolist()))
+        }
+        pooled = real | np.isin(sources, list(self.held_out))
+        if self.real_in_every_subset and self.held_out and (self.labels[pooled] == 1).any():
+            masks[HELD_OUT_POOLED] = pooled
         for scorer, scores in self.scores.items():
             self.reports[scorer] = {"all": report(self.labels, scores, self.thresholds[scorer])}
-            for subset in sorted(set(positives.tolist())):
-                mask = sources == subset
-                if self.real_in_every_subset:
-                    mask |= self.labels == 0
+            for subset, mask in masks.items():
                 self.reports[scorer][subset] = report(
                     self.labels[mask], scores[mask], self.thresholds[scorer]
                 )
+
+    def figures(self, scorer: str) -> dict[str, dict[str, object]]:
+        """One scorer's reports as plain dicts, subset by subset (the form manifests store)."""
+        return {subset: r.as_dict() for subset, r in self.reports[scorer].items()}
 
 
 def evaluate_images(pack: ModelPack, data_dir: str | Path, *, split: str | None = "test") -> Evaluation:
@@ -100,14 +113,8 @@ def evaluate_audio(
         {"audio": np.asarray(probabilities, dtype=np.float64)},
         {"audio": pack.manifest.threshold("audio")},
         real_in_every_subset=True,
+        held_out=tuple(pack.manifest.info.get("audio_training", {}).get("holdout_families") or ()),
     )
-    held = set(pack.manifest.info.get("audio_training", {}).get("holdout_families") or ())
-    families = np.array(evaluation.sources)
-    pooled = (evaluation.labels == 0) | np.isin(families, sorted(held))
-    if held and (evaluation.labels[pooled] == 1).any():  # the families the pack never trained on, together
-        evaluation.reports["audio"]["held_out_pooled"] = report(
-            evaluation.labels[pooled], evaluation.scores["audio"][pooled], evaluation.thresholds["audio"]
-        )
     return evaluation, unscored
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -19,9 +19,10 @@ from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
 from pipeline.audio_datasets import AudioItem, load_folders, speaker_disjoint_split
 from pipeline.ensemble import Aggregation, aggregate, logit
 from pipeline.errors import DeepscanError, ModelPackError
+from pipeline.evaluate import Evaluation
 from pipeline.faces import to_model_input
 from pipeline.media import load_audio
-from pipeline.metrics import eer, report, threshold_at_fpr
+from pipeline.metrics import eer, threshold_at_fpr
 from pipeline.pack import (
     MANIFEST_FILE,
     Manifest,
@@ -75,14 +76,21 @@ def _base_manifest(
     return replace(previous, version=version) if version else previous
 
 
-def _metrics_by_source(
-    labels: np.ndarray, scores: np.ndarray, sources: Sequence[str], threshold: float
+def _figures(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    subsets: Sequence[str],
+    threshold: float,
+    *,
+    per_family: bool = False,
+    held_out: Sequence[str] = (),
 ) -> dict[str, Any]:
-    figures: dict[str, Any] = {"all": report(labels, scores, threshold).as_dict()}
-    for source in sorted(set(sources)):
-        mask = np.array([s == source for s in sources])
-        figures[source] = report(labels[mask], scores[mask], threshold).as_dict()
-    return figures
+    """Figures on all items and per subset (``Evaluation``'s subsets), as the manifest stores them."""
+    evaluation = Evaluation(
+        labels, list(subsets), {"s": scores}, {"s": threshold}, real_in_every_subset=per_family,
+        held_out=tuple(held_out),
+    )  # fmt: skip
+    return evaluation.figures("s")
 
 
 def fit_aggregation(val_scores: np.ndarray, val_labels: np.ndarray, *, platt: bool = False) -> Aggregation:
@@ -195,13 +203,11 @@ def fit_image_ensemble(
     aggregation = fit_aggregation(val_matrix, labels["val"])
     val_ensemble = aggregate(val_matrix, aggregation)
     threshold = threshold_at_fpr(labels["val"], val_ensemble, target_fpr) if target_fpr else 0.5
-    ensemble_figures = _metrics_by_source(
-        labels["test"], aggregate(test_matrix, aggregation), sources, threshold
-    )
-    mean_figures = _metrics_by_source(labels["test"], test_matrix.mean(axis=1), sources, 0.5)
+    ensemble_figures = _figures(labels["test"], aggregate(test_matrix, aggregation), sources, threshold)
+    mean_figures = _figures(labels["test"], test_matrix.mean(axis=1), sources, 0.5)
     members, member_figures = [], {}
     for j, member in enumerate(pack.manifest.image_members):
-        figures = _metrics_by_source(labels["test"], test_matrix[:, j], sources, 0.5)
+        figures = _figures(labels["test"], test_matrix[:, j], sources, 0.5)
         member_figures[member.name] = figures
         members.append(replace(member, metrics={**member.metrics, "test_auc": figures["all"]["auc"]}))
         _update_report(pack_dir / f"{member.name}.report.json", test=figures)
@@ -234,35 +240,26 @@ def _save_inference_copy(checkpoint: Path, target: Path) -> None:
     store_float16(target)
 
 
-def load_audio_windows(
-    items: Sequence[AudioItem], front_end: AudioFrontEnd
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spectrogram windows of every usable clip. Returns (features (N,F,T,1), labels (N,), clip index (N,))."""
-    features, labels, clips = [], [], []
-    for i, item in enumerate(items):
+def _usable_clips(
+    items: Sequence[AudioItem], layout: AudioFrontEnd
+) -> Iterator[tuple[AudioItem, np.ndarray]]:
+    """(item, windows (N, window_samples)) for every clip that cuts into windows; the rest are logged."""
+    for item in items:
         try:
-            windows = split_windows(load_audio(item.path, sample_rate_hz=front_end.sample_rate_hz), front_end)
+            yield item, split_windows(load_audio(item.path, sample_rate_hz=layout.sample_rate_hz), layout)
         except DeepscanError as e:
             logger.warning("skipping %s: %s", item.path, e.reason)
-            continue
+
+
+def load_audio_windows(items: Sequence[AudioItem], front_end: AudioFrontEnd) -> tuple[np.ndarray, np.ndarray]:
+    """Spectrogram windows of every usable clip. Returns (features (N, F, T, 1), labels (N,))."""
+    features, labels = [], []
+    for item, windows in _usable_clips(items, front_end):
         features.append(spectrograms(windows, front_end))
         labels.extend([item.label] * len(windows))
-        clips.extend([i] * len(windows))
     if not features:
         raise DeepscanError("no usable audio clips")
-    return np.concatenate(features), np.asarray(labels, dtype=np.int64), np.asarray(clips, dtype=np.int64)
-
-
-def figures_by_family(
-    labels: np.ndarray, scores: np.ndarray, families: Sequence[str], threshold: float
-) -> dict[str, Any]:
-    """Figures on all clips, then each spoof family against all bona fide clips (the per-family EER)."""
-    families_arr = np.asarray(families)
-    out: dict[str, Any] = {"all": report(labels, scores, threshold).as_dict()}
-    for family in sorted(set(families_arr[labels == 1].tolist())):
-        mask = (labels == 0) | (families_arr == family)
-        out[family] = report(labels[mask], scores[mask], threshold).as_dict()
-    return out
+    return np.concatenate(features), np.asarray(labels, dtype=np.int64)
 
 
 def clip_scores(window_scores: np.ndarray, clips: np.ndarray, n_clips: int) -> np.ndarray:
@@ -300,7 +297,7 @@ def train_audio_member(
     _audio_pack_with(out_dir, name, front_end)  # refuses windows the pack cannot fuse, before training
     splits = _audio_splits(data_dir, holdout_families)
     data = {split: load_audio_windows(splits[split], front_end) for split in ("train", "val")}
-    x_train, y_train, _ = data["train"]
+    x_train, y_train = data["train"]
     weights = np.where(y_train == 1, 0.5 / max(y_train.mean(), 1e-6), 0.5 / max(1 - y_train.mean(), 1e-6))
     order = np.random.default_rng(config.seed).permutation(len(y_train))
     train = (x_train[order], y_train[order].astype(np.float32)[:, None], weights[order].astype(np.float32))
@@ -364,13 +361,7 @@ def score_audio_clips(
     scores: list[np.ndarray] = []
     clips: list[int] = []
     usable: list[AudioItem] = []
-    for item in items:
-        try:
-            windows = split_windows(load_audio(item.path, sample_rate_hz=pack.manifest.audio.sample_rate_hz),
-                                    pack.manifest.audio)  # fmt: skip
-        except DeepscanError as e:
-            logger.warning("skipping %s: %s", item.path, e.reason)
-            continue
+    for item, windows in _usable_clips(items, pack.manifest.audio):
         scores.append(pack.score_audio_windows(windows))
         clips.extend([len(usable)] * len(windows))
         usable.append(item)
@@ -413,12 +404,7 @@ def fit_audio_fusion(
         val_scores, val_labels, _ = per_clip("val")
         _, threshold = eer(val_labels, val_scores)
         test_scores, labels, families = per_clip("test")
-        figures = figures_by_family(labels, test_scores, families, threshold)
-        if held:
-            mask = np.array(
-                [label == 0 or family in held for label, family in zip(labels, families, strict=True)]
-            )
-            figures["held_out_pooled"] = report(labels[mask], test_scores[mask], threshold).as_dict()
+        figures = _figures(labels, test_scores, families, threshold, per_family=True, held_out=sorted(held))
         return fusion, float(threshold), figures
 
     members = pack.manifest.audio_members
