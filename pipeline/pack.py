@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import AudioFrontEnd
+from pipeline.audio import AudioFrontEnd, spectrograms
 from pipeline.ensemble import Aggregation
 from pipeline.errors import ModelPackError
 from pipeline.faces import to_model_input
@@ -319,8 +319,6 @@ class ModelPack:
         Each member gets the spectrogram of its own front end (computed once per distinct front end).
         Returns float64 (N, M_audio), P(fake) per window and audio member, in manifest order.
         """
-        from pipeline.audio import spectrograms
-
         members = self.manifest.audio_members
         scores = np.zeros((len(windows), len(members)), dtype=np.float64)
         if not len(windows):

@@ -180,21 +180,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _holdout(args: argparse.Namespace) -> list[str]:
-    return [family for family in args.holdout_families.split(",") if family]
+def _names(text: str | None) -> list[str]:
+    """A comma-separated list option as its non-empty names."""
+    return [name for name in (text or "").split(",") if name]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.training import FitConfig
 
     if args.kind == "spoofs":
-        from pipeline.spoofs import build_spoof_dataset
+        from pipeline.spoofs import ALL_FAMILIES, build_spoof_dataset
 
-        families = [f for f in args.families.split(",") if f] if args.families else None
-        counts = build_spoof_dataset(
-            args.real, args.out, seed=args.seed, **({"families": families} if families else {})
-        )
-        print(json.dumps(counts))
+        families = _names(args.families) or ALL_FAMILIES
+        print(json.dumps(build_spoof_dataset(args.real, args.out, seed=args.seed, families=families)))
         return EXIT_OK
     config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        patience=args.patience, seed=args.seed)  # fmt: skip
@@ -210,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.kind == "audio" and args.fuse_only:
         from pipeline.recipes import fit_audio_fusion
 
-        manifest = fit_audio_fusion(args.data, args.out, holdout_families=_holdout(args))
+        manifest = fit_audio_fusion(args.data, args.out, holdout_families=_names(args.holdout_families))
     elif args.kind == "audio":
         from pipeline.audio import AudioFrontEnd
         from pipeline.recipes import train_audio_member
@@ -220,7 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.out,
             front_end=AudioFrontEnd.for_feature(args.feature),
             config=config,
-            holdout_families=_holdout(args),
+            holdout_families=_names(args.holdout_families),
             pack_name=args.name,
             version=args.version,
             verbose=verbose,

@@ -20,12 +20,9 @@ def _fmt(value: Any) -> str:
 
 
 def _rates(values: dict[str, Any]) -> dict[str, Any]:
-    """False- and true-positive rates at the threshold, from the confusion matrix ((tn, fp), (fn, tp))."""
-    (tn, fp), (fn, tp) = values["confusion"]
-    return {
-        "fpr": fp / (tn + fp) if tn + fp else float("nan"),
-        "tpr": tp / (tp + fn) if tp + fn else float("nan"),
-    }
+    """False- and true-positive rates at the threshold; the FPR from the confusion matrix ((tn, fp), (fn, tp))."""
+    (tn, fp), _ = values["confusion"]
+    return {"fpr": fp / (tn + fp) if tn + fp else float("nan"), "tpr": values["recall"]}
 
 
 def _figure_table(figures: dict[str, dict[str, Any]]) -> list[str]:
