@@ -36,6 +36,7 @@ def _applications() -> dict[str, Architecture]:
 
 CLASSIC_ARCHITECTURES = ("xception", "inception_v3", "resnet50", "densenet121")
 IMAGE_ARCHITECTURES = (*CLASSIC_ARCHITECTURES, "spectral", "profile")
+IMAGE_FRONT_ENDS = ("pixels", "spectrum")  # what a classic backbone reads: the crop, or its colour spectra
 CAPTION_BAND = 0.08  # bottom fraction of a face crop every image member ignores (see CaptionMask)
 
 
@@ -66,12 +67,22 @@ class CaptionMask(layers.Layer):
         return {**super().get_config(), "fraction": self.fraction}
 
 
+def _log_magnitude(planes: Any) -> Any:
+    """Log magnitude of the unshifted 2-D FFT of each zero-mean (N, H, W) plane."""
+    planes = planes - ops.mean(planes, axis=(1, 2), keepdims=True)
+    real, imag = ops.fft2((planes, ops.zeros_like(planes)))
+    return ops.log(ops.sqrt(real * real + imag * imag) + 1e-6)
+
+
 def _log_magnitude_spectrum(images: Any) -> Any:
     """Log magnitude of the unshifted 2-D FFT of the zero-mean luminance: (N, H, W, 3) -> (N, H, W)."""
-    luma = ops.sum(images * ops.convert_to_tensor(_YCBCR[0], dtype=images.dtype), axis=-1)
-    luma = luma - ops.mean(luma, axis=(1, 2), keepdims=True)
-    real, imag = ops.fft2((luma, ops.zeros_like(luma)))
-    return ops.log(ops.sqrt(real * real + imag * imag) + 1e-6)
+    return _log_magnitude(ops.sum(images * ops.convert_to_tensor(_YCBCR[0], dtype=images.dtype), axis=-1))
+
+
+def _centred(magnitude: Any) -> Any:
+    """Move the zero frequency of (N, H, W) spectra to the middle."""
+    h, w = ops.shape(magnitude)[1], ops.shape(magnitude)[2]
+    return ops.roll(ops.roll(magnitude, h // 2, axis=1), w // 2, axis=2)
 
 
 @keras.saving.register_keras_serializable(package="deepscan")
@@ -83,13 +94,30 @@ class LogSpectrum(layers.Layer):
     """
 
     def call(self, images: Any) -> Any:
-        magnitude = _log_magnitude_spectrum(images)
-        h, w = ops.shape(magnitude)[1], ops.shape(magnitude)[2]
-        shifted = ops.roll(ops.roll(magnitude, h // 2, axis=1), w // 2, axis=2)
-        return ops.expand_dims(shifted, -1)
+        return ops.expand_dims(_centred(_log_magnitude_spectrum(images)), -1)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (*input_shape[:-1], 1)
+
+
+@keras.saving.register_keras_serializable(package="deepscan")
+class ColourSpectrum(layers.Layer):
+    """Centred log-magnitude 2-D spectra of the Y, Cb and Cr planes: (N, H, W, 3) -> (N, H, W, 3).
+
+    The front end of a classic backbone that reads frequencies instead of pixels, as F3-Net puts Xception
+    over a frequency decomposition (Qian et al., 2020). The chroma spectra carry what the luminance one
+    cannot: colour transfer and chroma smoothing around a pasted face, a generator's colour statistics.
+    """
+
+    def call(self, images: Any) -> Any:
+        planes = [
+            _centred(_log_magnitude(ops.sum(images * ops.convert_to_tensor(row, images.dtype), axis=-1)))
+            for row in _YCBCR
+        ]
+        return ops.stack(planes, axis=-1)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], 3)
 
 
 @keras.saving.register_keras_serializable(package="deepscan")
@@ -182,16 +210,20 @@ def build_spectral(input_size: tuple[int, int]) -> keras.Model:
 
 
 def build_image_member(
-    architecture: str, input_size: tuple[int, int], *, dropout: float = 0.3
+    architecture: str, input_size: tuple[int, int], *, front_end: str = "pixels", dropout: float = 0.3
 ) -> keras.Model:
     """One image member: a classic backbone from ``keras.applications`` (``weights=None``) plus a binary head.
 
-    ``input_size`` is (H, W); the model rescales its [0, 1] input to the [-1, 1] the backbones expect.
+    ``input_size`` is (H, W). With the ``pixels`` front end the model rescales its [0, 1] input to the
+    [-1, 1] the backbones expect; with ``spectrum`` the backbone reads the crop's ``ColourSpectrum``.
+    ``spectral`` and ``profile`` bring their own front ends.
     """
-    if architecture == "spectral":
-        return build_spectral(input_size)
-    if architecture == "profile":
-        return build_profile(input_size)
+    if front_end not in IMAGE_FRONT_ENDS:
+        raise ValueError(f"unknown front end {front_end!r}; choose from {', '.join(IMAGE_FRONT_ENDS)}")
+    if architecture in ("spectral", "profile"):
+        if front_end != "pixels":
+            raise ValueError(f"{architecture} has its own front end; it takes no {front_end!r}")
+        return build_spectral(input_size) if architecture == "spectral" else build_profile(input_size)
     apps = _applications()
     if architecture not in apps:
         raise ValueError(
@@ -202,14 +234,20 @@ def build_image_member(
         raise ValueError(f"{architecture} needs inputs of at least {arch.min_input_px} px, got {input_size}")
     inputs = keras.Input((*input_size, 3), name="face")
     x = CaptionMask(name="caption_mask")(inputs)
-    x = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(x)
+    if front_end == "spectrum":
+        x = ColourSpectrum(name="colour_spectrum")(x)
+        x = layers.BatchNormalization(name="spectrum_norm")(x)
+    else:
+        x = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(x)
     backbone = arch.build_backbone(
         include_top=False, weights=None, input_shape=(*input_size, 3), pooling="avg"
     )
     x = backbone(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
-    return keras.Model(inputs, outputs, name=architecture)
+    return keras.Model(
+        inputs, outputs, name=architecture if front_end == "pixels" else f"{architecture}_{front_end}"
+    )
 
 
 def build_audio_cnn(input_shape: tuple[int, int]) -> keras.Model:

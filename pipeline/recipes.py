@@ -52,19 +52,26 @@ logger = logging.getLogger(__name__)
 class MemberPlan:
     architecture: str
     input_size: tuple[int, int]
+    front_end: str = "pixels"  # or "spectrum": a classic backbone over the crop's colour spectra
 
     @property
     def name(self) -> str:
-        return self.architecture
+        return self.architecture if self.front_end == "pixels" else f"{self.architecture}_{self.front_end}"
+
+    @property
+    def label(self) -> str:
+        """The architecture as the manifest and the model card show it."""
+        return self.architecture if self.front_end == "pixels" else f"{self.architecture}+{self.front_end}"
 
     @classmethod
     def parse(cls, text: str) -> MemberPlan:
-        """``densenet121:96`` or ``xception:128x128`` -> MemberPlan."""
+        """``densenet121:96``, ``xception:128x128`` or ``xception+spectrum:128`` -> MemberPlan."""
         architecture, _, size = text.partition(":")
         if not size:
             raise ValueError(f"member {text!r} needs an input size, e.g. {architecture}:96")
         h, _, w = size.partition("x")
-        return cls(architecture.strip().lower(), (int(h), int(w or h)))
+        architecture, _, front_end = architecture.strip().lower().partition("+")
+        return cls(architecture, (int(h), int(w or h)), front_end or "pixels")
 
 
 def _base_manifest(
@@ -156,14 +163,14 @@ def train_image_members(
             input_size=plan.input_size, batch_size=config.batch_size, aug=augmentation, seed=config.seed,
         )  # fmt: skip
         _, state = fit_member(
-            partial(build_image_member, plan.architecture, plan.input_size), plan.name, train_seq,
-            to_model_input(list(crops["val"]), plan.input_size), labels["val"], out_dir / "checkpoints", config,
+            partial(build_image_member, plan.architecture, plan.input_size, front_end=plan.front_end),
+            plan.name, train_seq, to_model_input(list(crops["val"]), plan.input_size), labels["val"], out_dir / "checkpoints", config,
             verbose=verbose,
         )  # fmt: skip
         file = f"{plan.name}.keras"
         _save_inference_copy(out_dir / "checkpoints" / f"{plan.name}.best.keras", out_dir / file)
         specs.append(MemberSpec(
-            name=plan.name, kind="image", file=file, input_size=plan.input_size, architecture=plan.architecture,
+            name=plan.name, kind="image", file=file, input_size=plan.input_size, architecture=plan.label,
             metrics={"best_epoch": state["best_epoch"] + 1, "val_auc": state["best_auc"]},
         ))  # fmt: skip
         (out_dir / f"{plan.name}.report.json").write_text(

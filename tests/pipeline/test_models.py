@@ -10,6 +10,8 @@ from pipeline.models import (
     EXPOSURE_LEVELS,
     IMAGE_ARCHITECTURES,
     CaptionMask,
+    ColourSpectrum,
+    LogSpectrum,
     SpectrumProfile,
     build_image_member,
 )
@@ -23,11 +25,14 @@ def test_caption_mask_greys_the_bottom_band_only() -> None:
     np.testing.assert_array_equal(out[0, :-band], 1.0)
 
 
-@pytest.mark.parametrize("architecture", ["spectral", "profile", "densenet121"])
-def test_members_do_not_see_a_caption(architecture: str) -> None:
+@pytest.mark.parametrize(
+    ("architecture", "front_end"),
+    [("spectral", "pixels"), ("profile", "pixels"), ("densenet121", "pixels"), ("densenet121", "spectrum")],
+)
+def test_members_do_not_see_a_caption(architecture: str, front_end: str) -> None:
     """A watermark in the bottom band (where generated-face sites put theirs) cannot change a score."""
     size = 64
-    model = build_image_member(architecture, (size, size))
+    model = build_image_member(architecture, (size, size), front_end=front_end)
     rng = np.random.default_rng(0)
     face = rng.random((1, size, size, 3)).astype(np.float32)
     captioned = face.copy()
@@ -63,3 +68,25 @@ def test_every_architecture_is_known() -> None:
     assert {"xception", "inception_v3", "resnet50", "densenet121", "spectral", "profile"} == set(
         IMAGE_ARCHITECTURES
     )
+
+
+def test_colour_spectrum_is_the_luminance_spectrum_plus_chroma() -> None:
+    rng = np.random.default_rng(2)
+    grey = np.repeat(rng.random((1, 32, 32, 1)), 3, axis=-1).astype(np.float32)
+    tinted = np.clip(grey * [1.0, 0.7, 0.9] + rng.normal(0, 0.05, grey.shape), 0, 1).astype(np.float32)
+    for images in (grey, tinted):
+        out = np.asarray(ColourSpectrum()(images))
+        assert out.shape == (1, 32, 32, 3)
+        np.testing.assert_allclose(out[..., :1], np.asarray(LogSpectrum()(images)), atol=1e-4)
+    chroma_grey = np.asarray(ColourSpectrum()(grey))[..., 1:]
+    chroma_tinted = np.asarray(ColourSpectrum()(tinted))[..., 1:]
+    assert chroma_grey.max() < -5  # a grey image has no chroma: only the 1e-6 floor of the log
+    assert chroma_tinted.mean() > chroma_grey.mean() + 5
+
+
+def test_front_ends() -> None:
+    assert build_image_member("densenet121", (32, 32), front_end="spectrum").name == "densenet121_spectrum"
+    with pytest.raises(ValueError, match="own front end"):
+        build_image_member("profile", (32, 32), front_end="spectrum")
+    with pytest.raises(ValueError, match="unknown front end"):
+        build_image_member("densenet121", (32, 32), front_end="wavelet")

@@ -114,22 +114,30 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
     pack = ModelPack.load(out)
     assert pack.manifest.info["image_training"]["split"]["test"] > 0
 
-    # a later run that trains another member keeps the first one and fuses both on validation scores
-    manifest = train_image_members(data, out, [MemberPlan.parse("profile:64")], target_fpr=0.1, version="0.2.0",
+    # a later run that trains more members keeps the first one and fuses all of them on validation scores
+    plans = [MemberPlan.parse("profile:64"), MemberPlan.parse("densenet121+spectrum:32")]
+    manifest = train_image_members(data, out, plans, target_fpr=0.1, version="0.2.0",
                                    config=FitConfig(epochs=1, batch_size=16), verbose=0)  # fmt: skip
-    assert [m.name for m in manifest.image_members] == ["spectral", "profile"]
+    assert [(m.name, m.architecture) for m in manifest.image_members] == [
+        ("spectral", "spectral"), ("profile", "profile"), ("densenet121_spectrum", "densenet121+spectrum")
+    ]  # fmt: skip
     assert (pack.manifest.version, manifest.version) == ("0.1.0", "0.2.0")  # kept unless a new one is given
-    assert manifest.aggregation.method == "stacking" and len(manifest.aggregation.coefficients) == 2
+    assert manifest.aggregation.method == "stacking" and len(manifest.aggregation.coefficients) == 3
     info = manifest.info["image_training"]
-    assert set(info["members"]) == {"spectral", "profile"} and info["target_fpr"] == 0.1
+    assert (
+        set(info["members"]) == {"spectral", "profile", "densenet121_spectrum"} and info["target_fpr"] == 0.1
+    )
     assert manifest.image_members[0].metrics["test_auc"] == info["members"]["spectral"]["all"]["auc"]
     assert 0.0 < manifest.thresholds["image"] < 1.0
-    assert ModelPack.load(out).score_faces([np.zeros((64, 64, 3), np.uint8)]).shape == (1, 2)
+    assert ModelPack.load(out).score_faces([np.zeros((64, 64, 3), np.uint8)]).shape == (1, 3)
 
 
 def test_member_plan_parsing() -> None:
     assert MemberPlan.parse("densenet121:96").input_size == (96, 96)
     assert MemberPlan.parse("Xception:128x160") == MemberPlan("xception", (128, 160))
+    plan = MemberPlan.parse("xception+spectrum:128")
+    assert plan == MemberPlan("xception", (128, 128), "spectrum")
+    assert (plan.name, plan.label) == ("xception_spectrum", "xception+spectrum")
     with pytest.raises(ValueError):
         MemberPlan.parse("resnet50")
 
