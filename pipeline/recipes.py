@@ -164,8 +164,8 @@ def train_image_members(
         )  # fmt: skip
         _, state = fit_member(
             partial(build_image_member, plan.architecture, plan.input_size, front_end=plan.front_end),
-            plan.name, train_seq, to_model_input(list(crops["val"]), plan.input_size), labels["val"], out_dir / "checkpoints", config,
-            verbose=verbose,
+            plan.name, train_seq, to_model_input(list(crops["val"]), plan.input_size), labels["val"],
+            out_dir / "checkpoints", config, verbose=verbose,
         )  # fmt: skip
         file = f"{plan.name}.keras"
         _save_inference_copy(out_dir / "checkpoints" / f"{plan.name}.best.keras", out_dir / file)
@@ -310,7 +310,8 @@ def train_audio_member(
     train = (x_train[order], y_train[order].astype(np.float32)[:, None], weights[order].astype(np.float32))
     del data["train"], x_train
     _, state = fit_member(
-        lambda: build_audio_cnn(front_end.input_shape), name, make_array_sequence(*train, batch_size=config.batch_size, seed=config.seed),
+        lambda: build_audio_cnn(front_end.input_shape), name,
+        make_array_sequence(*train, batch_size=config.batch_size, seed=config.seed),
         data["val"][0], data["val"][1], out_dir / "checkpoints", config, verbose=verbose,
     )  # fmt: skip
     file = f"{name}.keras"
