@@ -36,6 +36,7 @@ from pipeline.training import (
     IMAGE_SUFFIXES,
     Augmentation,
     FitConfig,
+    Sample,
     balanced_weights,
     find_labelled_files,
     fit_member,
@@ -103,20 +104,27 @@ def _figures(
 def fit_aggregation(val_scores: np.ndarray, val_labels: np.ndarray, *, platt: bool = False) -> Aggregation:
     """Stacking: logistic regression over member logits, fitted on validation scores (calibrates too).
 
-    With one member it is Platt scaling; without ``platt`` a single member is left as it is.
+    With one member it is Platt scaling; without ``platt`` a single member is left as it is. The logits
+    are standardised for the fit, so the regularisation weighs every member alike: a member whose
+    outputs span a narrow range (common for a backbone trained from scratch) is not silenced by the
+    size of the coefficient it needs. The stored coefficients apply to raw logits.
     """
     from sklearn.linear_model import LogisticRegression
 
     if (val_scores.shape[1] == 1 and not platt) or len(set(val_labels.tolist())) < 2:
         return Aggregation(method="mean")
+    logits = logit(val_scores)
+    centre, spread = logits.mean(axis=0), logits.std(axis=0)
+    spread = np.where(spread > 0, spread, 1.0)  # a constant member gets a zero coefficient either way
     # Platt on a generated spoof set: its class ratio is an artefact of how many families we made, so the
     # probabilities are calibrated for equal priors rather than for that ratio.
     model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced" if platt else None)
-    model.fit(logit(val_scores), val_labels)
+    model.fit((logits - centre) / spread, val_labels)
+    coefficients = model.coef_[0] / spread
     return Aggregation(
         method="stacking",
-        coefficients=tuple(float(c) for c in model.coef_[0]),
-        intercept=float(model.intercept_[0]),
+        coefficients=tuple(float(c) for c in coefficients),
+        intercept=float(model.intercept_[0] - coefficients @ centre),
     )
 
 
@@ -142,18 +150,7 @@ def train_image_members(
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = find_labelled_files(data_dir, IMAGE_SUFFIXES)
-    if not samples:
-        raise DeepscanError(f"no images below real/ or fake/ folders in {data_dir}")
-    splits = split_samples(samples)
-    if limit_per_split:
-        rng = np.random.default_rng(config.seed)  # a subset of both classes, for smoke runs and tests
-        splits = {
-            k: [v[i] for i in sorted(rng.permutation(len(v))[:limit_per_split])] for k, v in splits.items()
-        }
-    for name, items in splits.items():
-        logger.info("%s: %d images (%d fake)", name, len(items), sum(s.label for s in items))
-    crops = {name: load_crops(items) for name, items in splits.items()}
+    splits, crops = _image_splits(data_dir, limit_per_split, config.seed)
     labels = {name: np.array([s.label for s in items], dtype=np.int64) for name, items in splits.items()}
 
     specs: list[MemberSpec] = []
@@ -186,6 +183,42 @@ def train_image_members(
         out_dir, splits, crops, target_fpr=target_fpr,
         info={"data": str(data_dir.name), "config": config.__dict__},
     )  # fmt: skip
+
+
+def _image_splits(
+    data_dir: Path, limit_per_split: int | None = None, seed: int = 0
+) -> tuple[dict[str, list[Sample]], dict[str, np.ndarray]]:
+    """The train/val/test split of the faces under ``data_dir`` and their crops."""
+    samples = find_labelled_files(data_dir, IMAGE_SUFFIXES)
+    if not samples:
+        raise DeepscanError(f"no images below real/ or fake/ folders in {data_dir}")
+    splits = split_samples(samples)
+    if limit_per_split:
+        rng = np.random.default_rng(seed)  # a subset of both classes, for smoke runs and tests
+        splits = {
+            k: [v[i] for i in sorted(rng.permutation(len(v))[:limit_per_split])] for k, v in splits.items()
+        }
+    for name, items in splits.items():
+        logger.info("%s: %d images (%d fake)", name, len(items), sum(s.label for s in items))
+    return splits, {name: load_crops(items) for name, items in splits.items()}
+
+
+def refit_image_ensemble(
+    data_dir: str | Path,
+    pack_dir: str | Path,
+    *,
+    target_fpr: float | None = None,
+    limit_per_split: int | None = None,
+    seed: int = 0,
+) -> Manifest:
+    """Train nothing: refit the stacking and threshold of the pack's image members and measure them again."""
+    data_dir, pack_dir = Path(data_dir), Path(pack_dir)
+    previous = read_manifest(pack_dir)
+    if not previous.image_members:
+        raise DeepscanError(f"the pack in {pack_dir} has no image members to fuse")
+    splits, crops = _image_splits(data_dir, limit_per_split, seed)
+    info = {k: v for k, v in previous.info.get("image_training", {}).items() if k in ("data", "config")}
+    return fit_image_ensemble(pack_dir, splits, crops, target_fpr=target_fpr, info=info)
 
 
 def fit_image_ensemble(

@@ -197,7 +197,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                        patience=args.patience, seed=args.seed)  # fmt: skip
     verbose = 1 if sys.stderr.isatty() else 2
-    if args.kind == "image":
+    if args.kind == "image" and args.fuse_only:
+        from pipeline.recipes import refit_image_ensemble
+
+        manifest = refit_image_ensemble(
+            args.data, args.out, target_fpr=args.target_fpr, limit_per_split=args.limit, seed=args.seed
+        )
+    elif args.kind == "image":
         from pipeline.recipes import MemberPlan, train_image_members
 
         plans = [MemberPlan.parse(p) for p in args.members.split(",")]
@@ -482,6 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(
             "--version", help="pack version to set (default: keep the pack's, 0.1.0 for a new one)"
         )
+        t.add_argument(
+            "--fuse-only",
+            action="store_true",
+            help=f"train nothing: refit the fusion of the pack's {kind} members and measure them again",
+        )
         t.set_defaults(func=cmd_train)
     image = train_sub.choices["image"]
     image.add_argument(
@@ -496,11 +507,6 @@ def build_parser() -> argparse.ArgumentParser:
     audio.add_argument("--feature", choices=("logmel", "linear", "cqt"), default="logmel")
     audio.add_argument(
         "--holdout-families", default="", help="comma-separated spoof families kept out of training"
-    )
-    audio.add_argument(
-        "--fuse-only",
-        action="store_true",
-        help="train nothing: refit the fusion of the pack's audio members and measure them again",
     )
     spoofs = train_sub.add_parser("spoofs", help="generate a spoof training set from real speech")
     spoofs.add_argument("--real", required=True, metavar="DIR")

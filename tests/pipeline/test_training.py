@@ -6,8 +6,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
-from pipeline.recipes import MemberPlan, train_image_members
+from pipeline.ensemble import aggregate, logit
+from pipeline.recipes import MemberPlan, fit_aggregation, train_image_members
 from pipeline.training import (
     IMAGE_SUFFIXES,
     Augmentation,
@@ -89,7 +92,8 @@ def test_augmentation_keeps_shape_and_type() -> None:
 
 @pytest.mark.slow
 def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> None:
-    from pipeline.pack import ModelPack
+    from pipeline.pack import ModelPack, read_manifest
+    from workers.cli import main
 
     data = make_dataset(tmp_path / "data")
     splits = split_samples(find_labelled_files(data, IMAGE_SUFFIXES))
@@ -129,6 +133,18 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
     )
     assert manifest.image_members[0].metrics["test_auc"] == info["members"]["spectral"]["all"]["auc"]
     assert 0.0 < manifest.thresholds["image"] < 1.0
+
+    # --fuse-only trains nothing and finds the same fusion again, or a new one for another target FPR
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.keras")}
+    assert (
+        main(["train", "image", "--data", str(data), "--out", str(out), "--fuse-only", "--target-fpr", "0.1"])
+        == 0
+    )
+    again = read_manifest(out)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.keras")} == before
+    assert again.aggregation.coefficients == pytest.approx(manifest.aggregation.coefficients)
+    assert again.thresholds["image"] == pytest.approx(manifest.thresholds["image"])
+    assert again.info["image_training"]["config"] == json.loads(json.dumps(info["config"]))
     assert ModelPack.load(out).score_faces([np.zeros((64, 64, 3), np.uint8)]).shape == (1, 3)
 
 
@@ -242,3 +258,24 @@ def test_full_classic_pack_at_native_input_sizes(tmp_path: Path) -> None:
     assert manifest.aggregation.method == "stacking" and len(manifest.aggregation.coefficients) == 4
     scores = ModelPack.load(tmp_path / "pack").score_faces([np.zeros((128, 128, 3), np.uint8)])
     assert scores.shape == (1, 4) and ((scores > 0) & (scores < 1)).all()
+
+
+def test_stacking_uses_a_member_with_a_narrow_output_range() -> None:
+    # A member trained from scratch can rank well with outputs in a sliver around 0.46. Its logits are
+    # standardised for the fit, so regularisation does not silence it for needing a large coefficient.
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 200)
+    signal = labels + rng.normal(0.0, 0.35, labels.size)
+    narrow = 0.4640 + 0.0002 * signal
+    noisy = 1.0 / (1.0 + np.exp(-rng.normal(0.0, 1.0, labels.size)))  # no information, full range
+    aggregation = fit_aggregation(np.c_[narrow, noisy], labels)
+    fused = aggregate(np.c_[narrow, noisy], aggregation)
+    assert roc_auc_score(labels, fused) > 0.95  # the narrow member alone ranks at about 0.98
+    assert abs(aggregation.coefficients[0]) > 100 * abs(aggregation.coefficients[1])
+    # the stored coefficients act on raw logits exactly as the fitted model did on standardised ones
+    logits = logit(np.c_[narrow, noisy])
+    reference = LogisticRegression(C=1.0, max_iter=1000).fit(
+        (logits - logits.mean(axis=0)) / logits.std(axis=0), labels
+    )
+    expected = reference.predict_proba((logits - logits.mean(axis=0)) / logits.std(axis=0))[:, 1]
+    np.testing.assert_allclose(fused, expected, atol=1e-9)
