@@ -163,6 +163,86 @@ class SpectrumProfile(layers.Layer):
         return {**super().get_config(), "bins": self.bins}
 
 
+@keras.saving.register_keras_serializable(package="deepscan")
+class ColourTexture(layers.Layer):
+    """Joint HSV colour histogram and local-binary-pattern texture histograms of a face crop.
+
+    Input (N, H, W, 3) in [0, 1]; output (N, 12 * 4 * 4 + 4 * 10), square roots of frequencies:
+
+    - the joint histogram of hue (12 sectors of 30 degrees), saturation and value (4 levels each).
+      Generators reproduce the luminance of faces better than their chrominance, so hue and saturation
+      separate GAN images from photographs where RGB statistics do not (Li et al., 2020, "Identification
+      of deep network generated images using disparities in color components");
+    - uniform local binary patterns (Ojala et al., 2002) of the luminance with 8 neighbours at radius 1
+      and 2 (the square ring), counted in the middle of the crop (the face) and in its side strips
+      (hair and background): skin and background micro-texture that blending and generation smooth.
+      A pattern is its number of brighter-or-equal neighbours when it has at most two 0/1 transitions
+      around the ring, and a tenth class otherwise.
+    """
+
+    HUE_BINS, LEVELS, PATTERNS = 12, 4, 10
+    RADII = (1, 2)
+    FACE_ROWS, FACE_COLUMNS, SIDE_STRIP = (0.23, 0.70), (0.25, 0.75), 0.16  # fractions of the crop's side
+    _RING = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))  # (dy, dx), in order
+
+    def call(self, images: Any) -> Any:
+        return ops.concatenate([self._hsv_histogram(images), *self._texture(images)], axis=-1)
+
+    def _hsv_histogram(self, images: Any) -> Any:
+        r, g, b = images[..., 0], images[..., 1], images[..., 2]
+        value = ops.max(images, axis=-1)
+        spread = value - ops.min(images, axis=-1)
+        safe = ops.where(spread > 0, spread, 1.0)
+        sector = ops.where(  # hue in units of 60 degrees, in [0, 6)
+            value == r,
+            ops.mod((g - b) / safe, 6.0),
+            ops.where(value == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
+        )
+        hue = ops.where(spread > 0, sector, 0.0) / 6.0  # in [0, 1)
+        saturation = spread / ops.where(value > 0, value, 1.0)
+
+        pixels = images.shape[1] * images.shape[2]
+
+        def level(x: Any, n: int) -> Any:  # [0, 1] -> n equal bins
+            return ops.cast(ops.clip(ops.floor(x * n), 0, n - 1), "int32")
+
+        def one_hot(bins: Any, n: int) -> Any:  # (N, H, W) -> (N, H * W, n)
+            return ops.reshape(ops.one_hot(bins, n), (-1, pixels, n))
+
+        hue_1hot = one_hot(level(hue, self.HUE_BINS), self.HUE_BINS)
+        sv_1hot = one_hot(
+            level(saturation, self.LEVELS) * self.LEVELS + level(value, self.LEVELS), self.LEVELS**2
+        )
+        joint = ops.matmul(ops.transpose(hue_1hot, (0, 2, 1)), sv_1hot)  # (N, hue, s * v): pixel counts
+        return ops.sqrt(ops.reshape(joint, (-1, self.HUE_BINS * self.LEVELS**2)) / pixels)
+
+    def _texture(self, images: Any) -> list[Any]:
+        luma = ops.sum(images * ops.convert_to_tensor(_YCBCR[0], images.dtype), axis=-1)
+        h, w = images.shape[1], images.shape[2]
+        histograms = []
+        for radius in self.RADII:
+            centre = luma[:, radius : h - radius, radius : w - radius]
+            bits = [
+                ops.cast(luma[:, radius + dy * radius : h - radius + dy * radius,
+                              radius + dx * radius : w - radius + dx * radius] >= centre, "int32")
+                for dy, dx in self._RING
+            ]  # fmt: skip
+            ones = sum(bits)
+            transitions = sum(ops.abs(bits[i] - bits[(i + 1) % len(bits)]) for i in range(len(bits)))
+            pattern = ops.where(transitions <= 2, ones, self.PATTERNS - 1)
+            onehot = ops.one_hot(pattern, self.PATTERNS)  # (N, h', w', 10)
+            ph, pw = h - 2 * radius, w - 2 * radius
+            (top, bottom), (left, right) = self.FACE_ROWS, self.FACE_COLUMNS
+            face = onehot[:, int(top * ph) : int(bottom * ph), int(left * pw) : int(right * pw)]
+            strip = max(1, int(self.SIDE_STRIP * pw))
+            sides = ops.concatenate([onehot[:, :, :strip], onehot[:, :, pw - strip :]], axis=2)
+            histograms += [ops.sqrt(ops.mean(region, axis=(1, 2))) for region in (face, sides)]
+        return histograms
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (input_shape[0], self.HUE_BINS * self.LEVELS**2 + 2 * len(self.RADII) * self.PATTERNS)
+
+
 EXPOSURE_LEVELS = 32  # histogram resolution of brightness and saturation (1/32 of the range per level)
 _YCBCR = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], "float32"
@@ -177,10 +257,15 @@ def _ring_index(h: int, w: int, bins: int) -> np.ndarray:
 
 
 def build_profile(input_size: tuple[int, int]) -> keras.Model:
-    """A small dense head over ``SpectrumProfile`` features (about 5 k parameters)."""
+    """A small dense head over ``SpectrumProfile`` and ``ColourTexture`` features (about 12 k parameters).
+
+    Packs trained before ``ColourTexture`` existed hold profile members without it; they load as saved.
+    """
     inputs = keras.Input((*input_size, 3), name="face")
     x = CaptionMask(name="caption_mask")(inputs)
-    x = SpectrumProfile(name="profile")(x)
+    x = layers.Concatenate(name="features")(
+        [SpectrumProfile(name="profile")(x), ColourTexture(name="colour_texture")(x)]
+    )
     x = layers.BatchNormalization(name="feature_norm")(x)
     x = layers.Dense(32, activation="relu", name="hidden")(x)
     x = layers.Dropout(0.3, name="dropout")(x)

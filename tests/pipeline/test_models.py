@@ -11,6 +11,7 @@ from pipeline.models import (
     IMAGE_ARCHITECTURES,
     CaptionMask,
     ColourSpectrum,
+    ColourTexture,
     LogSpectrum,
     SpectrumProfile,
     build_image_member,
@@ -62,6 +63,51 @@ def test_spectrum_profile_sees_blur_and_colour() -> None:
     brightest = slice(28, 28 + EXPOSURE_LEVELS - 1)  # fraction of pixels at or above each brightness level
     assert np.all(np.diff(a[brightest]) <= 0)  # cumulative: never rises with the level
     assert clipped[brightest][-1] > a[brightest][-1] + 0.2  # over-exposure fills the top level
+
+
+def _lbp_reference(luma: np.ndarray, radius: int) -> np.ndarray:
+    """The uniform pattern of every interior pixel, pixel by pixel: the definition ColourTexture vectorises."""
+    ring = [(-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)]
+    h, w = luma.shape
+    out = np.empty((h - 2 * radius, w - 2 * radius), np.int64)
+    for y in range(radius, h - radius):
+        for x in range(radius, w - radius):
+            bits = [int(luma[y + dy * radius, x + dx * radius] >= luma[y, x]) for dy, dx in ring]
+            changes = sum(bits[i] != bits[(i + 1) % 8] for i in range(8))
+            out[y - radius, x - radius] = sum(bits) if changes <= 2 else 9
+    return out
+
+
+def test_colour_texture_counts_hsv_colours_and_local_binary_patterns() -> None:
+    from matplotlib.colors import rgb_to_hsv
+
+    rng = np.random.default_rng(3)
+    images = (rng.integers(0, 256, (2, 40, 40, 3)) / 255).astype(np.float32)
+    images[1, :, :20] = images[1, :1, :1]  # a flat region: one colour, one pattern
+    out = np.asarray(ColourTexture()(images))
+    assert out.shape == (2, 12 * 4 * 4 + 4 * 10) == ColourTexture().compute_output_shape((2, 40, 40, 3))
+
+    hsv = rgb_to_hsv(images.astype(np.float64))
+    levels = [np.minimum((hsv[..., i] * n).astype(int), n - 1) for i, n in enumerate((12, 4, 4))]
+    codes = (levels[0] * 4 + levels[1]) * 4 + levels[2]
+    for i in range(2):
+        expected = np.bincount(codes[i].ravel(), minlength=192) / codes[i].size
+        np.testing.assert_allclose(out[i, :192] ** 2, expected, atol=2 / codes[i].size)  # float32 ties
+
+    luma = images @ np.array([0.299, 0.587, 0.114], np.float32)
+    for i in range(2):
+        histograms = out[i, 192:].reshape(4, 10) ** 2  # radius 1 face, radius 1 sides, radius 2 face, sides
+        for r, radius in enumerate((1, 2)):
+            patterns = _lbp_reference(luma[i], radius)
+            n = patterns.shape[0]
+            face = patterns[int(0.23 * n) : int(0.70 * n), int(0.25 * n) : int(0.75 * n)]
+            strip = int(0.16 * n)
+            sides = np.concatenate([patterns[:, :strip], patterns[:, n - strip :]], axis=1)
+            for j, region in enumerate((face, sides)):
+                expected = np.bincount(region.ravel(), minlength=10) / region.size
+                np.testing.assert_allclose(histograms[2 * r + j], expected, atol=1e-6)
+    flat = out[1, 192:].reshape(4, 10) ** 2
+    assert flat[1, 8] > 0.5 > out[0, 192:].reshape(4, 10)[1, 8] ** 2  # flat sides: all neighbours equal
 
 
 def test_every_architecture_is_known() -> None:
