@@ -74,9 +74,14 @@ def _log_magnitude(planes: Any) -> Any:
     return ops.log(ops.sqrt(real * real + imag * imag) + 1e-6)
 
 
+def _ycbcr_plane(images: Any, plane: int) -> Any:
+    """One plane of the YCbCr transform (0: Y, 1: Cb, 2: Cr) of an RGB batch: (N, H, W, 3) -> (N, H, W)."""
+    return ops.sum(images * ops.convert_to_tensor(_YCBCR[plane], dtype=images.dtype), axis=-1)
+
+
 def _log_magnitude_spectrum(images: Any) -> Any:
     """Log magnitude of the unshifted 2-D FFT of the zero-mean luminance: (N, H, W, 3) -> (N, H, W)."""
-    return _log_magnitude(ops.sum(images * ops.convert_to_tensor(_YCBCR[0], dtype=images.dtype), axis=-1))
+    return _log_magnitude(_ycbcr_plane(images, 0))
 
 
 def _centred(magnitude: Any) -> Any:
@@ -110,11 +115,7 @@ class ColourSpectrum(layers.Layer):
     """
 
     def call(self, images: Any) -> Any:
-        planes = [
-            _centred(_log_magnitude(ops.sum(images * ops.convert_to_tensor(row, images.dtype), axis=-1)))
-            for row in _YCBCR
-        ]
-        return ops.stack(planes, axis=-1)
+        return ops.stack([_centred(_log_magnitude(_ycbcr_plane(images, i))) for i in range(3)], axis=-1)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (*input_shape[:-1], 3)
@@ -217,7 +218,7 @@ class ColourTexture(layers.Layer):
         return ops.sqrt(ops.reshape(joint, (-1, self.HUE_BINS * self.LEVELS**2)) / pixels)
 
     def _texture(self, images: Any) -> list[Any]:
-        luma = ops.sum(images * ops.convert_to_tensor(_YCBCR[0], images.dtype), axis=-1)
+        luma = _ycbcr_plane(images, 0)
         h, w = images.shape[1], images.shape[2]
         histograms = []
         for radius in self.RADII:
