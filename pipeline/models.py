@@ -35,7 +35,7 @@ def _applications() -> dict[str, Architecture]:
 
 
 CLASSIC_ARCHITECTURES = ("xception", "inception_v3", "resnet50", "densenet121")
-IMAGE_ARCHITECTURES = (*CLASSIC_ARCHITECTURES, "spectral", "profile")
+IMAGE_ARCHITECTURES = (*CLASSIC_ARCHITECTURES, "spectral", "profile", "spectrum_grid")
 IMAGE_FRONT_ENDS = ("pixels", "spectrum")  # what a classic backbone reads: the crop, or its colour spectra
 CAPTION_BAND = 0.08  # bottom fraction of a face crop every image member ignores (see CaptionMask)
 
@@ -295,6 +295,37 @@ def build_spectral(input_size: tuple[int, int]) -> keras.Model:
     return keras.Model(inputs, outputs, name="spectral")
 
 
+SPECTRUM_GRID = 16  # spectrum_grid averages the log spectrum over a 16 x 16 grid of frequency cells
+
+
+def build_spectrum_grid(input_size: tuple[int, int]) -> keras.Model:
+    """Logistic regression over the crop's log spectrum averaged in a grid of frequency cells (257 weights).
+
+    The spectral CNN reads the spectrum of a 128 px crop, which has lost the top half of the frequencies;
+    this member keeps the crop's full resolution and every direction of the spectrum (the profile member's
+    rings average directions away), at the price of a linear read-out. Face swaps lose high horizontal and
+    vertical frequencies where the pasted face was resampled and blended; a linear model sees that.
+    Batch normalisation standardises the cells (what a scaler does before a logistic regression) and the
+    L2 penalty is the regression's.
+    """
+    if input_size[0] % SPECTRUM_GRID or input_size[1] % SPECTRUM_GRID:
+        raise ValueError(f"spectrum_grid needs a side divisible by {SPECTRUM_GRID}, got {input_size}")
+    cell = (input_size[0] // SPECTRUM_GRID, input_size[1] // SPECTRUM_GRID)
+    inputs = keras.Input((*input_size, 3), name="face")
+    x = CaptionMask(name="caption_mask")(inputs)
+    x = LogSpectrum(name="log_spectrum")(x)
+    x = layers.AveragePooling2D(cell, name="cells")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.BatchNormalization(name="cell_norm")(x)
+    outputs = layers.Dense(
+        1, activation="sigmoid", kernel_regularizer=keras.regularizers.L2(0.02), name="p_fake"
+    )(x)
+    return keras.Model(inputs, outputs, name="spectrum_grid")
+
+
+_OWN_FRONT_END = {"spectral": build_spectral, "profile": build_profile, "spectrum_grid": build_spectrum_grid}
+
+
 def build_image_member(
     architecture: str, input_size: tuple[int, int], *, front_end: str = "pixels", dropout: float = 0.3
 ) -> keras.Model:
@@ -302,14 +333,14 @@ def build_image_member(
 
     ``input_size`` is (H, W). With the ``pixels`` front end the model rescales its [0, 1] input to the
     [-1, 1] the backbones expect; with ``spectrum`` the backbone reads the crop's ``ColourSpectrum``.
-    ``spectral`` and ``profile`` bring their own front ends.
+    ``spectral``, ``profile`` and ``spectrum_grid`` bring their own front ends.
     """
     if front_end not in IMAGE_FRONT_ENDS:
         raise ValueError(f"unknown front end {front_end!r}; choose from {', '.join(IMAGE_FRONT_ENDS)}")
-    if architecture in ("spectral", "profile"):
+    if architecture in _OWN_FRONT_END:
         if front_end != "pixels":
             raise ValueError(f"{architecture} has its own front end; it takes no {front_end!r}")
-        return build_spectral(input_size) if architecture == "spectral" else build_profile(input_size)
+        return _OWN_FRONT_END[architecture](input_size)
     apps = _applications()
     if architecture not in apps:
         raise ValueError(

@@ -498,8 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument(
         "--members",
         default="spectral:128,densenet121:96,profile:256",
-        help="comma-separated ARCH:SIZE (xception, inception_v3, resnet50, densenet121, spectral, profile); "
-        "ARCH+spectrum:SIZE puts a classic backbone over the crop's colour spectra instead of its pixels",
+        help="comma-separated ARCH:SIZE (xception, inception_v3, resnet50, densenet121, spectral, profile, "
+        "spectrum_grid); ARCH+spectrum:SIZE puts a classic backbone over the crop's colour spectra instead of "
+        "its pixels",
     )
     image.add_argument("--target-fpr", type=float, default=None, help="pick the threshold for this val FPR")
     image.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")

@@ -28,7 +28,13 @@ def test_caption_mask_greys_the_bottom_band_only() -> None:
 
 @pytest.mark.parametrize(
     ("architecture", "front_end"),
-    [("spectral", "pixels"), ("profile", "pixels"), ("densenet121", "pixels"), ("densenet121", "spectrum")],
+    [
+        ("spectral", "pixels"),
+        ("profile", "pixels"),
+        ("spectrum_grid", "pixels"),
+        ("densenet121", "pixels"),
+        ("densenet121", "spectrum"),
+    ],
 )
 def test_members_do_not_see_a_caption(architecture: str, front_end: str) -> None:
     """A watermark in the bottom band (where generated-face sites put theirs) cannot change a score."""
@@ -111,9 +117,29 @@ def test_colour_texture_counts_hsv_colours_and_local_binary_patterns() -> None:
 
 
 def test_every_architecture_is_known() -> None:
-    assert {"xception", "inception_v3", "resnet50", "densenet121", "spectral", "profile"} == set(
-        IMAGE_ARCHITECTURES
-    )
+    assert {
+        "xception", "inception_v3", "resnet50", "densenet121", "spectral", "profile", "spectrum_grid"
+    } == set(IMAGE_ARCHITECTURES)  # fmt: skip
+
+
+def test_spectrum_grid_reads_the_magnitudes_of_frequencies() -> None:
+    """The photographic negative negates every frequency of the zero-mean luminance (the grey caption band
+    included) and so leaves the magnitudes and the score as they were; blurring removes high frequencies."""
+    import keras
+
+    size = 64
+    keras.utils.set_random_seed(0)  # a fixed untrained model: its weights read every cell
+    model = build_image_member("spectrum_grid", (size, size))
+    rng = np.random.default_rng(4)
+    face = (0.2 + 0.5 * rng.random((1, size, size, 3))).astype(np.float32)
+    negative = 1.0 - face
+    blurred = (face + np.roll(face, 1, axis=1) + np.roll(face, 1, axis=2) + np.roll(face, 1, axis=(1, 2))) / 4
+    scores = [float(model.predict(x, verbose=0)[0, 0]) for x in (face, negative, blurred)]
+    # not exact: the zero-frequency bin of a zero-mean plane is rounding noise, and its log moves a little
+    assert scores[1] == pytest.approx(scores[0], abs=0.01)
+    assert abs(scores[2] - scores[0]) > 0.1
+    with pytest.raises(ValueError, match="divisible"):
+        build_image_member("spectrum_grid", (72, 72))
 
 
 def test_colour_spectrum_is_the_luminance_spectrum_plus_chroma() -> None:
