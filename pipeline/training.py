@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,9 @@ class FitConfig:
     weight_decay: float = 1e-4
     patience: int = 5  # epochs without a better validation AUC before stopping
     seed: int = 0
+    # training batches whose statistics replace the batch-norm moving averages before each validation
+    # (see recalibrate_batch_norm); 0 keeps the moving averages as training left them
+    bn_recalibration_batches: int = 20
 
 
 class ResumableCheckpoint:
@@ -231,6 +234,53 @@ class ResumableCheckpoint:
         tmp.replace(self.state_path)
 
 
+def _batch_norm_layers(layer: Any) -> list[Any]:
+    """Every BatchNormalization layer in ``layer``, including those of nested models (a backbone)."""
+    import keras
+
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer]
+    return [bn for sub in getattr(layer, "layers", []) for bn in _batch_norm_layers(sub)]
+
+
+def recalibrate_batch_norm(model: Any, batches: Iterable[np.ndarray]) -> int:
+    """Replace the moving mean and variance of every batch-norm layer by their average over ``batches``.
+
+    Batch norm normalises with the statistics of the batch in training and with moving averages
+    (momentum 0.99) at inference. A backbone trained from scratch for a few dozen steps an epoch changes
+    faster than those averages follow, so at inference it normalises with statistics of weights it no
+    longer has. Xception over colour spectra, after 5 epochs, scored the validation split at 0.70 AUC
+    with every output in 0.669-0.678, and at 0.79 with batch statistics. This is "precise BN" (Wu and
+    Johnson, 2021, "Rethinking 'Batch' in BatchNorm"): forward passes in training mode with momentum
+    k / (k + 1) for the k-th batch, which makes each moving statistic the plain mean over the batches.
+    No weight changes.
+    Returns the number of batches used.
+    """
+    layers = _batch_norm_layers(model)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for batch in batches:
+            for layer in layers:
+                layer.momentum = used / (used + 1)
+            model(batch, training=True)
+            used += 1
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return used
+
+
+def _training_inputs(train_data: Any, count: int) -> Iterator[np.ndarray]:
+    """The inputs of the first ``count`` batches of an indexable dataset (a PyDataset); none otherwise."""
+    if not (hasattr(train_data, "__getitem__") and hasattr(train_data, "__len__")):
+        return
+    for index in range(min(count, len(train_data))):
+        yield train_data[index][0]
+
+
 def fit_member(
     build: Callable[[], Any],
     name: str,
@@ -245,7 +295,9 @@ def fit_member(
     """Train one member with AdamW and binary cross-entropy, keeping the epoch with the best val AUC.
 
     ``train_data`` is a PyDataset (or anything ``model.fit`` takes); validation inputs are preprocessed
-    arrays. Returns the best model and the run state (history, best epoch and AUC).
+    arrays. After each epoch the batch-norm statistics are recalibrated on training batches (when
+    ``train_data`` can be indexed) before the model is validated and saved. Returns the best model and
+    the run state (history, best epoch and AUC).
     """
     import keras
 
@@ -268,6 +320,7 @@ def fit_member(
 
     class EpochEnd(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            recalibrate_batch_norm(self.model, _training_inputs(train_data, config.bn_recalibration_batches))
             scores = np.asarray(self.model.predict(val_inputs, batch_size=64, verbose=0)).reshape(-1)
             auc = roc_auc(val_labels, scores)
             improved = auc > state["best_auc"] or not checkpoint.best_path.is_file()

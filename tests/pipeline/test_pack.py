@@ -138,3 +138,12 @@ def test_float16_storage_halves_the_file_and_keeps_the_scores(tmp_path: Path) ->
     expected, got = model.predict(x, verbose=0), reloaded.predict(x, verbose=0)
     np.testing.assert_allclose(got, expected, atol=1e-3)
     assert not np.array_equal(got, expected)  # the weights really were rounded
+
+
+def test_bundled_pack_is_an_ensemble_within_its_size_budget() -> None:
+    """What the model card promises: three or more image members, and at most 60 MB of files in git."""
+    from tests.conftest import BUNDLED_PACK
+
+    pack_bytes = sum(p.stat().st_size for p in BUNDLED_PACK.iterdir() if p.is_file())
+    assert pack_bytes <= 60_000_000, f"{pack_bytes / 1e6:.1f} MB"
+    assert len(read_manifest(BUNDLED_PACK).image_members) >= 3

@@ -18,6 +18,7 @@ from pipeline.training import (
     augment,
     balanced_weights,
     find_labelled_files,
+    recalibrate_batch_norm,
     split_of,
     split_samples,
 )
@@ -91,6 +92,30 @@ def test_augmentation_keeps_shape_and_type() -> None:
 
 
 @pytest.mark.slow
+def test_batch_norm_recalibration_sets_the_moving_statistics_to_the_batch_average() -> None:
+    """Every batch-norm layer, nested backbones included, ends with the mean of the batches' statistics;
+    the momentum is restored and no trained weight changes."""
+    import keras
+
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="outer_bn")(inner(inputs)))
+    outer_bn, inner_bn = model.get_layer("outer_bn"), inner.layers[-1]
+    weights = [w.copy() for w in inner.layers[0].get_weights()]
+    rng = np.random.default_rng(5)
+    batches = [rng.normal([5.0, -2.0, 0.5], [2.0, 0.5, 1.0], (16, 3)).astype(np.float32) for _ in range(6)]
+
+    assert recalibrate_batch_norm(model, batches) == 6
+    hidden = [np.asarray(inner.layers[0](b)) for b in batches]  # what the inner layer normalises
+    np.testing.assert_allclose(inner_bn.moving_mean, np.mean([h.mean(0) for h in hidden], 0), rtol=1e-4)
+    np.testing.assert_allclose(inner_bn.moving_variance, np.mean([h.var(0) for h in hidden], 0), rtol=1e-3)
+    assert inner_bn.momentum == outer_bn.momentum == 0.99
+    for before, after in zip(weights, inner.layers[0].get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert abs(float(np.asarray(outer_bn.moving_variance).mean()) - 1.0) < 0.2  # it sees normalised inputs
+    assert recalibrate_batch_norm(keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]), batches) == 0
+
+
 def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> None:
     from pipeline.pack import ModelPack, read_manifest
     from workers.cli import main
