@@ -18,6 +18,13 @@ from pipeline.models import (
 )
 
 
+def box_blur(images: np.ndarray) -> np.ndarray:
+    """A 2 x 2 box blur (wrapping at the edges) of (N, H, W, C) images: it damps the highest frequencies."""
+    return (
+        images + np.roll(images, 1, axis=1) + np.roll(images, 1, axis=2) + np.roll(images, 1, axis=(1, 2))
+    ) / 4
+
+
 def test_caption_mask_greys_the_bottom_band_only() -> None:
     images = np.ones((1, 100, 8, 3), np.float32)
     out = np.asarray(CaptionMask()(images))
@@ -54,9 +61,7 @@ def test_members_do_not_see_a_caption(architecture: str, front_end: str) -> None
 def test_spectrum_profile_sees_blur_and_colour() -> None:
     rng = np.random.default_rng(1)
     sharp = rng.random((1, 64, 64, 3)).astype(np.float32)
-    blurred = (
-        sharp + np.roll(sharp, 1, axis=1) + np.roll(sharp, 1, axis=2) + np.roll(sharp, 1, axis=(1, 2))
-    ) / 4
+    blurred = box_blur(sharp)
     layer = SpectrumProfile(bins=16)
     a, b = np.asarray(layer(sharp))[0], np.asarray(layer(blurred))[0]
     assert a.shape == (16 + 12 + 2 * (EXPOSURE_LEVELS - 1),)
@@ -133,7 +138,7 @@ def test_spectrum_grid_reads_the_magnitudes_of_frequencies() -> None:
     rng = np.random.default_rng(4)
     face = (0.2 + 0.5 * rng.random((1, size, size, 3))).astype(np.float32)
     negative = 1.0 - face
-    blurred = (face + np.roll(face, 1, axis=1) + np.roll(face, 1, axis=2) + np.roll(face, 1, axis=(1, 2))) / 4
+    blurred = box_blur(face)
     scores = [float(model.predict(x, verbose=0)[0, 0]) for x in (face, negative, blurred)]
     # not exact: the zero-frequency bin of a zero-mean plane is rounding noise, and its log moves a little
     assert scores[1] == pytest.approx(scores[0], abs=0.01)
