@@ -243,6 +243,53 @@ class ColourTexture(layers.Layer):
         return (input_shape[0], self.HUE_BINS * self.LEVELS**2 + 2 * len(self.RADII) * self.PATTERNS)
 
 
+@keras.saving.register_keras_serializable(package="deepscan")
+class ChromaCooccurrence(layers.Layer):
+    """Co-occurrence histograms of the high-pass residuals of the crop's colour differences.
+
+    Input (N, H, W, 3) in [0, 1]; output (N, 3 * 2 * 2 * (2 * T + 1) ** 2) with ``T = truncation``, the log
+    frequencies of every pair of neighbouring residual values. For each colour difference R - G, G - B and
+    R - B (in 8-bit units), the first-order (x[i+1] - x[i]) and second-order (x[i-1] - 2 x[i] + x[i+1])
+    residuals are taken along the rows and along the columns, rounded, clipped to [-T, T], and the pair
+    (residual at a pixel, residual at the next pixel in the same direction) is counted: the subtractive
+    pixel adjacency model of steganalysis (Pevny et al., 2010), applied to chrominance, where generators
+    leave traces in the correlation between colour channels (Nataraj et al., 2019, co-occurrence matrices
+    for GAN detection; Li et al., 2020, colour disparities). Adding the same value to R, G and B changes
+    nothing: the layer sees colour structure, not brightness.
+    """
+
+    PAIRS = ((0, 1), (1, 2), (0, 2))
+
+    def __init__(self, truncation: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.truncation = int(truncation)
+
+    def call(self, images: Any) -> Any:
+        # one-hot codes multiplied, as ColourTexture counts colours: ops.bincount does not trace under JAX
+        t, side = self.truncation, 2 * self.truncation + 1
+        histograms = []
+        for a, b in self.PAIRS:
+            plane = (images[..., a] - images[..., b]) * 255.0
+            for rows_first in (True, False):  # neighbours along the rows, then along the columns
+                x = plane if rows_first else ops.transpose(plane, (0, 2, 1))
+                first = x[:, :, 1:] - x[:, :, :-1]
+                second = x[:, :, :-2] - 2.0 * x[:, :, 1:-1] + x[:, :, 2:]
+                for residual in (first, second):
+                    r = ops.cast(ops.clip(ops.round(residual), -t, t), "int32") + t
+                    n_pairs = r.shape[1] * (r.shape[2] - 1)
+                    here = ops.reshape(ops.one_hot(r[:, :, :-1], side), (-1, n_pairs, side))
+                    following = ops.reshape(ops.one_hot(r[:, :, 1:], side), (-1, n_pairs, side))
+                    joint = ops.matmul(ops.transpose(here, (0, 2, 1)), following)  # (N, side, side) counts
+                    histograms.append(ops.log(ops.reshape(joint, (-1, side * side)) / n_pairs + 1e-5))
+        return ops.concatenate(histograms, axis=-1)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (input_shape[0], len(self.PAIRS) * 4 * (2 * self.truncation + 1) ** 2)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "truncation": self.truncation}
+
+
 EXPOSURE_LEVELS = 32  # histogram resolution of brightness and saturation (1/32 of the range per level)
 _YCBCR = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], "float32"
@@ -257,15 +304,19 @@ def _ring_index(h: int, w: int, bins: int) -> np.ndarray:
 
 
 def build_profile(input_size: tuple[int, int]) -> keras.Model:
-    """A small dense head over ``SpectrumProfile`` and ``ColourTexture`` features (about 12 k parameters).
+    """A small dense head over ``SpectrumProfile``, ``ColourTexture`` and ``ChromaCooccurrence`` features
+    (about 35 k parameters).
 
-    Packs trained before ``ColourTexture`` existed hold profile members without it; they load as saved.
+    Packs trained before ``ColourTexture`` or ``ChromaCooccurrence`` existed hold profile members without
+    them; they load as saved.
     """
     inputs = keras.Input((*input_size, 3), name="face")
     x = CaptionMask(name="caption_mask")(inputs)
-    x = layers.Concatenate(name="features")(
-        [SpectrumProfile(name="profile")(x), ColourTexture(name="colour_texture")(x)]
-    )
+    x = layers.Concatenate(name="features")([
+        SpectrumProfile(name="profile")(x),
+        ColourTexture(name="colour_texture")(x),
+        ChromaCooccurrence(name="chroma_cooccurrence")(x),
+    ])  # fmt: skip
     x = layers.BatchNormalization(name="feature_norm")(x)
     x = layers.Dense(32, activation="relu", name="hidden")(x)
     x = layers.Dropout(0.3, name="dropout")(x)

@@ -10,6 +10,7 @@ from pipeline.models import (
     EXPOSURE_LEVELS,
     IMAGE_ARCHITECTURES,
     CaptionMask,
+    ChromaCooccurrence,
     ColourSpectrum,
     ColourTexture,
     LogSpectrum,
@@ -119,6 +120,43 @@ def test_colour_texture_counts_hsv_colours_and_local_binary_patterns() -> None:
                 np.testing.assert_allclose(histograms[2 * r + j], expected, atol=1e-6)
     flat = out[1, 192:].reshape(4, 10) ** 2
     assert flat[1, 8] > 0.5 > out[0, 192:].reshape(4, 10)[1, 8] ** 2  # flat sides: all neighbours equal
+
+
+def _cooccurrence_reference(plane: np.ndarray, order: int, t: int = 3) -> np.ndarray:
+    """Frequencies of (residual, next residual) along the rows of one plane, loop by loop."""
+    h, w = plane.shape
+    counts = np.zeros((2 * t + 1, 2 * t + 1))
+    for y in range(h):
+        if order == 1:
+            residual = [plane[y, x + 1] - plane[y, x] for x in range(w - 1)]
+        else:
+            residual = [plane[y, x] - 2 * plane[y, x + 1] + plane[y, x + 2] for x in range(w - 2)]
+        q = [int(np.clip(np.round(r), -t, t)) + t for r in residual]
+        for here, following in zip(q[:-1], q[1:], strict=True):
+            counts[here, following] += 1
+    return (counts / counts.sum()).ravel()
+
+
+def test_chroma_cooccurrence_counts_neighbouring_colour_residuals() -> None:
+    rng = np.random.default_rng(4)
+    walk = np.cumsum(rng.integers(-2, 3, (2, 24, 30, 3)), axis=2) + 128  # residuals mostly inside [-3, 3]
+    images = (np.clip(walk, 0, 255) / 255).astype(np.float32)
+    layer = ChromaCooccurrence()
+    out = np.asarray(layer(images))
+    assert out.shape == (2, 3 * 4 * 49) == layer.compute_output_shape((2, 24, 30, 3))
+    histograms = np.exp(out.reshape(2, 3, 2, 2, 49)) - 1e-5  # (image, colour pair, direction, order, bins)
+    for i in range(2):
+        for p, (a, b) in enumerate(((0, 1), (1, 2), (0, 2))):
+            plane = (images[i, ..., a] - images[i, ..., b]).astype(np.float64) * 255
+            for d, oriented in enumerate((plane, plane.T)):  # along the rows, then along the columns
+                for o in (1, 2):
+                    expected = _cooccurrence_reference(oriented, o)
+                    np.testing.assert_allclose(histograms[i, p, d, o - 1], expected, atol=1e-5)
+
+    brighter = np.asarray(layer(np.clip(images + 10 / 255, 0, 1).astype(np.float32)))
+    np.testing.assert_allclose(brighter, out, atol=1e-4)  # the same shift of R, G and B: nothing to see
+    grey = np.asarray(layer(np.repeat(images[..., :1], 3, axis=-1)))  # no colour: every residual is 0
+    assert np.allclose(np.exp(grey.reshape(2, 12, 49)[:, :, 24]) - 1e-5, 1.0, atol=1e-5)
 
 
 def test_every_architecture_is_known() -> None:
