@@ -163,6 +163,19 @@ class SpectrumProfile(layers.Layer):
         return {**super().get_config(), "bins": self.bins}
 
 
+def _joint_frequencies(a: Any, a_bins: int, b: Any, b_bins: int) -> Any:
+    """Joint histogram of two int code maps of the same shape (N, H, W): (N, a_bins * b_bins) frequencies.
+
+    Counted as a product of one-hot codes, which traces on every backend (``ops.bincount`` does not
+    under JAX: its output shape depends on the values).
+    """
+    cells = a.shape[1] * a.shape[2]
+    a_1hot = ops.reshape(ops.one_hot(a, a_bins), (-1, cells, a_bins))
+    b_1hot = ops.reshape(ops.one_hot(b, b_bins), (-1, cells, b_bins))
+    joint = ops.matmul(ops.transpose(a_1hot, (0, 2, 1)), b_1hot)  # (N, a_bins, b_bins): counts
+    return ops.reshape(joint, (-1, a_bins * b_bins)) / cells
+
+
 @keras.saving.register_keras_serializable(package="deepscan")
 class ColourTexture(layers.Layer):
     """Joint HSV colour histogram and local-binary-pattern texture histograms of a face crop.
@@ -201,20 +214,11 @@ class ColourTexture(layers.Layer):
         hue = ops.where(spread > 0, sector, 0.0) / 6.0  # in [0, 1)
         saturation = spread / ops.where(value > 0, value, 1.0)
 
-        pixels = images.shape[1] * images.shape[2]
-
         def level(x: Any, n: int) -> Any:  # [0, 1] -> n equal bins
             return ops.cast(ops.clip(ops.floor(x * n), 0, n - 1), "int32")
 
-        def one_hot(bins: Any, n: int) -> Any:  # (N, H, W) -> (N, H * W, n)
-            return ops.reshape(ops.one_hot(bins, n), (-1, pixels, n))
-
-        hue_1hot = one_hot(level(hue, self.HUE_BINS), self.HUE_BINS)
-        sv_1hot = one_hot(
-            level(saturation, self.LEVELS) * self.LEVELS + level(value, self.LEVELS), self.LEVELS**2
-        )
-        joint = ops.matmul(ops.transpose(hue_1hot, (0, 2, 1)), sv_1hot)  # (N, hue, s * v): pixel counts
-        return ops.sqrt(ops.reshape(joint, (-1, self.HUE_BINS * self.LEVELS**2)) / pixels)
+        sv = level(saturation, self.LEVELS) * self.LEVELS + level(value, self.LEVELS)
+        return ops.sqrt(_joint_frequencies(level(hue, self.HUE_BINS), self.HUE_BINS, sv, self.LEVELS**2))
 
     def _texture(self, images: Any) -> list[Any]:
         luma = _ycbcr_plane(images, 0)
@@ -265,7 +269,6 @@ class ChromaCooccurrence(layers.Layer):
         self.truncation = int(truncation)
 
     def call(self, images: Any) -> Any:
-        # one-hot codes multiplied, as ColourTexture counts colours: ops.bincount does not trace under JAX
         t, side = self.truncation, 2 * self.truncation + 1
         histograms = []
         for a, b in self.PAIRS:
@@ -276,11 +279,8 @@ class ChromaCooccurrence(layers.Layer):
                 second = x[:, :, :-2] - 2.0 * x[:, :, 1:-1] + x[:, :, 2:]
                 for residual in (first, second):
                     r = ops.cast(ops.clip(ops.round(residual), -t, t), "int32") + t
-                    n_pairs = r.shape[1] * (r.shape[2] - 1)
-                    here = ops.reshape(ops.one_hot(r[:, :, :-1], side), (-1, n_pairs, side))
-                    following = ops.reshape(ops.one_hot(r[:, :, 1:], side), (-1, n_pairs, side))
-                    joint = ops.matmul(ops.transpose(here, (0, 2, 1)), following)  # (N, side, side) counts
-                    histograms.append(ops.log(ops.reshape(joint, (-1, side * side)) / n_pairs + 1e-5))
+                    pairs = _joint_frequencies(r[:, :, :-1], side, r[:, :, 1:], side)
+                    histograms.append(ops.log(pairs + 1e-5))
         return ops.concatenate(histograms, axis=-1)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
