@@ -8,6 +8,7 @@ ImageNet weights are not available here, so every backbone starts from ``weights
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,8 @@ def _applications() -> dict[str, Architecture]:
 
 
 CLASSIC_ARCHITECTURES = ("xception", "inception_v3", "resnet50", "densenet121")
-IMAGE_FRONT_ENDS = ("pixels", "spectrum")  # what a classic backbone reads: the crop, or its colour spectra
+# what a classic backbone reads: the crop, its colour spectra, or the residuals of its colour differences
+IMAGE_FRONT_ENDS = ("pixels", "spectrum", "residual")
 CAPTION_BAND = 0.08  # bottom fraction of a face crop every image member ignores (see CaptionMask)
 
 
@@ -290,6 +292,42 @@ class ChromaCooccurrence(layers.Layer):
         return {**super().get_config(), "truncation": self.truncation}
 
 
+@keras.saving.register_keras_serializable(package="deepscan")
+class ChromaResidual(layers.Layer):
+    """Truncated high-pass residual maps of the crop's colour differences: (N, H, W, 3) -> (N, H, W, 12).
+
+    The maps ``ChromaCooccurrence`` counts, handed to a CNN instead: for R - G, G - B and R - B (in 8-bit
+    units) the first-order and second-order residuals along the rows and along the columns, clipped to
+    [-T, T] and divided by T (the truncated linear unit of steganalysis CNNs, Ye et al., 2017). Fixed
+    high-pass filters in front of a backbone are how SRM-style detectors make it read noise rather than
+    content (Zhou et al., 2018; Luo et al., 2021). Borders repeat the edge pixels, so a flat image gives
+    zeros everywhere.
+    """
+
+    def __init__(self, truncation: float = 3.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.truncation = float(truncation)
+        first, second = np.zeros((3, 3), "float32"), np.zeros((3, 3), "float32")
+        first[1, 1:] = (-1.0, 1.0)  # x[i+1] - x[i]
+        second[1, :] = (1.0, -2.0, 1.0)  # x[i-1] - 2 x[i] + x[i+1]
+        kernels = np.stack([first, first.T, second, second.T], axis=-1)  # rows, columns, rows, columns
+        self._kernel = np.repeat(kernels[:, :, None, :], 3, axis=2)  # (3, 3, 3 differences, 4 residuals)
+
+    def call(self, images: Any) -> Any:
+        differences = (
+            ops.stack([images[..., a] - images[..., b] for a, b in ChromaCooccurrence.PAIRS], axis=-1) * 255.0
+        )
+        padded = ops.pad(differences, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="symmetric")  # = edge, 1 px
+        residuals = ops.depthwise_conv(padded, ops.convert_to_tensor(self._kernel), padding="valid")
+        return ops.clip(residuals, -self.truncation, self.truncation) / self.truncation
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (*input_shape[:-1], 12)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "truncation": self.truncation}
+
+
 EXPOSURE_LEVELS = 32  # histogram resolution of brightness and saturation (1/32 of the range per level)
 _YCBCR = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], "float32"
@@ -386,7 +424,8 @@ def build_image_member(
     """One image member: a classic backbone from ``keras.applications`` (``weights=None``) plus a binary head.
 
     ``input_size`` is (H, W). With the ``pixels`` front end the model rescales its [0, 1] input to the
-    [-1, 1] the backbones expect; with ``spectrum`` the backbone reads the crop's ``ColourSpectrum``.
+    [-1, 1] the backbones expect; with ``spectrum`` the backbone reads the crop's ``ColourSpectrum``, with
+    ``residual`` its ``ChromaResidual`` maps.
     ``spectral``, ``profile`` and ``spectrum_grid`` bring their own front ends.
     """
     if front_end not in IMAGE_FRONT_ENDS:
@@ -408,11 +447,15 @@ def build_image_member(
     if front_end == "spectrum":
         x = ColourSpectrum(name="colour_spectrum")(x)
         x = layers.BatchNormalization(name="spectrum_norm")(x)
+    elif front_end == "residual":
+        x = ChromaResidual(name="chroma_residual")(x)
     else:
         x = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(x)
-    backbone = arch.build_backbone(
-        include_top=False, weights=None, input_shape=(*input_size, 3), pooling="avg"
-    )
+    with warnings.catch_warnings():  # the residual front end's 12 channels are on purpose
+        warnings.filterwarnings("ignore", "This model usually expects 1 or 3 input channels")
+        backbone = arch.build_backbone(
+            include_top=False, weights=None, input_shape=tuple(x.shape[1:]), pooling="avg"
+        )
     x = backbone(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)

@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 class MemberPlan:
     architecture: str
     input_size: tuple[int, int]
-    front_end: str = "pixels"  # or "spectrum": a classic backbone over the crop's colour spectra
+    front_end: str = "pixels"  # or "spectrum" / "residual": see pipeline.models.IMAGE_FRONT_ENDS
 
     @property
     def name(self) -> str:

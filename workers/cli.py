@@ -500,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="spectral:128,densenet121:96,profile:256",
         help="comma-separated ARCH:SIZE (xception, inception_v3, resnet50, densenet121, spectral, profile, "
         "spectrum_grid); ARCH+spectrum:SIZE puts a classic backbone over the crop's colour spectra instead of "
-        "its pixels",
+        "its pixels, ARCH+residual:SIZE over the high-pass residuals of its colour differences",
     )
     image.add_argument("--target-fpr", type=float, default=None, help="pick the threshold for this val FPR")
     image.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")

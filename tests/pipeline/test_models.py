@@ -12,6 +12,7 @@ from pipeline.models import (
     IMAGE_ARCHITECTURES,
     CaptionMask,
     ChromaCooccurrence,
+    ChromaResidual,
     ColourSpectrum,
     ColourTexture,
     LogSpectrum,
@@ -43,6 +44,7 @@ def test_caption_mask_greys_the_bottom_band_only() -> None:
         ("spectrum_grid", "pixels"),
         ("densenet121", "pixels"),
         ("densenet121", "spectrum"),
+        ("densenet121", "residual"),
     ],
 )
 def test_members_do_not_see_a_caption(architecture: str, front_end: str) -> None:
@@ -165,6 +167,33 @@ def test_chroma_cooccurrence_counts_neighbouring_colour_residuals() -> None:
     assert np.allclose(np.exp(grey.reshape(2, 12, 49)[:, :, 24]) - 1e-5, 1.0, atol=1e-5)
 
 
+def test_chroma_residual_maps_are_truncated_colour_difference_residuals() -> None:
+    rng = np.random.default_rng(5)
+    walk = np.cumsum(rng.integers(-3, 4, (2, 12, 14, 3)), axis=1) + 128  # residuals inside and beyond [-3, 3]
+    images = (np.clip(walk, 0, 255) / 255).astype(np.float32)
+    layer = ChromaResidual()
+    out = np.asarray(layer(images))
+    assert out.shape == (2, 12, 14, 12) == layer.compute_output_shape((2, 12, 14, 3))
+    maps = out.reshape(2, 12, 14, 3, 4)  # (image, row, column, colour pair, residual)
+    for p, (a, b) in enumerate(((0, 1), (1, 2), (0, 2))):
+        plane = np.pad(
+            (images[..., a] - images[..., b]).astype(np.float64) * 255, ((0, 0), (1, 1), (1, 1)), "edge"
+        )
+        centre = plane[:, 1:-1, 1:-1]
+        expected = [
+            plane[:, 1:-1, 2:] - centre,  # first order along the rows
+            plane[:, 2:, 1:-1] - centre,  # ... along the columns
+            plane[:, 1:-1, :-2] - 2 * centre + plane[:, 1:-1, 2:],  # second order along the rows
+            plane[:, :-2, 1:-1] - 2 * centre + plane[:, 2:, 1:-1],  # ... along the columns
+        ]
+        for r, residual in enumerate(expected):
+            np.testing.assert_allclose(maps[..., p, r], np.clip(residual, -3, 3) / 3, atol=1e-4)
+    assert np.abs(out).max() == pytest.approx(1.0)  # the walk does exceed the truncation
+    brighter = np.asarray(layer(np.clip(images + 10 / 255, 0, 1).astype(np.float32)))
+    np.testing.assert_allclose(brighter, out, atol=1e-4)  # the same shift of R, G and B: nothing to see
+    assert not np.asarray(layer(np.repeat(images[..., :1], 3, axis=-1))).any()  # no colour, no residual
+
+
 def test_every_architecture_is_known() -> None:
     assert {
         "xception", "inception_v3", "resnet50", "densenet121", "spectral", "profile", "spectrum_grid"
@@ -207,6 +236,7 @@ def test_colour_spectrum_is_the_luminance_spectrum_plus_chroma() -> None:
 
 def test_front_ends() -> None:
     assert build_image_member("densenet121", (32, 32), front_end="spectrum").name == "densenet121_spectrum"
+    assert build_image_member("densenet121", (32, 32), front_end="residual").name == "densenet121_residual"
     with pytest.raises(ValueError, match="own front end"):
         build_image_member("profile", (32, 32), front_end="spectrum")
     with pytest.raises(ValueError, match="unknown front end"):
