@@ -229,6 +229,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             version=args.version,
             verbose=verbose,
         )
+    if args.fuse_only and args.version:  # training sets it as it writes the pack; a refit has to here
+        from dataclasses import replace
+
+        from pipeline.pack import write_manifest
+
+        manifest = write_manifest(args.out, replace(manifest, version=args.version))
     print(json.dumps({m.name: dict(m.metrics) for m in manifest.members}, indent=2))
     return EXIT_OK
 

@@ -161,11 +161,10 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
 
     # --fuse-only trains nothing and finds the same fusion again, or a new one for another target FPR
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.keras")}
-    assert (
-        main(["train", "image", "--data", str(data), "--out", str(out), "--fuse-only", "--target-fpr", "0.1"])
-        == 0
-    )
+    refit = ["--fuse-only", "--target-fpr", "0.1", "--version", "0.2.1"]
+    assert main(["train", "image", "--data", str(data), "--out", str(out), *refit]) == 0
     again = read_manifest(out)
+    assert again.version == "0.2.1"
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.keras")} == before
     assert again.aggregation.coefficients == pytest.approx(manifest.aggregation.coefficients)
     assert again.thresholds["image"] == pytest.approx(manifest.thresholds["image"])
