@@ -304,6 +304,8 @@ class ChromaResidual(layers.Layer):
     zeros everywhere.
     """
 
+    MAPS = len(ChromaCooccurrence.PAIRS) * 4  # (first, second order) x (rows, columns) per difference
+
     def __init__(self, truncation: float = 3.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.truncation = float(truncation)
@@ -311,7 +313,8 @@ class ChromaResidual(layers.Layer):
         first[1, 1:] = (-1.0, 1.0)  # x[i+1] - x[i]
         second[1, :] = (1.0, -2.0, 1.0)  # x[i-1] - 2 x[i] + x[i+1]
         kernels = np.stack([first, first.T, second, second.T], axis=-1)  # rows, columns, rows, columns
-        self._kernel = np.repeat(kernels[:, :, None, :], 3, axis=2)  # (3, 3, 3 differences, 4 residuals)
+        pairs = len(ChromaCooccurrence.PAIRS)
+        self._kernel = np.repeat(kernels[:, :, None, :], pairs, axis=2)  # (3, 3, differences, 4 residuals)
 
     def call(self, images: Any) -> Any:
         differences = (
@@ -322,7 +325,7 @@ class ChromaResidual(layers.Layer):
         return ops.clip(residuals, -self.truncation, self.truncation) / self.truncation
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return (*input_shape[:-1], 12)
+        return (*input_shape[:-1], self.MAPS)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "truncation": self.truncation}

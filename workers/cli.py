@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -230,11 +231,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             verbose=verbose,
         )
     if args.fuse_only and args.version:  # training sets it as it writes the pack; a refit has to here
-        from dataclasses import replace
-
         from pipeline.pack import write_manifest
 
-        manifest = write_manifest(args.out, replace(manifest, version=args.version))
+        manifest = write_manifest(args.out, dataclasses.replace(manifest, version=args.version))
     print(json.dumps({m.name: dict(m.metrics) for m in manifest.members}, indent=2))
     return EXIT_OK
 
