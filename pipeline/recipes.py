@@ -210,12 +210,27 @@ def refit_image_ensemble(
     target_fpr: float | None = None,
     limit_per_split: int | None = None,
     seed: int = 0,
+    drop: Sequence[str] = (),
 ) -> Manifest:
-    """Train nothing: refit the stacking and threshold of the pack's image members and measure them again."""
+    """Train nothing: refit the stacking and threshold of the pack's image members and measure them again.
+
+    The image members named in ``drop`` leave the pack first, with their files (a member that a better one
+    replaces, say). Until the refit is written the pack averages the members that stay, so it loads and
+    scores at every step.
+    """
     data_dir, pack_dir = Path(data_dir), Path(pack_dir)
     previous = read_manifest(pack_dir)
-    if not previous.image_members:
+    unknown = set(drop) - {m.name for m in previous.image_members}
+    if unknown:
+        raise DeepscanError(f"the pack in {pack_dir} has no image member {', '.join(sorted(unknown))}")
+    kept = tuple(m for m in previous.members if m.name not in drop)
+    if not any(m.kind == "image" for m in kept):
         raise DeepscanError(f"the pack in {pack_dir} has no image members to fuse")
+    if drop:
+        previous = write_manifest(pack_dir, replace(previous, members=kept, aggregation=Aggregation()))
+        for member in drop:
+            for leftover in (pack_dir / f"{member}.keras", pack_dir / f"{member}.report.json"):
+                leftover.unlink(missing_ok=True)
     splits, crops = _image_splits(data_dir, limit_per_split, seed)
     info = {k: v for k, v in previous.info.get("image_training", {}).items() if k in ("data", "config")}
     return fit_image_ensemble(pack_dir, splits, crops, target_fpr=target_fpr, info=info)

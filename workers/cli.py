@@ -199,13 +199,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                        patience=args.patience, seed=args.seed)  # fmt: skip
     verbose = 1 if sys.stderr.isatty() else 2
     if args.kind == "image" and args.fuse_only:
+        from pipeline.errors import DeepscanError
         from pipeline.recipes import refit_image_ensemble
 
-        manifest = refit_image_ensemble(
-            args.data, args.out, target_fpr=args.target_fpr, limit_per_split=args.limit, seed=args.seed
-        )
+        try:
+            manifest = refit_image_ensemble(
+                args.data, args.out, target_fpr=args.target_fpr, limit_per_split=args.limit, seed=args.seed,
+                drop=_names(args.drop),
+            )  # fmt: skip
+        except DeepscanError as e:  # a member to drop that the pack lacks, or none left to fuse
+            raise UsageError(e.reason) from e
     elif args.kind == "image":
         from pipeline.recipes import MemberPlan, train_image_members
+
+        if args.drop:
+            raise UsageError("--drop removes members before a refit: use it with --fuse-only")
 
         plans = [MemberPlan.parse(p) for p in args.members.split(",")]
         manifest = train_image_members(
@@ -508,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
         "its pixels, ARCH+residual:SIZE over the high-pass residuals of its colour differences",
     )
     image.add_argument("--target-fpr", type=float, default=None, help="pick the threshold for this val FPR")
+    image.add_argument(
+        "--drop", metavar="NAMES", help="with --fuse-only: remove these image members (comma-separated) first"
+    )
     image.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
     audio = train_sub.choices["audio"]
     audio.add_argument("--feature", choices=("logmel", "linear", "cqt"), default="logmel")

@@ -171,6 +171,15 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
     assert again.info["image_training"]["config"] == json.loads(json.dumps(info["config"]))
     assert ModelPack.load(out).score_faces([np.zeros((64, 64, 3), np.uint8)]).shape == (1, 3)
 
+    # --drop takes a member out, file and all, and fuses the rest
+    assert main(["train", "image", "--data", str(data), "--out", str(out), *refit, "--drop", "spectral"]) == 0
+    dropped = read_manifest(out)
+    assert [m.name for m in dropped.image_members] == ["profile", "densenet121_spectrum"]
+    assert len(dropped.aggregation.coefficients) == 2 and not (out / "spectral.keras").exists()
+    assert set(dropped.info["image_training"]["members"]) == {"profile", "densenet121_spectrum"}
+    assert ModelPack.load(out).score_faces([np.zeros((64, 64, 3), np.uint8)]).shape == (1, 2)
+    assert main(["train", "image", "--data", str(data), "--out", str(out), *refit, "--drop", "spectral"]) == 2
+
 
 def test_member_plan_parsing() -> None:
     assert MemberPlan.parse("densenet121:96").input_size == (96, 96)
