@@ -37,6 +37,7 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 WORKER_STOP_TIMEOUT_S = 20
+FREEZE_SETTLE_S = 0.3
 
 T = TypeVar("T")
 
@@ -173,6 +174,14 @@ class Stack:
                 process.wait(timeout=WORKER_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.kill(process)
+
+    def freeze(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGSTOP the whole process group: it holds what it took and acknowledges nothing until ``thaw``."""
+        os.killpg(process.pid, signal.SIGSTOP)
+        time.sleep(FREEZE_SETTLE_S)  # a reply it had already written to Redis lands before anyone looks
+
+    def thaw(self, process: subprocess.Popen[bytes]) -> None:
+        os.killpg(process.pid, signal.SIGCONT)
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
         """SIGKILL the whole process group, as when a machine dies: nothing is acknowledged or cleaned up."""
