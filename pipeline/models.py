@@ -39,6 +39,7 @@ CLASSIC_ARCHITECTURES = ("xception", "inception_v3", "resnet50", "densenet121")
 # what a classic backbone reads: the crop, its colour spectra, or the residuals of its colour differences
 IMAGE_FRONT_ENDS = ("pixels", "spectrum", "residual")
 CAPTION_BAND = 0.08  # bottom fraction of a face crop every image member ignores (see CaptionMask)
+PROFILE_BORDER = 0.25  # the ring the profile member's regional chroma statistics set apart from the middle
 
 
 @keras.saving.register_keras_serializable(package="deepscan")
@@ -165,15 +166,19 @@ class SpectrumProfile(layers.Layer):
         return {**super().get_config(), "bins": self.bins}
 
 
-def _joint_frequencies(a: Any, a_bins: int, b: Any, b_bins: int) -> Any:
+def _joint_frequencies(a: Any, a_bins: int, b: Any, b_bins: int, where: np.ndarray | None = None) -> Any:
     """Joint histogram of two int code maps of the same shape (N, H, W): (N, a_bins * b_bins) frequencies.
 
     Counted as a product of one-hot codes, which traces on every backend (``ops.bincount`` does not
-    under JAX: its output shape depends on the values).
+    under JAX: its output shape depends on the values). ``where``, an (H, W) boolean mask, counts only
+    the cells it marks.
     """
     cells = a.shape[1] * a.shape[2]
     a_1hot = ops.reshape(ops.one_hot(a, a_bins), (-1, cells, a_bins))
     b_1hot = ops.reshape(ops.one_hot(b, b_bins), (-1, cells, b_bins))
+    if where is not None:
+        b_1hot = b_1hot * ops.convert_to_tensor(where.reshape(1, cells, 1).astype("float32"))
+        cells = int(where.sum())
     joint = ops.matmul(ops.transpose(a_1hot, (0, 2, 1)), b_1hot)  # (N, a_bins, b_bins): counts
     return ops.reshape(joint, (-1, a_bins * b_bins)) / cells
 
@@ -262,13 +267,19 @@ class ChromaCooccurrence(layers.Layer):
     leave traces in the correlation between colour channels (Nataraj et al., 2019, co-occurrence matrices
     for GAN detection; Li et al., 2020, colour disparities). Adding the same value to R, G and B changes
     nothing: the layer sees colour structure, not brightness.
+
+    With ``border`` > 0 every histogram is counted twice: over the middle of the crop (rows and columns
+    from ``border`` to ``1 - border`` of the side: the face) and over the ring around it (hair, ears,
+    background), where generators paint differently from cameras; a pair belongs to the region of its
+    first pixel.
     """
 
     PAIRS = ((0, 1), (1, 2), (0, 2))
 
-    def __init__(self, truncation: int = 3, **kwargs: Any) -> None:
+    def __init__(self, truncation: int = 3, border: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.truncation = int(truncation)
+        self.border = float(border)
 
     def call(self, images: Any) -> Any:
         t, side = self.truncation, 2 * self.truncation + 1
@@ -281,15 +292,27 @@ class ChromaCooccurrence(layers.Layer):
                 second = x[:, :, :-2] - 2.0 * x[:, :, 1:-1] + x[:, :, 2:]
                 for residual in (first, second):
                     r = ops.cast(ops.clip(ops.round(residual), -t, t), "int32") + t
-                    pairs = _joint_frequencies(r[:, :, :-1], side, r[:, :, 1:], side)
-                    histograms.append(ops.log(pairs + 1e-5))
+                    here, following = r[:, :, :-1], r[:, :, 1:]
+                    for where in self._regions(x.shape[1], x.shape[2], here.shape[2]):
+                        pairs = _joint_frequencies(here, side, following, side, where)
+                        histograms.append(ops.log(pairs + 1e-5))
         return ops.concatenate(histograms, axis=-1)
 
+    def _regions(self, height: int, width: int, columns: int) -> list[np.ndarray | None]:
+        """Masks of the (height, columns) pair map: the whole of it, or its middle and the ring around it."""
+        if not self.border:
+            return [None]
+        rows, cols = np.arange(height)[:, None], np.arange(columns)[None, :]
+        top, left = int(self.border * height), int(self.border * width)
+        middle = (rows >= top) & (rows < height - top) & (cols >= left) & (cols < width - left)
+        return [middle, ~middle]
+
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return (input_shape[0], len(self.PAIRS) * 4 * (2 * self.truncation + 1) ** 2)
+        regions = 2 if self.border else 1
+        return (input_shape[0], len(self.PAIRS) * 4 * regions * (2 * self.truncation + 1) ** 2)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "truncation": self.truncation}
+        return {**super().get_config(), "truncation": self.truncation, "border": self.border}
 
 
 @keras.saving.register_keras_serializable(package="deepscan")
@@ -346,17 +369,21 @@ def _ring_index(h: int, w: int, bins: int) -> np.ndarray:
 
 def build_profile(input_size: tuple[int, int]) -> keras.Model:
     """A small dense head over ``SpectrumProfile``, ``ColourTexture`` and ``ChromaCooccurrence`` features
-    (about 35 k parameters).
+    (about 77 k parameters).
 
-    Packs trained before ``ColourTexture`` or ``ChromaCooccurrence`` existed hold profile members without
-    them; they load as saved.
+    The chroma co-occurrences are counted twice: over the whole crop, and at half the resolution
+    (2 x 2 averages, as a 256 px crop resized to 128 px with ``INTER_AREA``) separately for the middle
+    of the crop and the ring around it. Packs trained before a feature existed hold profile members
+    without it; they load as saved.
     """
     inputs = keras.Input((*input_size, 3), name="face")
     x = CaptionMask(name="caption_mask")(inputs)
+    half = layers.AveragePooling2D(2, name="half_resolution")(x)
     x = layers.Concatenate(name="features")([
         SpectrumProfile(name="profile")(x),
         ColourTexture(name="colour_texture")(x),
         ChromaCooccurrence(name="chroma_cooccurrence")(x),
+        ChromaCooccurrence(border=PROFILE_BORDER, name="chroma_regions")(half),
     ])  # fmt: skip
     x = layers.BatchNormalization(name="feature_norm")(x)
     x = layers.Dense(32, activation="relu", name="hidden")(x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import pytest
@@ -130,8 +132,11 @@ def test_colour_texture_counts_hsv_colours_and_local_binary_patterns() -> None:
     assert flat[1, 8] > 0.5 > out[0, 192:].reshape(4, 10)[1, 8] ** 2  # flat sides: all neighbours equal
 
 
-def _cooccurrence_reference(plane: np.ndarray, order: int, t: int = 3) -> np.ndarray:
-    """Frequencies of (residual, next residual) along the rows of one plane, loop by loop."""
+def _cooccurrence_reference(
+    plane: np.ndarray, order: int, t: int = 3, counted: Callable[[int, int], bool] = lambda y, x: True
+) -> np.ndarray:
+    """Frequencies of (residual, next residual) along the rows of one plane, loop by loop, over the pairs
+    whose first residual sits at a (row, column) that ``counted`` accepts."""
     h, w = plane.shape
     counts = np.zeros((2 * t + 1, 2 * t + 1))
     for y in range(h):
@@ -140,8 +145,9 @@ def _cooccurrence_reference(plane: np.ndarray, order: int, t: int = 3) -> np.nda
         else:
             residual = [plane[y, x] - 2 * plane[y, x + 1] + plane[y, x + 2] for x in range(w - 2)]
         q = [int(np.clip(np.round(r), -t, t)) + t for r in residual]
-        for here, following in zip(q[:-1], q[1:], strict=True):
-            counts[here, following] += 1
+        for x, (here, following) in enumerate(zip(q[:-1], q[1:], strict=True)):
+            if counted(y, x):
+                counts[here, following] += 1
     return (counts / counts.sum()).ravel()
 
 
@@ -165,6 +171,31 @@ def test_chroma_cooccurrence_counts_neighbouring_colour_residuals() -> None:
     np.testing.assert_allclose(brighter, out, atol=1e-4)  # the same shift of R, G and B: nothing to see
     grey = np.asarray(layer(np.repeat(images[..., :1], 3, axis=-1)))  # no colour: every residual is 0
     assert np.allclose(np.exp(grey.reshape(2, 12, 49)[:, :, 24]) - 1e-5, 1.0, atol=1e-5)
+
+
+def _region(h: int, w: int, border: float, middle: bool) -> Callable[[int, int], bool]:
+    """Whether (row, column) lies in the middle of an h x w plane (``middle``) or in the ring around it."""
+    top, left = int(border * h), int(border * w)
+    return lambda y, x: (top <= y < h - top and left <= x < w - left) == middle
+
+
+def test_chroma_cooccurrence_counts_the_middle_and_the_ring_apart() -> None:
+    rng = np.random.default_rng(6)
+    walk = np.cumsum(rng.integers(-2, 3, (1, 16, 20, 3)), axis=1) + 128
+    images = (np.clip(walk, 0, 255) / 255).astype(np.float32)
+    layer = ChromaCooccurrence(border=0.25)
+    out = np.asarray(layer(images))
+    assert out.shape == (1, 3 * 4 * 2 * 49) == layer.compute_output_shape((1, 16, 20, 3))
+    histograms = np.exp(out.reshape(3, 2, 2, 2, 49)) - 1e-5  # (colour pair, direction, order, region, bins)
+    for p, (a, b) in enumerate(((0, 1), (1, 2), (0, 2))):
+        plane = (images[0, ..., a] - images[0, ..., b]).astype(np.float64) * 255
+        for d, oriented in enumerate((plane, plane.T)):
+            for o in (1, 2):
+                for region, middle in enumerate((True, False)):
+                    counted = _region(*oriented.shape, border=0.25, middle=middle)
+                    expected = _cooccurrence_reference(oriented, o, counted=counted)
+                    np.testing.assert_allclose(histograms[p, d, o - 1, region], expected, atol=1e-5)
+    assert ChromaCooccurrence.from_config(layer.get_config()).border == 0.25
 
 
 def test_chroma_residual_maps_are_truncated_colour_difference_residuals() -> None:
