@@ -290,7 +290,8 @@ def test_full_classic_pack_at_native_input_sizes(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert manifest.aggregation.method == "stacking" and len(manifest.aggregation.coefficients) == 4
     scores = ModelPack.load(tmp_path / "pack").score_faces([np.zeros((128, 128, 3), np.uint8)])
-    assert scores.shape == (1, 4) and ((scores > 0) & (scores < 1)).all()
+    # after one epoch on 24 images a member's sigmoid can saturate to exactly 0 or 1 in float32
+    assert scores.shape == (1, 4) and ((scores >= 0) & (scores <= 1)).all()
 
 
 def test_stacking_uses_a_member_with_a_narrow_output_range() -> None:
