@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.ensemble import aggregate
-from pipeline.metrics import Report, report, roc_curve
+from pipeline.metrics import CONFIDENCE_LEVEL, Report, auc_difference, report, roc_curve
 from pipeline.pack import ModelPack
 from pipeline.training import IMAGE_SUFFIXES, find_labelled_files, load_crops, split_samples
 
@@ -36,8 +37,18 @@ class Evaluation:
     # ``held_out_pooled`` (with ``real_in_every_subset``)
     held_out: tuple[str, ...] = ()
     reports: dict[str, dict[str, Report]] = field(default_factory=dict)  # scorer -> subset -> report
+    _masks: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._masks = self._subset_masks()
+        for scorer, scores in self.scores.items():
+            self.reports[scorer] = {"all": report(self.labels, scores, self.thresholds[scorer])}
+            for subset, mask in self._masks.items():
+                self.reports[scorer][subset] = report(
+                    self.labels[mask], scores[mask], self.thresholds[scorer]
+                )
+
+    def _subset_masks(self) -> dict[str, np.ndarray]:
         sources = np.asarray(self.sources)
         positives = sources[self.labels == 1] if self.real_in_every_subset else sources
         real = self.labels == 0
@@ -48,14 +59,13 @@ class Evaluation:
         pooled = real | np.isin(sources, list(self.held_out))
         if self.real_in_every_subset and self.held_out and (self.labels[pooled] == 1).any():
             masks[HELD_OUT_POOLED] = pooled
-        for scorer, scores in self.scores.items():
-            self.reports[scorer] = {"all": report(self.labels, scores, self.thresholds[scorer])}
-            for subset, mask in masks.items():
-                self.reports[scorer][subset] = report(
-                    self.labels[mask], scores[mask], self.thresholds[scorer]
-                )
+        return masks
 
-    def figures(self, scorer: str) -> dict[str, dict[str, object]]:
+    def subset_mask(self, subset: str) -> np.ndarray:
+        """(N,) bool: the items a subset's reports were measured on (every item for ``all``)."""
+        return self._masks[subset] if subset != "all" else np.ones(len(self.labels), dtype=bool)
+
+    def figures(self, scorer: str) -> dict[str, dict[str, Any]]:
         """One scorer's reports as plain dicts, subset by subset (the form manifests store)."""
         return {subset: r.as_dict() for subset, r in self.reports[scorer].items()}
 
@@ -118,21 +128,62 @@ def evaluate_audio(
     return evaluation, unscored
 
 
-COLUMNS = ("n", "n_fake", "auc", "eer", "accuracy", "f1", "ece", "threshold")
+COLUMNS = ("n", "n_fake", "auc", "auc_ci", "eer", "accuracy", "f1", "ece", "threshold")
+_PERCENT = f"{100 * CONFIDENCE_LEVEL:.0f} %"
+
+
+def _cell(values: dict[str, object], column: str) -> str:
+    if column == "auc_ci":
+        return f"{values['auc_low']:.3f}-{values['auc_high']:.3f}"
+    value = values[column]
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def ensemble_against_best_member(evaluation: Evaluation) -> dict[str, tuple[str, float, float, float]]:
+    """Per subset: the member with the highest AUC there, and AUC(ensemble) - AUC(member) with its interval.
+
+    The difference is DeLong's paired one (``auc_difference``): both scorers judge the same items.
+    Subsets without an AUC (one class only) are left out; empty without an ensemble or without members.
+    """
+    members = [name for name in evaluation.reports if name != ENSEMBLE]
+    if ENSEMBLE not in evaluation.reports or not members:
+        return {}
+    out = {}
+    for subset in evaluation.reports[ENSEMBLE]:
+        mask = evaluation.subset_mask(subset)
+        measured = [name for name in members if np.isfinite(evaluation.reports[name][subset].auc)]
+        if not measured:  # a subset of one class has no AUC to compare
+            continue
+        best = max(measured, key=lambda name: evaluation.reports[name][subset].auc)
+        out[subset] = (best, *auc_difference(
+            evaluation.labels[mask], evaluation.scores[ENSEMBLE][mask], evaluation.scores[best][mask]
+        ))  # fmt: skip
+    return out
 
 
 def to_markdown(evaluation: Evaluation) -> str:
-    lines = ["| scorer | subset | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    header = [c.replace("auc_ci", f"auc {_PERCENT} CI") for c in COLUMNS]
+    lines = ["| scorer | subset | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for scorer, subsets in evaluation.reports.items():
         for subset, r in subsets.items():
             values = r.as_dict()
-            cells = [f"{values[c]:.3f}" if isinstance(values[c], float) else str(values[c]) for c in COLUMNS]
-            lines.append(f"| {scorer} | {subset} | " + " | ".join(cells) + " |")
+            lines.append(f"| {scorer} | {subset} | " + " | ".join(_cell(values, c) for c in COLUMNS) + " |")
     lines.append("")
     lines.append(
         "Confusion matrices ([[TN, FP], [FN, TP]]) over all items: "
         + "; ".join(f"{scorer} {subsets['all'].confusion}" for scorer, subsets in evaluation.reports.items())
     )
+    comparison = ensemble_against_best_member(evaluation)
+    if comparison:
+        lines += [
+            "",
+            f"Ensemble against the best member of each subset (paired DeLong, {_PERCENT} interval):",
+            "",
+            "| subset | best member | AUC ensemble - member | interval |",
+            "|---|---|---|---|",
+        ]
+        for subset, (member, difference, low, high) in comparison.items():
+            lines.append(f"| {subset} | {member} | {difference:+.3f} | {low:+.3f} to {high:+.3f} |")
     return "\n".join(lines) + "\n"
 
 

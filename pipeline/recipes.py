@@ -19,7 +19,7 @@ from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
 from pipeline.audio_datasets import AudioItem, load_folders, speaker_disjoint_split
 from pipeline.ensemble import Aggregation, aggregate, logit
 from pipeline.errors import DeepscanError, ModelPackError
-from pipeline.evaluate import Evaluation
+from pipeline.evaluate import ENSEMBLE, Evaluation, ensemble_against_best_member
 from pipeline.faces import to_model_input
 from pipeline.media import load_audio
 from pipeline.metrics import eer, threshold_at_fpr
@@ -258,14 +258,22 @@ def fit_image_ensemble(
     aggregation = fit_aggregation(val_matrix, labels["val"])
     val_ensemble = aggregate(val_matrix, aggregation)
     threshold = threshold_at_fpr(labels["val"], val_ensemble, target_fpr) if target_fpr else 0.5
-    ensemble_figures = _figures(labels["test"], aggregate(test_matrix, aggregation), sources, threshold)
+    names = [member.name for member in pack.manifest.image_members]
+    test_scores = {name: test_matrix[:, j] for j, name in enumerate(names)}
+    test_scores[ENSEMBLE] = aggregate(test_matrix, aggregation)
+    thresholds = {name: 0.5 for name in names} | {ENSEMBLE: threshold}
+    evaluation = Evaluation(labels["test"], sources, test_scores, thresholds)
     mean_figures = _figures(labels["test"], test_matrix.mean(axis=1), sources, 0.5)
     members, member_figures = [], {}
-    for j, member in enumerate(pack.manifest.image_members):
-        figures = _figures(labels["test"], test_matrix[:, j], sources, 0.5)
+    for member in pack.manifest.image_members:
+        figures = evaluation.figures(member.name)
         member_figures[member.name] = figures
         members.append(replace(member, metrics={**member.metrics, "test_auc": figures["all"]["auc"]}))
         _update_report(pack_dir / f"{member.name}.report.json", test=figures)
+    against_best: dict[str, dict[str, Any]] = {
+        subset: {"member": member, "difference": difference, "low": low, "high": high}
+        for subset, (member, difference, low, high) in ensemble_against_best_member(evaluation).items()
+    }
     manifest = replace(
         pack.manifest,
         members=(*members, *pack.manifest.audio_members),
@@ -273,7 +281,8 @@ def fit_image_ensemble(
         thresholds={**pack.manifest.thresholds, "image": threshold},
         info={**dict(pack.manifest.info), "image_training": {
             **(info or {}), "split": {k: len(v) for k, v in splits.items()}, "target_fpr": target_fpr,
-            "test_ensemble": ensemble_figures, "test_mean": mean_figures, "members": member_figures}},
+            "test_ensemble": evaluation.figures(ENSEMBLE), "test_mean": mean_figures, "members": member_figures,
+            "test_against_best_member": against_best}},
     )  # fmt: skip
     return write_manifest(pack_dir, manifest)
 

@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.metrics import CONFIDENCE_LEVEL
 from pipeline.pack import Manifest
 
 FIGURES = ("n", "n_fake", "auc", "eer", "accuracy", "f1", "ece")
+_LEVEL = f"{100 * CONFIDENCE_LEVEL:.0f} %"
 
 
 def _fmt(value: Any) -> str:
@@ -25,12 +27,38 @@ def _rates(values: dict[str, Any]) -> dict[str, Any]:
     return {"fpr": fp / (tn + fp) if tn + fp else float("nan"), "tpr": values["recall"]}
 
 
+def _interval(values: dict[str, Any]) -> str:
+    """The AUC's confidence interval; '-' in manifests written before reports carried one."""
+    low, high = values.get("auc_low"), values.get("auc_high")
+    return "-" if low is None or high is None else f"{_fmt(low)}-{_fmt(high)}"
+
+
 def _figure_table(figures: dict[str, dict[str, Any]]) -> list[str]:
     columns = (*FIGURES, "fpr", "tpr")
-    lines = ["| subset | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    header = [c if c != "auc" else f"auc | {_LEVEL} CI" for c in columns]
+    lines = ["| subset | " + " | ".join(header) + " |", "|---" * (len(columns) + 2) + "|"]
     for subset, values in figures.items():
         row = {**values, **_rates(values)}
-        lines.append(f"| {subset} | " + " | ".join(_fmt(row.get(k)) for k in columns) + " |")
+        cells = [
+            _fmt(row.get(k)) if k != "auc" else f"{_fmt(row.get(k))} | {_interval(row)}" for k in columns
+        ]
+        lines.append(f"| {subset} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _against_best_member(comparison: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        f"Ensemble against the best member of each subset (paired DeLong test, {_LEVEL} interval of the "
+        "AUC difference; an interval that includes 0 means this split cannot tell the two apart):",
+        "",
+        "| subset | best member | AUC ensemble - member | interval |",
+        "|---|---|---|---|",
+    ]
+    for subset, c in comparison.items():
+        lines.append(
+            f"| {subset} | {c['member']} | {c['difference']:+.3f} | {c['low']:+.3f} to {c['high']:+.3f} |"
+        )
     return lines
 
 
@@ -89,6 +117,8 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
             "",
         ]
         lines += _figure_table(image["test_ensemble"])
+        if image.get("test_against_best_member"):
+            lines += _against_best_member(image["test_against_best_member"])
         lines += ["", "Plain mean of the members at 0.5, for comparison:", ""]
         lines += _figure_table(image["test_mean"])
         members = image.get("members") or {

@@ -6,7 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluate import ENSEMBLE, Evaluation, evaluate_audio, evaluate_images, plot_roc, to_markdown
+from pipeline.evaluate import (
+    ENSEMBLE,
+    Evaluation,
+    ensemble_against_best_member,
+    evaluate_audio,
+    evaluate_images,
+    plot_roc,
+    to_markdown,
+)
+from pipeline.metrics import roc_auc
 from pipeline.pack import ModelPack
 from tests.pipeline.test_training import make_dataset
 from workers.samples import write_wav
@@ -19,7 +28,10 @@ def test_every_member_and_the_ensemble_per_source(random_pack: Path, tmp_path: P
     assert set(evaluation.reports[ENSEMBLE]) == {"all", "gan", "swap"}
     assert evaluation.reports[ENSEMBLE]["all"].n == 24 and evaluation.reports["spectral"]["swap"].n == 12
     table = to_markdown(evaluation)
-    assert table.count("\n| ") == 9 and "| ensemble | gan |" in table
+    # 9 scorer x subset rows, then the ensemble against the best member: a header and a row per subset
+    assert table.count("\n| ") == 9 + 4 and "| ensemble | gan |" in table
+    r = evaluation.reports[ENSEMBLE]["gan"]
+    assert f"| {r.auc:.3f} | {r.auc_low:.3f}-{r.auc_high:.3f} |" in table
     assert plot_roc(evaluation, tmp_path / "roc.png").stat().st_size > 1000
 
 
@@ -73,3 +85,22 @@ def test_audio_families_the_pack_held_out_are_pooled(
         "held_out_pooled"
         not in evaluate_audio(ModelPack.load(random_pack), data, split=None)[0].reports["audio"]
     )
+
+
+def test_the_ensemble_is_compared_with_the_best_member_of_each_subset() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1], 60)
+    sources = ["a"] * 60 + ["b"] * 60
+    strong_on_a = np.where(np.arange(120) < 60, labels * 2.0, 0.0) + rng.normal(0, 1, 120)
+    strong_on_b = np.where(np.arange(120) >= 60, labels * 2.0, 0.0) + rng.normal(0, 1, 120)
+    scores = {"m_a": strong_on_a, "m_b": strong_on_b, ENSEMBLE: strong_on_a + strong_on_b}
+    evaluation = Evaluation(labels, sources, scores, dict.fromkeys(scores, 0.5))
+    comparison = ensemble_against_best_member(evaluation)
+    assert [comparison[s][0] for s in ("a", "b")] == ["m_a", "m_b"]
+    for subset, (member, difference, low, high) in comparison.items():
+        mask = evaluation.subset_mask(subset)
+        expected = roc_auc(labels[mask], scores[ENSEMBLE][mask]) - roc_auc(labels[mask], scores[member][mask])
+        assert difference == pytest.approx(expected) and low < difference < high
+    # on each source the other member is noise, which costs the ensemble against that source's expert
+    assert comparison["a"][1] < 0 and comparison["b"][1] < 0
+    assert ensemble_against_best_member(Evaluation(labels, sources, {"m": strong_on_a}, {"m": 0.5})) == {}

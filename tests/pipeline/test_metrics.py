@@ -55,3 +55,63 @@ def test_report_confusion_and_f1() -> None:
     r = metrics.report(np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.7, 0.8, 0.9, 0.2]), threshold=0.5)
     assert r.confusion == ((1, 1), (1, 2))
     assert r.accuracy == pytest.approx(0.6) and r.f1 == pytest.approx(2 / 3)
+
+
+def _placements(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each fake item's share of real items it outranks, and each real item's share of fakes it is below
+    (ties one half): DeLong's structural components, pair by pair."""
+    fake, real = scores[labels == 1], scores[labels == 0]
+    wins = (fake[:, None] > real[None, :]) + 0.5 * (fake[:, None] == real[None, :])
+    return wins.mean(axis=1), wins.mean(axis=0)
+
+
+def test_delong_covariance_equals_the_pairwise_definition(noisy: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, scores = noisy
+    other = np.clip(scores + np.random.default_rng(4).normal(0, 0.1, len(scores)), 0, 1).round(2)
+    aucs, covariance = metrics.delong(labels, np.stack([scores, other]))
+    m, n = int(labels.sum()), int((1 - labels).sum())
+    (fa, ra), (fb, rb) = _placements(labels, scores), _placements(labels, other)
+    expected = np.cov(np.stack([fa, fb])) / m + np.cov(np.stack([ra, rb])) / n
+    np.testing.assert_allclose(covariance, expected, rtol=1e-10)
+    np.testing.assert_allclose(aucs, [metrics.roc_auc(labels, scores), metrics.roc_auc(labels, other)])
+
+
+def test_auc_interval_covers_the_true_auc_at_its_level() -> None:
+    """Binormal scores with a known AUC, Phi(d / sqrt 2), on splits the size of the GAN test split."""
+    from statistics import NormalDist
+
+    rng = np.random.default_rng(5)
+    separation, n_fake, n_real, runs = 2.0, 23, 66, 400
+    true_auc = NormalDist().cdf(separation / np.sqrt(2))  # 0.921
+    labels = np.r_[np.ones(n_fake), np.zeros(n_real)].astype(int)
+    covered, widths = 0, []
+    for _ in range(runs):
+        scores = np.r_[rng.normal(separation, 1, n_fake), rng.normal(0, 1, n_real)]
+        low, high = metrics.auc_interval(labels, scores)
+        assert low < metrics.roc_auc(labels, scores) < high
+        covered += low <= true_auc <= high
+        widths.append(high - low)
+    assert 0.91 <= covered / runs <= 0.98
+    assert 0.08 < np.mean(widths) < 0.16  # about +-0.03: what 23 fakes can say
+    low, high = metrics.auc_interval(labels, scores, level=0.5)  # z 0.674 against 1.960
+    assert high - low == pytest.approx(widths[-1] * 0.674 / 1.960, rel=0.1)
+
+
+def test_auc_interval_edges() -> None:
+    assert metrics.auc_interval(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == (1.0, 1.0)
+    assert all(np.isnan(metrics.auc_interval(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.8]))))
+    r = metrics.report(np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.7, 0.8, 0.9, 0.2]))
+    assert r.auc_low < r.auc < r.auc_high
+
+
+def test_paired_auc_difference() -> None:
+    rng = np.random.default_rng(6)
+    labels = np.tile([0, 1], 100)
+    weak = labels + rng.normal(0, 1.5, 200)
+    strong = weak + labels * 0.3  # the same noise and a little more signal
+    difference, low, high = metrics.auc_difference(labels, strong, weak)
+    assert difference == pytest.approx(metrics.roc_auc(labels, strong) - metrics.roc_auc(labels, weak))
+    assert 0 < low < difference < high
+    assert metrics.auc_difference(labels, weak, weak) == (0.0, 0.0, 0.0)
+    # the two intervals side by side overlap; only the pairing shows that one scorer is better
+    assert metrics.auc_interval(labels, strong)[0] < metrics.auc_interval(labels, weak)[1]

@@ -119,6 +119,7 @@ def test_batch_norm_recalibration_sets_the_moving_statistics_to_the_batch_averag
 def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> None:
     from pipeline.pack import ModelPack, read_manifest
     from workers.cli import main
+    from workers.modelcard import render
 
     data = make_dataset(tmp_path / "data")
     splits = split_samples(find_labelled_files(data, IMAGE_SUFFIXES))
@@ -158,6 +159,17 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
     )
     assert manifest.image_members[0].metrics["test_auc"] == info["members"]["spectral"]["all"]["auc"]
     assert 0.0 < manifest.thresholds["image"] < 1.0
+    # the card gives each AUC with its interval and the ensemble against each subset's best member
+    against = info["test_against_best_member"]
+    assert set(against) == {k for k, figures in info["test_ensemble"].items() if np.isfinite(figures["auc"])}
+    for subset, comparison in against.items():
+        aucs = {name: figures[subset]["auc"] for name, figures in info["members"].items()}
+        assert aucs[comparison["member"]] == max(aucs.values())
+        ensemble = info["test_ensemble"][subset]
+        assert comparison["difference"] == pytest.approx(ensemble["auc"] - max(aucs.values()))
+        assert ensemble["auc_low"] <= ensemble["auc"] <= ensemble["auc_high"]
+    card = render(manifest, out)
+    assert "| auc | 95 % CI |" in card and f"| all | {against['all']['member']} |" in card
 
     # --fuse-only trains nothing and finds the same fusion again, or a new one for another target FPR
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.keras")}
