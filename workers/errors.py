@@ -41,3 +41,9 @@ class ArchiveRejectedError(UnsupportedMediaError):
 
 class ArchiveDecodeError(MediaDecodeError):
     """Content that claims to be an archive but cannot be read as zip or tar."""
+
+
+class AnalysisTimeoutError(DeepscanError):
+    """An analysis that ran past its task time limit: stopped, and the worker went on with the next task."""
+
+    status = "timeout"

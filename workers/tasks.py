@@ -23,6 +23,7 @@ from dataclasses import asdict
 from typing import Any
 
 from celery import Task, chord
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -31,8 +32,8 @@ from pipeline.errors import DeepscanError, UnsupportedMediaError
 from pipeline.media import MediaType, VideoInfo, detect_media_type, probe_video
 from workers import runtime
 from workers.archives import list_members
-from workers.celery_app import app, retry_delay_cap_s
-from workers.errors import StorageUnavailableError
+from workers.celery_app import app, retry_delay_cap_s, time_limits
+from workers.errors import AnalysisTimeoutError, StorageUnavailableError
 from workers.settings import get_settings
 from workers.storage import ObjectRef, sha256_file
 
@@ -49,6 +50,21 @@ RETRYING: dict[str, Any] = {
 }
 
 
+def timed_out(exc: BaseException, what: str) -> AnalysisTimeoutError | None:
+    """The row's error for a task time limit: the soft one raises inside the task, the hard one kills its
+    process (Celery 5.7 then calls ``on_failure`` and the chord's error callback in the worker's main
+    process). None for any other exception."""
+    soft_s, hard_s = time_limits(get_settings().visibility_timeout_s)
+    if isinstance(exc, SoftTimeLimitExceeded):
+        error = AnalysisTimeoutError(f"{what} did not finish within the soft time limit of {soft_s:g} s")
+    elif isinstance(exc, TimeLimitExceeded):
+        error = AnalysisTimeoutError(f"{what} ran past the hard time limit of {hard_s:g} s and was stopped")
+    else:
+        return None
+    error.__cause__ = exc
+    return error
+
+
 class ObjectTask(Task):
     """A task that owns an object's row: when it fails for good, the object gets an error row."""
 
@@ -58,8 +74,9 @@ class ObjectTask(Task):
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
     ) -> None:
         ref = ObjectRef.from_dict(kwargs["ref"])
+        error = timed_out(exc, "the analysis") or exc
         try:
-            runtime.write_failure(ref, kwargs.get("scan_id"), exc, media_type=self.media_type)
+            runtime.write_failure(ref, kwargs.get("scan_id"), error, media_type=self.media_type)
         except Exception:  # the database is down too: the waiting producer reports the scan unfinished
             logger.exception("could not record the failure of %s", ref.result_uri)
 
@@ -196,7 +213,9 @@ def video_failed(
 
     Celery calls it in the worker that saw the failure, with the failed request and the exception.
     """
-    error = DeepscanError(f"a part of the video analysis failed: {exc}")
+    error = timed_out(exc, "a part of the video analysis") or DeepscanError(
+        f"a part of the video analysis failed: {exc}"
+    )
     runtime.write_failure(ObjectRef.from_dict(ref), scan_id, error, media_type="video")
 
 

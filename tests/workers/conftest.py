@@ -13,15 +13,19 @@ import io
 import itertools
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import text
@@ -100,6 +104,60 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+class StallingProxy:
+    """A TCP relay on loopback in front of the S3 server that holds, unanswered, every GET whose request
+    line contains ``marker``: an object download that hangs, as over a dead connection.
+
+    ``stalled`` lists the request lines it held, in order. Everything else passes through unchanged.
+    """
+
+    POLL_S = 0.2
+
+    def __init__(self, target_url: str, marker: str) -> None:
+        parts = urlsplit(target_url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._marker = marker.encode()
+        self.stalled: list[str] = []
+        self._stop = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.create_connection(self._target) as upstream:
+            while not self._stop.is_set():
+                readable, _, _ = select.select([client, upstream], [], [], self.POLL_S)
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    line = data.split(b"\r\n", 1)[0]
+                    if source is client and line.startswith(b"GET ") and self._marker in line:
+                        self.stalled.append(line.decode(errors="replace"))
+                        self._hold(client)
+                        return
+                    (upstream if source is client else client).sendall(data)
+
+    def _hold(self, client: socket.socket) -> None:
+        """Read and drop whatever the client sends until it hangs up (or the proxy closes)."""
+        while not self._stop.is_set():
+            readable, _, _ = select.select([client], [], [], self.POLL_S)
+            if readable and not client.recv(65536):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()
 
 
 class Stack:
@@ -182,6 +240,13 @@ class Stack:
 
     def thaw(self, process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGCONT)
+
+    @staticmethod
+    def pool_children(process: subprocess.Popen[bytes]) -> list[int]:
+        """The pids of a worker's pool processes (its direct children)."""
+        return [
+            int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        ]
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
         """SIGKILL the whole process group, as when a machine dies: nothing is acknowledged or cleaned up."""

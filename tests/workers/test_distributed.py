@@ -5,7 +5,9 @@ server on loopback, SQLite and PostgreSQL, and ``deepscan scan`` / ``deepscan be
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.workers.conftest import Stack, wait_for, zip_bytes
+from tests.workers.conftest import Stack, StallingProxy, wait_for, zip_bytes
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -271,6 +273,44 @@ def test_a_failed_chord_part_gives_the_video_an_error_row(
     row = stack.rows()[uri]
     assert (row["media_type"], row["status"], row["fake_probability"]) == ("video", "error", None)
     assert "overwritten" in row["reason"] and row["scan_id"] == scan_id
+
+
+def test_an_object_stuck_past_the_hard_time_limit_gets_a_timeout_row(
+    stack_factory: Any, tmp_path: Path, samples: Path
+) -> None:
+    """A download hangs (a proxy holds it) and the pool process is frozen, as if stuck in C code: only the
+    hard time limit ends it, by killing the process. The worker's main process must then write the row
+    (Celery >= 5.7 calls ``on_failure`` there), acknowledge the task rather than hand it out again, and go
+    on with the next object."""
+    stack = stack_factory(f"sqlite:///{tmp_path / 'stuck.db'}")
+    proxy = StallingProxy(stack.s3_endpoint, marker="stuck")
+    try:
+        # hard limit 27 s; the redelivery of unacknowledged tasks (30 s) also covers the pool process's
+        # start, which the limit does not count
+        stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="30", DEEPSCAN_S3_ENDPOINT_URL=proxy.url)
+        stack.put("media/a-stuck.jpg", samples / "face.jpg")
+        stack.put("media/b-face.jpg", samples / "face.jpg")
+        worker = stack.worker()
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "scan", stack.uri("media/"), "--wait",
+             "--timeout", str(SCAN_TIMEOUT_S)],
+            env=stack.env, cwd=stack.work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_for(lambda: proxy.stalled, timeout_s=120, what="the download to hang")
+        frozen = stack.pool_children(worker)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        out, err = waiting.communicate(timeout=SCAN_TIMEOUT_S + 30)
+        assert waiting.returncode == 0, err[-3000:] + stack.log("worker")[-3000:]
+    finally:
+        proxy.close()
+    assert json.loads(out.splitlines()[-1])["done"] == 2
+    rows = stack.rows()
+    stuck, face = rows[stack.uri("media/a-stuck.jpg")], rows[stack.uri("media/b-face.jpg")]
+    assert (stuck["status"], stuck["fake_probability"], face["status"]) == ("timeout", None, "ok")
+    assert "hard time limit of 27 s" in stuck["reason"]
+    assert len(proxy.stalled) == 1  # acknowledged, not handed out again to hang the next process too
+    assert not any(Path(f"/proc/{pid}").exists() for pid in frozen)  # the stuck process was killed
 
 
 def test_beat_schedule_triggers_incremental_scans(stack_factory: Any, tmp_path: Path, samples: Path) -> None:

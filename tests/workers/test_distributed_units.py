@@ -282,3 +282,30 @@ def test_an_object_that_fails_for_good_still_gets_its_row(
         row = queries.find_result(session, uri=ref.uri)
         assert row is not None and row.status == "error" and "no longer exists" in (row.reason or "")
         assert session.get_one(queries.Scan, scan_id).status == "complete"
+
+
+def test_an_object_over_its_time_limit_gets_a_timeout_row(
+    worker_env: None, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """The soft limit raises inside the task; the hard one kills its process and Celery calls the same
+    ``on_failure`` in the worker's main process (the end-to-end case is in test_distributed)."""
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    from workers.celery_app import time_limits
+    from workers.tasks import analyze_object, timed_out
+
+    soft_s, hard_s = time_limits(get_settings().visibility_timeout_s)
+    scan_id = new_scan(sessions, total=2)
+    for name, exc, limit in (
+        ("soft.jpg", SoftTimeLimitExceeded(), soft_s),
+        ("hard.jpg", TimeLimitExceeded(9), hard_s),
+    ):
+        ref = ObjectRef(uri=(tmp_path / name).as_uri(), sha256="0" * 64)
+        analyze_object.on_failure(exc, "task-id", (), {"ref": ref.to_dict(), "scan_id": scan_id}, None)
+        with session_scope(sessions) as session:
+            row = queries.find_result(session, uri=ref.uri)
+            assert row is not None and (row.status, row.fake_probability) == ("timeout", None)
+            assert f"time limit of {limit:g} s" in (row.reason or "")
+    assert timed_out(ValueError("not a time limit"), "the analysis") is None
+    with session_scope(sessions) as session:
+        assert session.get_one(queries.Scan, scan_id).status == "complete"
