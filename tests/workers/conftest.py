@@ -268,6 +268,17 @@ class Stack:
             check=False,
         )
 
+    def cli_in_background(self, *args: str) -> subprocess.Popen[str]:
+        """``deepscan ARGS...`` started with this stack's settings; ``communicate`` collects its output."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", *args],
+            env=self.env,
+            cwd=self.work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def close(self) -> None:
         for process in self.processes:
             self.stop(process)

@@ -173,23 +173,7 @@ def test_a_worker_killed_mid_video_loses_nothing(stack_factory: Any, tmp_path: P
     stack.put("media/talking_face.mp4", samples / "talking_face.mp4")
     stack.put("media/face.jpg", samples / "face.jpg")
     first = stack.worker("first")
-    waiting = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workers.cli",
-            "scan",
-            stack.uri("media/"),
-            "--wait",
-            "--timeout",
-            str(SCAN_TIMEOUT_S),
-        ],
-        env=stack.env,
-        cwd=stack.work,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    waiting = stack.cli_in_background("scan", stack.uri("media/"), "--wait", "--timeout", str(SCAN_TIMEOUT_S))
     redis = stack.redis()
 
     def segment_in_flight() -> bool:
@@ -291,11 +275,9 @@ def test_an_object_stuck_past_the_hard_time_limit_gets_a_timeout_row(
         stack.put("media/a-stuck.jpg", samples / "face.jpg")
         stack.put("media/b-face.jpg", samples / "face.jpg")
         worker = stack.worker()
-        waiting = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "scan", stack.uri("media/"), "--wait",
-             "--timeout", str(SCAN_TIMEOUT_S)],
-            env=stack.env, cwd=stack.work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        waiting = stack.cli_in_background(
+            "scan", stack.uri("media/"), "--wait", "--timeout", str(SCAN_TIMEOUT_S)
+        )
         wait_for(lambda: proxy.stalled, timeout_s=120, what="the download to hang")
         frozen = stack.pool_children(worker)
         for pid in frozen:
