@@ -32,7 +32,7 @@ from pipeline.errors import DeepscanError, UnsupportedMediaError
 from pipeline.media import MediaType, VideoInfo, detect_media_type, probe_video
 from workers import runtime
 from workers.archives import list_members
-from workers.celery_app import app, retry_delay_cap_s, time_limits
+from workers.celery_app import app, retry_delay_cap_s
 from workers.errors import AnalysisTimeoutError, StorageUnavailableError
 from workers.settings import get_settings
 from workers.storage import ObjectRef, sha256_file
@@ -54,7 +54,7 @@ def timed_out(exc: BaseException, what: str) -> AnalysisTimeoutError | None:
     """The row's error for a task time limit: the soft one raises inside the task, the hard one kills its
     process (Celery 5.7 then calls ``on_failure`` and the chord's error callback in the worker's main
     process). None for any other exception."""
-    soft_s, hard_s = time_limits(get_settings().visibility_timeout_s)
+    soft_s, hard_s = app.conf.task_soft_time_limit, app.conf.task_time_limit  # as the worker enforces them
     if isinstance(exc, SoftTimeLimitExceeded):
         error = AnalysisTimeoutError(f"{what} did not finish within the soft time limit of {soft_s:g} s")
     elif isinstance(exc, TimeLimitExceeded):

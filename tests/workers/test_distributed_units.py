@@ -291,10 +291,10 @@ def test_an_object_over_its_time_limit_gets_a_timeout_row(
     ``on_failure`` in the worker's main process (the end-to-end case is in test_distributed)."""
     from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-    from workers.celery_app import time_limits
+    from workers.celery_app import app
     from workers.tasks import analyze_object, timed_out
 
-    soft_s, hard_s = time_limits(get_settings().visibility_timeout_s)
+    soft_s, hard_s = app.conf.task_soft_time_limit, app.conf.task_time_limit
     scan_id = new_scan(sessions, total=2)
     for name, exc, limit in (
         ("soft.jpg", SoftTimeLimitExceeded(), soft_s),
