@@ -24,8 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def build_pack(directory: Path) -> Path:
-    from pipeline.models import build_image_member
     from pipeline.pack import Manifest, MemberSpec, write_manifest
+    from training.architectures import build_image_member
 
     members = []
     for arch, size in (("densenet121", (96, 96)), ("spectral", (128, 128))):

@@ -257,7 +257,7 @@ class ModelPack:
     def load(cls, directory: str | Path, *, verify: bool = True) -> ModelPack:
         import keras
 
-        import pipeline.models  # noqa: F401  (registers the custom layers the files refer to)
+        import pipeline.layers  # noqa: F401  (registers the custom layers the files refer to)
 
         directory = Path(directory)
         manifest = read_manifest(directory)

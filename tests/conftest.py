@@ -57,8 +57,8 @@ def random_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import keras
 
     from pipeline.audio import AudioFrontEnd
-    from pipeline.models import build_audio_cnn, build_image_member
     from pipeline.pack import Manifest, MemberSpec, write_manifest
+    from training.architectures import build_audio_cnn, build_image_member
 
     keras.utils.set_random_seed(1)
     directory = tmp_path_factory.mktemp("pack")

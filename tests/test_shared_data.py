@@ -34,7 +34,7 @@ def test_every_research_clip_gets_a_verdict_with_faces_found(shared_data: Path, 
 
 def test_bundled_pack_reproduces_the_image_figures_in_its_card(shared_data: Path, analyzer: Analyzer) -> None:
     """The card is rendered from the manifest; `deepscan evaluate` on the same split must measure the same."""
-    from pipeline.evaluate import ENSEMBLE, evaluate_images
+    from training.evaluate import ENSEMBLE, evaluate_images
 
     manifest = analyzer.pack.manifest
     recorded = manifest.info["image_training"]

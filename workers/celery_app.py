@@ -105,7 +105,7 @@ def make_app(settings: Settings) -> Celery:
             "keeps its parts' results until the last part is done"
         )
     soft_s, hard_s = time_limits(visibility_s)
-    app = Celery("deepscan", include=["workers.tasks"])
+    app = Celery("deepscan", include=["workers.tasks", "workers.scheduled"])
     app.conf.update(
         broker_url=settings.broker_url,
         # Chords count their parts in the result backend: it must exist and keep results.

@@ -157,7 +157,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.action == "card":
         from pipeline.pack import read_manifest
-        from workers.modelcard import render
+        from training.modelcard import render
 
         notes = Path(args.notes).read_text() if args.notes else ""
         print(render(read_manifest(directory), directory, notes), end="")
@@ -187,10 +187,10 @@ def _names(text: str | None) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.training import FitConfig
+    from training.fitting import FitConfig
 
     if args.kind == "spoofs":
-        from pipeline.spoofs import ALL_FAMILIES, build_spoof_dataset
+        from training.spoofs import ALL_FAMILIES, build_spoof_dataset
 
         families = _names(args.families) or ALL_FAMILIES
         print(json.dumps(build_spoof_dataset(args.real, args.out, seed=args.seed, families=families)))
@@ -200,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     verbose = 1 if sys.stderr.isatty() else 2
     if args.kind == "image" and args.fuse_only:
         from pipeline.errors import DeepscanError
-        from pipeline.recipes import refit_image_ensemble
+        from training.recipes import refit_image_ensemble
 
         try:
             manifest = refit_image_ensemble(
@@ -210,7 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except DeepscanError as e:  # a member to drop that the pack lacks, or none left to fuse
             raise UsageError(e.reason) from e
     elif args.kind == "image":
-        from pipeline.recipes import MemberPlan, train_image_members
+        from training.recipes import MemberPlan, train_image_members
 
         if args.drop:
             raise UsageError("--drop removes members before a refit: use it with --fuse-only")
@@ -221,12 +221,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             target_fpr=args.target_fpr, limit_per_split=args.limit, verbose=verbose,
         )  # fmt: skip
     elif args.kind == "audio" and args.fuse_only:
-        from pipeline.recipes import fit_audio_fusion
+        from training.recipes import fit_audio_fusion
 
         manifest = fit_audio_fusion(args.data, args.out, holdout_families=_names(args.holdout_families))
     elif args.kind == "audio":
         from pipeline.audio import AudioFrontEnd
-        from pipeline.recipes import train_audio_member
+        from training.recipes import train_audio_member
 
         manifest = train_audio_member(
             args.data,
@@ -288,7 +288,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import ENSEMBLE, evaluate_audio, evaluate_images, plot_roc, to_markdown
+    from training.evaluate import ENSEMBLE, evaluate_audio, evaluate_images, plot_roc, to_markdown
     from workers.embedded import load_pack
 
     pack = load_pack(args.models)

@@ -30,6 +30,7 @@ from workers import runtime
 from workers.errors import ScanError, UsageError
 from workers.settings import get_settings
 from workers.storage import ObjectRef, canonical_source, list_objects
+from workers.tasks import analyze_object
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,6 @@ def start_scan(
     Raises UsageError for a bad URI or model pack, ScanError when the broker or the store fails; a scan
     that fails while queuing is marked 'failed' with the reason.
     """
-    from workers.tasks import analyze_object
-
     settings = get_settings()
     sessions = sessions or runtime.process_sessions()
     source = canonical_source(uri)

@@ -9,6 +9,8 @@ twice: rows are upserted on the object's URI. The flow of one object::
       |                                          finish_video (light), error callback video_failed)
       '- archive -> expand_archive (light) -> analyze_object for each member
 
+Beat's scheduled scans run in ``workers.scheduled``: these tasks never import the producer that queues them.
+
 Transient errors (S3 unavailable, database or broker connection lost) retry with exponential backoff.
 An object task that fails for good still writes the object's row, with status 'error' and the reason,
 so a scan never waits for an object that will not come.
@@ -236,19 +238,3 @@ def expand_archive(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> N
     runtime.record_expansion(obj, scan_id, listing, content_sha256=sha256_file(path))
     for member in members:
         analyze_object.apply_async(kwargs={"ref": member.to_dict(), "scan_id": scan_id})
-
-
-@app.task(name="deepscan.scheduled_scan", ignore_result=True)
-def scheduled_scan(*, uri: str) -> None:
-    """Celery beat's entry point: an incremental scan of ``uri``, unless the previous one is still going."""
-    from workers import producer
-
-    started = producer.start_scan(uri, kind="beat", skip_if_active=True)
-    if started is not None:
-        logger.info(
-            "scheduled scan %d of %s: %d queued, %d skipped",
-            started.scan_id,
-            uri,
-            started.queued,
-            started.skipped,
-        )

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ModelPackError
-from pipeline.models import CLASSIC_ARCHITECTURES, build_image_member
 from pipeline.pack import MANIFEST_FILE, ModelPack, read_manifest
+from training.architectures import CLASSIC_ARCHITECTURES, build_image_member
 from workers.samples import face_image
 
 
@@ -36,8 +36,8 @@ def test_audio_members_with_their_own_front_ends(random_pack: Path, tmp_path: Pa
     from dataclasses import replace
 
     from pipeline.audio import AudioFrontEnd, spectrograms
-    from pipeline.models import build_audio_cnn
     from pipeline.pack import MemberSpec, write_manifest
+    from training.architectures import build_audio_cnn
 
     copy = tmp_path / "two_audio"
     shutil.copytree(random_pack, copy)
@@ -105,7 +105,7 @@ def test_missing_pack_directory(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", CLASSIC_ARCHITECTURES)
 def test_classic_members_build_at_their_smallest_input(architecture: str) -> None:
-    from pipeline.models import _applications
+    from training.architectures import _applications
 
     size = _applications()[architecture].min_input_px
     model = build_image_member(architecture, (size, size))

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.ensemble import aggregate
-from pipeline.metrics import CONFIDENCE_LEVEL, Report, auc_difference, report, roc_curve
 from pipeline.pack import ModelPack
-from pipeline.training import IMAGE_SUFFIXES, find_labelled_files, load_crops, split_samples
+from training.fitting import IMAGE_SUFFIXES, find_labelled_files, load_crops, split_samples
+from training.metrics import CONFIDENCE_LEVEL, Report, auc_difference, report, roc_curve
 
 ENSEMBLE = "ensemble"
 HELD_OUT_POOLED = "held_out_pooled"
@@ -100,9 +100,9 @@ def evaluate_audio(
     no score, with the reason (too short, silent, undecodable): they are reported, not dropped.
     """
     from pipeline.analyze import Analyzer
-    from pipeline.audio_datasets import load_folders, speaker_disjoint_split
     from pipeline.errors import DeepscanError
     from pipeline.media import load_audio
+    from training.audio_datasets import load_folders, speaker_disjoint_split
 
     items = load_folders(data_dir)
     if split is not None:

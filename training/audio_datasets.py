@@ -1,7 +1,7 @@
 """Loaders that turn anti-spoofing corpora on disk into one flat list of labelled clips.
 
 Three layouts are read: the ASVspoof 2019 LA countermeasure protocol, In-the-Wild's ``meta.csv``, and
-plain ``real/`` / ``fake/`` folders (what :func:`pipeline.spoofs.build_spoof_dataset` writes). Every loader
+plain ``real/`` / ``fake/`` folders (what :func:`training.spoofs.build_spoof_dataset` writes). Every loader
 returns :class:`AudioItem` rows and never decodes audio; decoding stays in :mod:`pipeline.media`.
 
 :func:`speaker_disjoint_split` then assigns whole speakers to train / val / test, so a detector is never

@@ -16,13 +16,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
-from pipeline.audio_datasets import AudioItem, load_folders, speaker_disjoint_split
 from pipeline.ensemble import Aggregation, aggregate, logit
 from pipeline.errors import DeepscanError, ModelPackError
-from pipeline.evaluate import ENSEMBLE, Evaluation, ensemble_against_best_member
 from pipeline.faces import to_model_input
 from pipeline.media import load_audio
-from pipeline.metrics import eer, threshold_at_fpr
 from pipeline.pack import (
     MANIFEST_FILE,
     Manifest,
@@ -32,7 +29,9 @@ from pipeline.pack import (
     store_float16,
     write_manifest,
 )
-from pipeline.training import (
+from training.audio_datasets import AudioItem, load_folders, speaker_disjoint_split
+from training.evaluate import ENSEMBLE, Evaluation, ensemble_against_best_member
+from training.fitting import (
     IMAGE_SUFFIXES,
     Augmentation,
     FitConfig,
@@ -45,6 +44,7 @@ from pipeline.training import (
     make_face_sequence,
     split_samples,
 )
+from training.metrics import eer, threshold_at_fpr
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 class MemberPlan:
     architecture: str
     input_size: tuple[int, int]
-    front_end: str = "pixels"  # or "spectrum" / "residual": see pipeline.models.IMAGE_FRONT_ENDS
+    front_end: str = "pixels"  # or "spectrum" / "residual": see training.architectures.IMAGE_FRONT_ENDS
 
     @property
     def name(self) -> str:
@@ -146,7 +146,7 @@ def train_image_members(
     Checkpoints go to ``out_dir/checkpoints`` (rerun the same command to resume). The figures stored in
     the manifest are measured on the test split, which no training or fitting step sees.
     """
-    from pipeline.models import build_image_member
+    from training.architectures import build_image_member
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,7 +353,7 @@ def train_audio_member(
     speaker-disjoint. Spoof families in ``holdout_families`` are kept out of training and validation
     entirely: their test figures are the ones that predict unseen generators.
     """
-    from pipeline.models import build_audio_cnn
+    from training.architectures import build_audio_cnn
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

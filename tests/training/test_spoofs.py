@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import spoofs
-from pipeline.audio_datasets import load_folders
 from pipeline.errors import DeepscanError, TooShortError
-from pipeline.spoofs import (
+from training import spoofs
+from training.audio_datasets import load_folders
+from training.spoofs import (
     HARVARD_SENTENCES,
     NO_PROCESSING,
     GeneratorFailed,
@@ -296,7 +296,7 @@ def test_build_skips_unavailable_families(
 ) -> None:
     real_which = shutil.which
     monkeypatch.setattr(spoofs.shutil, "which", lambda name: None if name == "flite" else real_which(name))
-    with caplog.at_level(logging.WARNING, logger="pipeline.spoofs"):
+    with caplog.at_level(logging.WARNING, logger="training.spoofs"):
         counts = build_spoof_dataset(real_dir, tmp_path / "out", families=("flite",), max_workers=1)
     assert counts == {"real": 2, "flite": 0}
     assert any("apt package: flite" in r.getMessage() for r in caplog.records)

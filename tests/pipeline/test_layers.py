@@ -8,10 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.models import (
+from pipeline.layers import (
     CAPTION_BAND,
     EXPOSURE_LEVELS,
-    IMAGE_ARCHITECTURES,
     CaptionMask,
     ChromaCooccurrence,
     ChromaResidual,
@@ -19,8 +18,8 @@ from pipeline.models import (
     ColourTexture,
     LogSpectrum,
     SpectrumProfile,
-    build_image_member,
 )
+from training.architectures import IMAGE_ARCHITECTURES, build_image_member
 
 
 def box_blur(images: np.ndarray) -> np.ndarray:

@@ -10,8 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from pipeline.ensemble import aggregate, logit
-from pipeline.recipes import MemberPlan, fit_aggregation, train_image_members
-from pipeline.training import (
+from training.fitting import (
     IMAGE_SUFFIXES,
     Augmentation,
     FitConfig,
@@ -22,6 +21,7 @@ from pipeline.training import (
     split_of,
     split_samples,
 )
+from training.recipes import MemberPlan, fit_aggregation, train_image_members
 
 
 def make_dataset(root: Path, per_class: int = 24) -> Path:
@@ -118,8 +118,8 @@ def test_batch_norm_recalibration_sets_the_moving_statistics_to_the_batch_averag
 
 def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> None:
     from pipeline.pack import ModelPack, read_manifest
+    from training.modelcard import render
     from workers.cli import main
-    from workers.modelcard import render
 
     data = make_dataset(tmp_path / "data")
     splits = split_samples(find_labelled_files(data, IMAGE_SUFFIXES))
@@ -228,10 +228,10 @@ def make_audio_dataset(root: Path, n_speakers: int = 24) -> Path:
 @pytest.mark.slow
 def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
     from pipeline.audio import AudioFrontEnd
-    from pipeline.audio_datasets import load_folders, speaker_disjoint_split
     from pipeline.errors import ModelPackError
     from pipeline.pack import ModelPack, read_manifest
-    from pipeline.recipes import train_audio_member
+    from training.audio_datasets import load_folders, speaker_disjoint_split
+    from training.recipes import train_audio_member
 
     data = make_audio_dataset(tmp_path / "audio")
     front_end = AudioFrontEnd(window_s=1.0, hop_s=1.0)
@@ -290,8 +290,8 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_full_classic_pack_at_native_input_sizes(tmp_path: Path) -> None:
     """The four classic members at the sizes they were designed for come from the same command (one epoch)."""
-    from pipeline.models import CLASSIC_ARCHITECTURES, _applications
     from pipeline.pack import ModelPack
+    from training.architectures import CLASSIC_ARCHITECTURES, _applications
 
     data = make_dataset(tmp_path / "data", per_class=12)
     plans = [MemberPlan(a, (_applications()[a].native_input_px,) * 2) for a in CLASSIC_ARCHITECTURES]

@@ -10,7 +10,7 @@ Two kinds of fake speech are made:
 Every generator returns mono float32 at 16 kHz. :func:`process` applies the same random degradations
 (level, noise, band-limiting, a lossy codec) to either class, so that the two classes differ in how the
 speech was made, not in what happened to the file afterwards. :func:`build_spoof_dataset` writes
-``real/`` and ``fake/<family>/`` folders that :func:`pipeline.audio_datasets.load_folders` reads back,
+``real/`` and ``fake/<family>/`` folders that :func:`training.audio_datasets.load_folders` reads back,
 every fake named after the speaker of the real clip it is paired with.
 """
 
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.audio_datasets import speaker_from_stem
 from pipeline.errors import DeepscanError, TooShortError
 from pipeline.media import SAMPLE_RATE_HZ, load_audio
+from training.audio_datasets import speaker_from_stem
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio_datasets import (
+from pipeline.media import load_audio
+from training.audio_datasets import (
     AudioItem,
     load_asvspoof2019_la,
     load_folders,
@@ -15,7 +16,6 @@ from pipeline.audio_datasets import (
     speaker_disjoint_split,
     speaker_from_stem,
 )
-from pipeline.media import load_audio
 
 RATE = 16_000
 # ../shared/data beside the repository; absent in a fresh clone, so those tests skip.
@@ -50,7 +50,7 @@ def test_asvspoof_real_protocols(
 ) -> None:
     protocol_path = ASVSPOOF_DIR / protocol
     n_lines = sum(1 for line in protocol_path.read_text().splitlines() if line.strip())
-    with caplog.at_level(logging.WARNING, logger="pipeline.audio_datasets"):
+    with caplog.at_level(logging.WARNING, logger="training.audio_datasets"):
         items = load_asvspoof2019_la(ASVSPOOF_DIR, protocol_path)
     utterance, label, speaker, family = expected
     assert items == [
@@ -76,7 +76,7 @@ def test_asvspoof_official_layout_and_missing_files(tmp_path: Path, caplog: pyte
         "LA_0080 LA_T_0000003 - A02 spoof\n"
         "LA_0081 LA_T_0000004 - - bonafide\n"
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.audio_datasets"):
+    with caplog.at_level(logging.WARNING, logger="training.audio_datasets"):
         items = load_asvspoof2019_la(tmp_path, protocol)
     assert [(i.path.parent.parent.name, i.label, i.speaker, i.family) for i in items] == [
         ("ASVspoof2019_LA_train", 0, "LA_0079", "bonafide"),
@@ -111,7 +111,7 @@ def test_in_the_wild_meta(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     (tmp_path / "meta.csv").write_text(
         "file,speaker,label\n0.wav,Alec Guinness,spoof\n1.wav,Alec Guinness,bona-fide\n2.wav,Ayn Rand,spoof\n"
     )
-    with caplog.at_level(logging.WARNING, logger="pipeline.audio_datasets"):
+    with caplog.at_level(logging.WARNING, logger="training.audio_datasets"):
         items = load_in_the_wild(tmp_path)
     assert items == [
         AudioItem(tmp_path / "0.wav", 1, "Alec Guinness", "unknown", "in_the_wild"),

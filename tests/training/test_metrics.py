@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from training import metrics
 
 
 @pytest.fixture

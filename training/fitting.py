@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from pipeline.faces import to_model_input
-from pipeline.metrics import roc_auc
+from training.metrics import roc_auc
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.evaluate import (
+from pipeline.pack import ModelPack
+from tests.training.test_recipes import make_dataset
+from training.evaluate import (
     ENSEMBLE,
     Evaluation,
     ensemble_against_best_member,
@@ -15,9 +17,7 @@ from pipeline.evaluate import (
     plot_roc,
     to_markdown,
 )
-from pipeline.metrics import roc_auc
-from pipeline.pack import ModelPack
-from tests.pipeline.test_training import make_dataset
+from training.metrics import roc_auc
 from workers.samples import write_wav
 
 

@@ -1,45 +1,31 @@
-"""Model builders, one per member architecture. Keras 3 API only (no backend-specific ops), so a saved
-``.keras`` file runs on TensorFlow here and on JAX or PyTorch elsewhere.
+"""The custom Keras layers that model packs refer to: what inference needs to load a ``.keras`` file.
 
-Every image member takes RGB float32 in [0, 1] of shape (N, H, W, 3) and returns P(fake) of shape (N, 1);
-the audio member takes log-spectrogram windows of shape (N, F, T, 1) and returns P(fake) of shape (N, 1).
-ImageNet weights are not available here, so every backbone starts from ``weights=None``.
+Registered under the package name ``deepscan``, so a saved member finds its layers whatever module defines
+them. Keras 3 API only (no backend-specific ops): a member runs on TensorFlow here and on JAX or PyTorch
+elsewhere. Every layer takes RGB float32 in [0, 1] of shape (N, H, W, 3). The builders that assemble
+members from these layers live in ``training.architectures``.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-
-@dataclass(frozen=True)
-class Architecture:
-    build_backbone: Callable[..., keras.Model]
-    min_input_px: int  # keras.applications refuses smaller inputs
-    native_input_px: int  # the size the architecture was designed for
-
-
-def _applications() -> dict[str, Architecture]:
-    apps = keras.applications
-    return {
-        "xception": Architecture(apps.Xception, 71, 299),
-        "inception_v3": Architecture(apps.InceptionV3, 75, 299),
-        "resnet50": Architecture(apps.ResNet50, 32, 224),
-        "densenet121": Architecture(apps.DenseNet121, 32, 224),
-    }
-
-
-CLASSIC_ARCHITECTURES = ("xception", "inception_v3", "resnet50", "densenet121")
-# what a classic backbone reads: the crop, its colour spectra, or the residuals of its colour differences
-IMAGE_FRONT_ENDS = ("pixels", "spectrum", "residual")
 CAPTION_BAND = 0.08  # bottom fraction of a face crop every image member ignores (see CaptionMask)
-PROFILE_BORDER = 0.25  # the ring the profile member's regional chroma statistics set apart from the middle
+EXPOSURE_LEVELS = 32  # histogram resolution of brightness and saturation (1/32 of the range per level)
+_YCBCR = np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], "float32"
+)
+
+
+def _ring_index(h: int, w: int, bins: int) -> np.ndarray:
+    """(H, W) ring number of every frequency of an unshifted 2-D FFT: 0 at DC, ``bins - 1`` at the corners."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
+    radius = np.hypot(fy, fx) / np.hypot(0.5, 0.5)
+    return np.minimum((radius * bins).astype(np.int64), bins - 1)
 
 
 @keras.saving.register_keras_serializable(package="deepscan")
@@ -352,158 +338,3 @@ class ChromaResidual(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "truncation": self.truncation}
-
-
-EXPOSURE_LEVELS = 32  # histogram resolution of brightness and saturation (1/32 of the range per level)
-_YCBCR = np.array(
-    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], "float32"
-)
-
-
-def _ring_index(h: int, w: int, bins: int) -> np.ndarray:
-    """(H, W) ring number of every frequency of an unshifted 2-D FFT: 0 at DC, ``bins - 1`` at the corners."""
-    fy, fx = np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij")
-    radius = np.hypot(fy, fx) / np.hypot(0.5, 0.5)
-    return np.minimum((radius * bins).astype(np.int64), bins - 1)
-
-
-def build_profile(input_size: tuple[int, int]) -> keras.Model:
-    """A small dense head over ``SpectrumProfile``, ``ColourTexture`` and ``ChromaCooccurrence`` features
-    (about 77 k parameters).
-
-    The chroma co-occurrences are counted twice: over the whole crop, and at half the resolution
-    (2 x 2 averages, as a 256 px crop resized to 128 px with ``INTER_AREA``) separately for the middle
-    of the crop and the ring around it. Packs trained before a feature existed hold profile members
-    without it; they load as saved.
-    """
-    inputs = keras.Input((*input_size, 3), name="face")
-    x = CaptionMask(name="caption_mask")(inputs)
-    half = layers.AveragePooling2D(2, name="half_resolution")(x)
-    x = layers.Concatenate(name="features")([
-        SpectrumProfile(name="profile")(x),
-        ColourTexture(name="colour_texture")(x),
-        ChromaCooccurrence(name="chroma_cooccurrence")(x),
-        ChromaCooccurrence(border=PROFILE_BORDER, name="chroma_regions")(half),
-    ])  # fmt: skip
-    x = layers.BatchNormalization(name="feature_norm")(x)
-    x = layers.Dense(32, activation="relu", name="hidden")(x)
-    x = layers.Dropout(0.3, name="dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
-    return keras.Model(inputs, outputs, name="profile")
-
-
-def _conv_block(x: Any, filters: int, name: str) -> Any:
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    x = layers.Activation("relu", name=f"{name}_relu")(x)
-    return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
-
-
-def build_spectral(input_size: tuple[int, int]) -> keras.Model:
-    """A small CNN over the log spectrum: the frequency-domain member (about 0.1 M parameters)."""
-    inputs = keras.Input((*input_size, 3), name="face")
-    x = CaptionMask(name="caption_mask")(inputs)
-    x = LogSpectrum(name="log_spectrum")(x)
-    x = layers.BatchNormalization(name="spectrum_norm")(x)
-    for i, filters in enumerate((16, 32, 64, 96)):
-        x = _conv_block(x, filters, f"block{i + 1}")
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(0.3, name="dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
-    return keras.Model(inputs, outputs, name="spectral")
-
-
-SPECTRUM_GRID = 16  # spectrum_grid averages the log spectrum over a 16 x 16 grid of frequency cells
-
-
-def build_spectrum_grid(input_size: tuple[int, int]) -> keras.Model:
-    """Logistic regression over the crop's log spectrum averaged in a grid of frequency cells (257 weights).
-
-    The spectral CNN reads the spectrum of a 128 px crop, which has lost the top half of the frequencies;
-    this member keeps the crop's full resolution and every direction of the spectrum (the profile member's
-    rings average directions away), at the price of a linear read-out that weighs each frequency band
-    and direction on its own. On the shipped data it separates face swaps (test AUC 0.957) far better
-    than GAN faces (0.653).
-
-    Batch normalisation standardises the cells (what a scaler does before a logistic regression) and the
-    L2 penalty is the regression's.
-    """
-    if input_size[0] % SPECTRUM_GRID or input_size[1] % SPECTRUM_GRID:
-        raise ValueError(f"spectrum_grid needs a side divisible by {SPECTRUM_GRID}, got {input_size}")
-    cell = (input_size[0] // SPECTRUM_GRID, input_size[1] // SPECTRUM_GRID)
-    inputs = keras.Input((*input_size, 3), name="face")
-    x = CaptionMask(name="caption_mask")(inputs)
-    x = LogSpectrum(name="log_spectrum")(x)
-    x = layers.AveragePooling2D(cell, name="cells")(x)
-    x = layers.Flatten(name="flatten")(x)
-    x = layers.BatchNormalization(name="cell_norm")(x)
-    outputs = layers.Dense(
-        1, activation="sigmoid", kernel_regularizer=keras.regularizers.L2(0.02), name="p_fake"
-    )(x)
-    return keras.Model(inputs, outputs, name="spectrum_grid")
-
-
-_OWN_FRONT_END = {"spectral": build_spectral, "profile": build_profile, "spectrum_grid": build_spectrum_grid}
-# what build_image_member builds: the classic backbones, then the members with their own front end
-IMAGE_ARCHITECTURES = (*CLASSIC_ARCHITECTURES, *_OWN_FRONT_END)
-
-
-def build_image_member(
-    architecture: str, input_size: tuple[int, int], *, front_end: str = "pixels", dropout: float = 0.3
-) -> keras.Model:
-    """One image member: a classic backbone from ``keras.applications`` (``weights=None``) plus a binary head.
-
-    ``input_size`` is (H, W). With the ``pixels`` front end the model rescales its [0, 1] input to the
-    [-1, 1] the backbones expect; with ``spectrum`` the backbone reads the crop's ``ColourSpectrum``, with
-    ``residual`` its ``ChromaResidual`` maps.
-    ``spectral``, ``profile`` and ``spectrum_grid`` bring their own front ends.
-    """
-    if front_end not in IMAGE_FRONT_ENDS:
-        raise ValueError(f"unknown front end {front_end!r}; choose from {', '.join(IMAGE_FRONT_ENDS)}")
-    if architecture in _OWN_FRONT_END:
-        if front_end != "pixels":
-            raise ValueError(f"{architecture} has its own front end; it takes no {front_end!r}")
-        return _OWN_FRONT_END[architecture](input_size)
-    apps = _applications()
-    if architecture not in apps:
-        raise ValueError(
-            f"unknown architecture {architecture!r}; choose from {', '.join(IMAGE_ARCHITECTURES)}"
-        )
-    arch = apps[architecture]
-    if min(input_size) < arch.min_input_px:
-        raise ValueError(f"{architecture} needs inputs of at least {arch.min_input_px} px, got {input_size}")
-    inputs = keras.Input((*input_size, 3), name="face")
-    x = CaptionMask(name="caption_mask")(inputs)
-    if front_end == "spectrum":
-        x = ColourSpectrum(name="colour_spectrum")(x)
-        x = layers.BatchNormalization(name="spectrum_norm")(x)
-    elif front_end == "residual":
-        x = ChromaResidual(name="chroma_residual")(x)
-    else:
-        x = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(x)
-    with warnings.catch_warnings():  # the residual front end's 12 channels are on purpose
-        warnings.filterwarnings("ignore", "This model usually expects 1 or 3 input channels")
-        backbone = arch.build_backbone(
-            include_top=False, weights=None, input_shape=tuple(x.shape[1:]), pooling="avg"
-        )
-    x = backbone(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
-    return keras.Model(
-        inputs, outputs, name=architecture if front_end == "pixels" else f"{architecture}_{front_end}"
-    )
-
-
-def build_audio_cnn(input_shape: tuple[int, int]) -> keras.Model:
-    """The audio member: a compact CNN over (F, T) log-spectrogram windows (about 0.1 M parameters).
-
-    Input (N, F, T, 1) standardised per window; output P(fake) (N, 1).
-    """
-    inputs = keras.Input((*input_shape, 1), name="spectrogram")
-    x = inputs
-    for i, filters in enumerate((16, 32, 64, 96)):
-        x = _conv_block(x, filters, f"block{i + 1}")
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(0.3, name="dropout")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
-    return keras.Model(inputs, outputs, name="audio_cnn")

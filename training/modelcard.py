@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.metrics import CONFIDENCE_LEVEL
 from pipeline.pack import Manifest
+from training.metrics import CONFIDENCE_LEVEL
 
 FIGURES = ("n", "n_fake", "auc", "eer", "accuracy", "f1", "ece")
 _LEVEL = f"{100 * CONFIDENCE_LEVEL:.0f} %"
