@@ -7,6 +7,7 @@ columns, and ``UTCDateTime`` so both backends hand back timezone-aware UTC datet
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +37,29 @@ NAMING_CONVENTION = {
 }
 
 URI_LENGTH = 2048  # S3 keys are at most 1024 bytes; room for the bucket and an archive member path
+
+
+class ScanStatus(str, Enum):
+    """A scan's lifecycle: queuing (the producer is still listing) -> running -> complete, or failed."""
+
+    QUEUING = "queuing"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+    def __str__(self) -> str:  # the value, on every Python version
+        return self.value
+
+
+class ScanKind(str, Enum):
+    """What started a scan: an ad-hoc ``detect``, a ``scan`` of a folder or prefix, or a scheduled ``beat``."""
+
+    DETECT = "detect"
+    SCAN = "scan"
+    BEAT = "beat"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def utcnow() -> datetime:
@@ -81,9 +105,8 @@ class Scan(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uri: Mapped[str] = mapped_column(String(URI_LENGTH))
-    kind: Mapped[str] = mapped_column(String(16))  # detect | scan | beat
-    # queuing (the producer is still listing) | running | complete | failed
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    kind: Mapped[str] = mapped_column(String(16))  # a ScanKind
+    status: Mapped[str] = mapped_column(String(16), default=ScanStatus.RUNNING.value)  # a ScanStatus
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
     total: Mapped[int] = mapped_column(Integer, default=0)  # objects queued
@@ -114,7 +137,7 @@ class Result(Base):
     content_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     media_type: Mapped[str] = mapped_column(String(16), default="unknown")  # image | video | audio | unknown
-    status: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)  # a pipeline.errors.ResultStatus
     reason: Mapped[str | None] = mapped_column(Text)
     label: Mapped[str | None] = mapped_column(String(16))  # fake | real
     fake_probability: Mapped[float | None] = mapped_column(Float)

@@ -9,7 +9,8 @@ from sqlalchemy import ColumnElement, CursorResult, case, delete, func, insert, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import FrameResult, Result, Scan, utcnow
+from db.models import FrameResult, Result, Scan, ScanKind, ScanStatus, utcnow
+from pipeline.errors import ResultStatus
 
 # Columns a caller may set through upsert_result; id, uri and the timestamps belong to the store.
 STORE_COLUMNS = frozenset({"id", "uri", "created_at", "updated_at"})
@@ -20,11 +21,11 @@ def create_scan(
     session: Session,
     *,
     uri: str,
-    kind: str,
+    kind: ScanKind,
     model_name: str,
     model_version: str,
     total: int = 0,
-    status: str = "running",
+    status: ScanStatus = ScanStatus.RUNNING,
 ) -> Scan:
     """Record the start of a run and return it with its id assigned.
 
@@ -32,7 +33,12 @@ def create_scan(
     scan is never marked complete by ``complete_scan_if_done``, since its ``total`` is still growing.
     """
     scan = Scan(
-        uri=uri, kind=kind, status=status, model_name=model_name, model_version=model_version, total=total
+        uri=uri,
+        kind=ScanKind(kind).value,
+        status=ScanStatus(status).value,
+        model_name=model_name,
+        model_version=model_version,
+        total=total,
     )
     session.add(scan)
     session.flush()
@@ -40,7 +46,7 @@ def create_scan(
 
 
 def finish_scan(
-    session: Session, *, scan_id: int, status: str = "complete", error: str | None = None
+    session: Session, *, scan_id: int, status: ScanStatus = ScanStatus.COMPLETE, error: str | None = None
 ) -> Scan:
     """Mark a run finished with ``status`` ('complete' or 'failed') and an optional error message.
 
@@ -49,7 +55,7 @@ def finish_scan(
     scan = session.get(Scan, scan_id)
     if scan is None:
         raise LookupError(f"no scan with id {scan_id}")
-    scan.status = status
+    scan.status = ScanStatus(status).value
     scan.error = error
     scan.finished_at = utcnow()
     session.flush()
@@ -80,7 +86,11 @@ def lock_scan(session: Session, *, scan_id: int) -> Scan | None:
 
 def mark_scan_running(session: Session, *, scan_id: int) -> None:
     """Move a 'queuing' scan to 'running': its ``total`` is final and it may now complete."""
-    session.execute(update(Scan).where(Scan.id == scan_id, Scan.status == "queuing").values(status="running"))
+    session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id, Scan.status == ScanStatus.QUEUING)
+        .values(status=ScanStatus.RUNNING)
+    )
 
 
 def complete_scan_if_done(session: Session, *, scan_id: int) -> bool:
@@ -93,8 +103,8 @@ def complete_scan_if_done(session: Session, *, scan_id: int) -> bool:
     rows = select(func.count(Result.id)).where(Result.scan_id == scan_id).scalar_subquery()
     stmt = (
         update(Scan)
-        .where(Scan.id == scan_id, Scan.status == "running", Scan.total <= rows)
-        .values(status="complete", finished_at=utcnow())
+        .where(Scan.id == scan_id, Scan.status == ScanStatus.RUNNING, Scan.total <= rows)
+        .values(status=ScanStatus.COMPLETE, finished_at=utcnow())
         .execution_options(synchronize_session=False)
     )
     result = cast(CursorResult[Any], session.execute(stmt))
@@ -105,7 +115,11 @@ def active_scan(session: Session, *, uri: str, since: datetime) -> Scan | None:
     """The newest scan of ``uri`` created after ``since`` that is still queuing or running, or None."""
     stmt = (
         select(Scan)
-        .where(Scan.uri == uri, Scan.status.in_(("queuing", "running")), Scan.created_at >= since)
+        .where(
+            Scan.uri == uri,
+            Scan.status.in_((ScanStatus.QUEUING, ScanStatus.RUNNING)),
+            Scan.created_at >= since,
+        )
         .order_by(Scan.id.desc())
         .limit(1)
     )
@@ -182,7 +196,7 @@ def already_analysed(
         return False
     stmt = select(Result.id).where(
         Result.uri == uri,
-        Result.status != "error",
+        Result.status != ResultStatus.ERROR,
         Result.model_version == model_version,
         or_(*same_content),
     )
@@ -235,10 +249,10 @@ def scan_counts(session: Session, *, scan_id: int | None = None) -> list[dict[st
             Scan.total,
             Scan.skipped,
             func.count(Result.id).label("done"),
-            count_where(Result.status == "ok").label("ok"),
+            count_where(Result.status == ResultStatus.OK).label("ok"),
             count_where(Result.label == "fake").label("fake"),
             count_where(Result.label == "real").label("real"),
-            count_where(Result.status != "ok").label("errors"),
+            count_where(Result.status != ResultStatus.OK).label("errors"),
         )
         .outerjoin(Result, Result.scan_id == Scan.id)
         .group_by(Scan.id)
@@ -254,17 +268,17 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def result_to_dict(result: Result) -> dict[str, Any]:
-    """A JSON-ready view of ``result``: ISO 8601 datetimes, ``confidence`` as {"real", "fake"} or None."""
+    """A stored row in the JSON shape of a fresh result (``MediaResult.to_dict``: what ``deepscan detect``
+    prints), plus the row's storage columns: id, uri, scan_id, bucket, key, etag, content_sha256,
+    size_bytes, model_name, model_version and ISO 8601 ``created_at`` / ``updated_at``.
+
+    ``faces``, ``audio`` and ``path`` come back out of ``details``; ``timeline`` is the per-second rows.
+    """
+    details = dict(result.details or {})
     has_confidence = result.confidence_real is not None or result.confidence_fake is not None
+    model = f"{result.model_name}@{result.model_version}" if result.model_name else None
     return {
-        "id": result.id,
-        "uri": result.uri,
-        "scan_id": result.scan_id,
-        "bucket": result.bucket,
-        "key": result.key,
-        "etag": result.etag,
-        "content_sha256": result.content_sha256,
-        "size_bytes": result.size_bytes,
+        "path": details.pop("path", None) or result.uri,
         "media_type": result.media_type,
         "status": result.status,
         "reason": result.reason,
@@ -273,21 +287,32 @@ def result_to_dict(result: Result) -> dict[str, Any]:
         "confidence": (
             {"real": result.confidence_real, "fake": result.confidence_fake} if has_confidence else None
         ),
-        "model_name": result.model_name,
-        "model_version": result.model_version,
-        "details": result.details,
-        "elapsed_s": result.elapsed_s,
-        "created_at": _iso(result.created_at),
-        "updated_at": _iso(result.updated_at),
-        "frames": [
+        "model": model,
+        "faces": details.pop("faces", None) or [],
+        "timeline": [
             {
                 "second": frame.second,
                 "t_s": frame.t_s,
                 "n_faces": frame.n_faces,
                 "fake_probability": frame.fake_probability,
                 "label": frame.label,
-                "details": frame.details,
+                "faces": (frame.details or {}).get("faces", []),
             }
             for frame in result.frames
         ],
+        "audio": details.pop("audio", None),
+        "details": details,
+        "elapsed_s": result.elapsed_s,
+        "id": result.id,
+        "uri": result.uri,
+        "scan_id": result.scan_id,
+        "bucket": result.bucket,
+        "key": result.key,
+        "etag": result.etag,
+        "content_sha256": result.content_sha256,
+        "size_bytes": result.size_bytes,
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "created_at": _iso(result.created_at),
+        "updated_at": _iso(result.updated_at),
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import split_windows
+from pipeline.batching import batched
 from pipeline.ensemble import Verdict, aggregate, vote
-from pipeline.errors import DeepscanError, MediaDecodeError, NoFaceError, UnsupportedMediaError
+from pipeline.errors import DeepscanError, MediaDecodeError, NoFaceError, ResultStatus, UnsupportedMediaError
 from pipeline.faces import FaceBox, FaceDetector, square_crop
 from pipeline.media import (
     FRAME_INTERVAL_S,
@@ -51,21 +52,76 @@ class FrameScore:
         return float(self.face_probabilities.max()) if len(self.face_probabilities) else None
 
 
+@dataclass(frozen=True)
+class AudioVerdict:
+    """The verdict on a sound: a clip, or a video's soundtrack. One shape whether or not it was scored:
+    ``status`` ok with a label and window scores, or the status and reason why there is no score."""
+
+    status: ResultStatus = ResultStatus.OK
+    reason: str | None = None
+    label: str | None = None
+    fake_probability: float | None = None
+    confidence: dict[str, float] | None = None
+    windows: int = 0
+    window_s: float | None = None
+    window_probabilities: tuple[float, ...] = ()
+    duration_s: float | None = None
+
+    @classmethod
+    def unscored(cls, error: DeepscanError) -> AudioVerdict:
+        return cls(status=error.status, reason=error.reason)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AudioVerdict:
+        """Back from ``to_dict`` (a chord part's JSON)."""
+        return cls(
+            **{
+                **data,
+                "status": ResultStatus(data["status"]),
+                "window_probabilities": tuple(data.get("window_probabilities", ())),
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "window_probabilities": list(self.window_probabilities)}
+
+
+@dataclass(frozen=True)
+class TimelineSecond:
+    """One sampled second of a video: its faces and, when there is one, the frame's P(fake) and label."""
+
+    second: int
+    t_s: float
+    n_faces: int
+    fake_probability: float | None
+    label: str | None
+    faces: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TimelineSecond:
+        """Back from ``to_dict`` (a chord part's JSON)."""
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class MediaResult:
-    """The outcome for one input. ``to_dict`` is the JSON shape of ``deepscan detect`` and the API."""
+    """The outcome for one input. ``to_dict`` is the JSON shape of ``deepscan detect``, of a stored row
+    (``db.queries.result_to_dict`` adds the row's storage columns) and of the API."""
 
     path: str
     media_type: str = "unknown"
-    status: str = "ok"
+    status: ResultStatus = ResultStatus.OK
     reason: str | None = None
     label: str | None = None
     fake_probability: float | None = None
     confidence: dict[str, float] | None = None
     model: str | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
-    timeline: list[dict[str, Any]] = field(default_factory=list)
-    audio: dict[str, Any] | None = None
+    timeline: list[TimelineSecond] = field(default_factory=list)
+    audio: AudioVerdict | None = None
     details: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
@@ -83,7 +139,9 @@ class MediaResult:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["audio"] = self.audio.to_dict() if self.audio is not None else None
+        return out
 
 
 class Analyzer:
@@ -125,23 +183,23 @@ class Analyzer:
             start = end
         return out
 
-    def score_audio(self, signal: np.ndarray) -> dict[str, Any]:
-        """Score a mono signal at the pack's rate. Returns the audio verdict as a dict (raises on silence)."""
+    def score_audio(self, signal: np.ndarray) -> AudioVerdict:
+        """Score a mono signal at the pack's rate (raises on silence or a clip too short)."""
         front_end = self.pack.manifest.audio
         if front_end is None or not self.pack.manifest.audio_members:
             raise UnsupportedMediaError("the model pack has no audio member")
         scores = self.pack.score_audio_windows(split_windows(signal, front_end))
         window_p = aggregate(scores, self.pack.manifest.audio_aggregation)
         verdict = Verdict(float(window_p.mean()), self.audio_threshold)
-        return {
-            "label": verdict.label,
-            "fake_probability": round(verdict.fake_probability, 6),
-            "confidence": verdict.confidence,
-            "windows": len(window_p),
-            "window_s": front_end.window_s,
-            "window_probabilities": [round(float(p), 4) for p in window_p],
-            "duration_s": round(signal.size / front_end.sample_rate_hz, 3),
-        }
+        return AudioVerdict(
+            label=verdict.label,
+            fake_probability=round(verdict.fake_probability, 6),
+            confidence=verdict.confidence,
+            windows=len(window_p),
+            window_s=front_end.window_s,
+            window_probabilities=tuple(round(float(p), 4) for p in window_p),
+            duration_s=round(signal.size / front_end.sample_rate_hz, 3),
+        )
 
     def explain_image(self, frame: np.ndarray, *, num_samples: int = 400) -> list[tuple[FaceBox, Any]]:
         """LIME explanation of every face in an RGB uint8 frame, with the ensemble as the scoring function."""
@@ -180,36 +238,37 @@ class Analyzer:
 
     def score_video_segment(
         self, path: Path, info: VideoInfo, start_s: float = 0.0, duration_s: float | None = None
-    ) -> list[dict[str, Any]]:
-        """Timeline entries (JSON-ready) for the sampled seconds of ``[start_s, start_s + duration_s)``.
+    ) -> list[TimelineSecond]:
+        """The timeline of the sampled seconds of ``[start_s, start_s + duration_s)``.
 
         The distributed scanner fans a video out into segments with this and gathers them with
         ``video_verdict``; the embedded path calls it once for the whole video.
         """
-        entries: list[dict[str, Any]] = []
+        entries: list[TimelineSecond] = []
         frames = iter_video_frames(
             path, info, interval_s=FRAME_INTERVAL_S, start_s=start_s, duration_s=duration_s
         )
-        for chunk in _chunks(frames, VIDEO_CHUNK_FRAMES):
+        for chunk in batched(frames, VIDEO_CHUNK_FRAMES):
             scored = self.score_frames([f for _, f in chunk], [t for t, _ in chunk])
             entries.extend(self._timeline_entry(round(fs.t_s / FRAME_INTERVAL_S), fs) for fs in scored)
         return entries
 
-    def score_soundtrack_of(self, path: Path) -> dict[str, Any] | None:
-        """The audio verdict of a video's soundtrack, a status dict when it cannot be scored, or None."""
+    def score_soundtrack_of(self, path: Path) -> AudioVerdict | None:
+        """The audio verdict of a video's soundtrack (unscored, with its reason, when it cannot be scored),
+        or None when soundtracks are not scored."""
         if not self.score_soundtrack or not self.pack.manifest.audio_members:
             return None
         try:
             return self.score_audio(load_audio(path))
         except DeepscanError as e:
-            return {"status": e.status, "reason": e.reason, "label": None, "fake_probability": None}
+            return AudioVerdict.unscored(e)
 
     def video_verdict(
         self,
         result: MediaResult,
         info: VideoInfo,
-        timeline: list[dict[str, Any]],
-        audio: dict[str, Any] | None,
+        timeline: Sequence[TimelineSecond],
+        audio: AudioVerdict | None,
     ) -> MediaResult:
         """Aggregate timeline entries (any order, duplicates by second collapse) and the soundtrack verdict.
 
@@ -222,7 +281,7 @@ class Analyzer:
             "fps": round(info.fps, 3),
             "has_audio": info.has_audio,
         }
-        by_second = {entry["second"]: entry for entry in timeline}
+        by_second = {entry.second: entry for entry in timeline}
         result.timeline = [by_second[k] for k in sorted(by_second)]
         if not result.timeline:
             raise MediaDecodeError("no frame could be decoded from the video")
@@ -232,7 +291,8 @@ class Analyzer:
     def analyze_audio(self, path: Path, result: MediaResult) -> MediaResult:
         verdict = self.score_audio(load_audio(path))
         result.audio = verdict
-        result.set_verdict(Verdict(verdict["fake_probability"], self.audio_threshold))
+        assert verdict.fake_probability is not None  # score_audio raises rather than leave it unscored
+        result.set_verdict(Verdict(verdict.fake_probability, self.audio_threshold))
         return result
 
     def analyze_file(self, path: str | Path) -> MediaResult:
@@ -281,20 +341,20 @@ class Analyzer:
             )
         ]
 
-    def _timeline_entry(self, second: int, scored: FrameScore) -> dict[str, Any]:
+    def _timeline_entry(self, second: int, scored: FrameScore) -> TimelineSecond:
         p = scored.fake_probability
-        return {
-            "second": second,
-            "t_s": round(scored.t_s, 3),
-            "n_faces": len(scored.boxes),
-            "fake_probability": None if p is None else round(p, 6),
-            "label": None if p is None else ("fake" if p >= self.image_threshold else "real"),
-            "faces": self._faces(scored),
-        }
+        return TimelineSecond(
+            second=second,
+            t_s=round(scored.t_s, 3),
+            n_faces=len(scored.boxes),
+            fake_probability=None if p is None else round(p, 6),
+            label=None if p is None else ("fake" if p >= self.image_threshold else "real"),
+            faces=self._faces(scored),
+        )
 
-    def _vote(self, timeline: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def _vote(self, timeline: Sequence[TimelineSecond]) -> dict[str, Any] | None:
         """Majority vote over the seconds that show a face; probability = mean of their probabilities."""
-        probabilities = [e["fake_probability"] for e in timeline if e["fake_probability"] is not None]
+        probabilities = [e.fake_probability for e in timeline if e.fake_probability is not None]
         if not probabilities:
             return None
         fake, real = vote(probabilities, self.image_threshold)
@@ -308,11 +368,12 @@ class Analyzer:
         }
 
     def _combine(
-        self, result: MediaResult, faces: dict[str, Any] | None, audio: dict[str, Any] | None, n_seconds: int
+        self, result: MediaResult, faces: dict[str, Any] | None, audio: AudioVerdict | None, n_seconds: int
     ) -> MediaResult:
         """A video is fake if either stream is: the combined verdict follows the more suspicious one."""
         result.details["faces_verdict"] = faces
-        candidates = {k: v for k, v in (("faces", faces), ("audio", audio)) if v and v.get("label")}
+        sound = audio.to_dict() if audio is not None else None
+        candidates = {k: v for k, v in (("faces", faces), ("audio", sound)) if v and v.get("label")}
         if not candidates:
             raise NoFaceError(f"no face in any of {n_seconds} sampled seconds and no scorable soundtrack")
         driver = max(
@@ -330,14 +391,3 @@ def to_uint8_size(crop: np.ndarray, side_px: int) -> np.ndarray:
     import cv2
 
     return cv2.resize(crop, (side_px, side_px), interpolation=cv2.INTER_AREA)
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

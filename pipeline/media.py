@@ -8,6 +8,7 @@ cannot read (mp3, m4a, a video's soundtrack).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import subprocess
@@ -28,6 +29,7 @@ MediaType = Literal["image", "video", "audio", "archive", "unknown"]
 SAMPLE_RATE_HZ = 16_000  # every audio member works at 16 kHz mono, the rate of LibriSpeech and ASVspoof
 FRAME_INTERVAL_S = 1.0  # videos are judged on one frame per second
 PROBE_TIMEOUT_S = 30.0
+HASH_BLOCK_BYTES = 1 << 20  # read 1 MiB at a time: bounded memory for any file size
 
 # Leading bytes of the still-image formats OpenCV decodes. Checked before ffprobe because it is free.
 _IMAGE_SIGNATURES: tuple[tuple[int, bytes], ...] = (
@@ -246,3 +248,12 @@ def _load_audio_ffmpeg(path: Path, sample_rate_hz: int) -> np.ndarray:
         )
     pcm = np.frombuffer(proc.stdout, dtype=np.int16)
     return pcm.astype(np.float32) / 32768.0
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes (the content version of local objects, the checksum of pack files)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(HASH_BLOCK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ front end of members that name none). Every file's sha256 is checked at load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pipeline.audio import AudioFrontEnd, spectrograms
 from pipeline.ensemble import Aggregation
 from pipeline.errors import ModelPackError
 from pipeline.faces import to_model_input
+from pipeline.media import sha256_file
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA = 1
@@ -214,14 +214,6 @@ def _float16_h5(source: Any) -> bytes:
 
         fin.visititems(copy)
     return out.getvalue()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(directory: str | Path) -> Manifest:

@@ -111,7 +111,7 @@ def evaluate_audio(
     scored, probabilities, unscored = [], [], []
     for item in items:
         try:
-            probabilities.append(analyzer.score_audio(load_audio(item.path))["fake_probability"])
+            probabilities.append(analyzer.score_audio(load_audio(item.path)).fake_probability)
             scored.append(item)
         except DeepscanError as e:
             unscored.append((item.path, e.reason))

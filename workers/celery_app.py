@@ -169,16 +169,16 @@ def _load_models(**_: Any) -> None:
     if not _consumes_gpu_queue:
         return
     from pipeline.errors import DeepscanError
-    from workers import runtime
+    from workers import resources
 
     try:
-        runtime.analyzer()
+        resources.analyzer()
     except DeepscanError:  # the tasks record it on each row (status model_error); keep the worker up
         logger.exception("could not load the model pack")
 
 
 @signals.worker_process_shutdown.connect
 def _drop_local_copies(**_: Any) -> None:
-    from workers import runtime
+    from workers import resources
 
-    runtime.local_copies().close()
+    resources.local_copies().close()

@@ -126,6 +126,7 @@ def _shorten(text: str, width: int) -> str:
 def cmd_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from db.models import ScanKind
     from workers.embedded import EmbeddedRunner
 
     missing = [p for p in args.paths if not Path(p).exists()]
@@ -136,7 +137,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     writer = Writer(args.format)
     failures = 0
     with (
-        runner.scan(uri="cli", kind="detect", total=len(inputs)) as scan,
+        runner.scan(uri="cli", kind=ScanKind.DETECT, total=len(inputs)) as scan,
         tqdm(total=len(inputs), unit="file", file=sys.stderr, disable=not sys.stderr.isatty()) as progress,
     ):
         for path in inputs:
@@ -260,7 +261,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pipeline.analyze import Analyzer
     from pipeline.errors import DeepscanError
     from pipeline.media import load_image
-    from workers.embedded import load_pack
+    from workers.resources import load_pack
 
     analyzer = Analyzer(load_pack(args.models))
     out_dir = Path(args.out)
@@ -289,7 +290,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import ENSEMBLE, evaluate_audio, evaluate_images, plot_roc, to_markdown
-    from workers.embedded import load_pack
+    from workers.resources import load_pack
 
     pack = load_pack(args.models)
     split = None if args.split == "all" else args.split
@@ -331,7 +332,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from db import queries
-    from workers.embedded import open_database
+    from workers.resources import open_database
 
     with open_database(args.database_url) as session:
         rows = [
@@ -382,7 +383,7 @@ class ScanProgressReport:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from workers import producer
-    from workers.embedded import open_sessions
+    from workers.resources import open_sessions
 
     sessions = open_sessions()  # migrates: the workers write into the same database
     started = producer.start_scan(args.uri, force=args.force, sessions=sessions)
@@ -409,7 +410,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from workers.celery_app import GPU_QUEUE, LIGHT_QUEUE, app, require_broker
-    from workers.embedded import open_sessions
+    from workers.resources import open_sessions
     from workers.settings import get_settings
 
     require_broker(get_settings())
@@ -449,7 +450,7 @@ def cmd_beat(args: argparse.Namespace) -> int:
 
 def cmd_scans(args: argparse.Namespace) -> int:
     from db import queries
-    from workers.embedded import open_database
+    from workers.resources import open_database
 
     with open_database(args.database_url) as session:
         for scan in queries.scan_counts(session):

@@ -6,13 +6,13 @@ is the reason. ``StorageUnavailableError`` is the transient one: tasks retry it 
 
 from __future__ import annotations
 
-from pipeline.errors import DeepscanError, MediaDecodeError, UnsupportedMediaError
+from pipeline.errors import DeepscanError, MediaDecodeError, ResultStatus, UnsupportedMediaError
 
 
 class UsageError(DeepscanError):
     """A problem with the command line or the configuration: the CLI exits with status 2."""
 
-    status = "usage"
+    status = ResultStatus.USAGE
 
 
 class ScanError(DeepscanError):
@@ -46,4 +46,4 @@ class ArchiveDecodeError(MediaDecodeError):
 class AnalysisTimeoutError(DeepscanError):
     """An analysis that ran past its task time limit: stopped, and the worker went on with the next task."""
 
-    status = "timeout"
+    status = ResultStatus.TIMEOUT

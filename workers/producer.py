@@ -11,22 +11,22 @@ skipped and counted in ``skipped``, unless ``force``.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import Scan, utcnow
+from db.models import Scan, ScanKind, ScanStatus, utcnow
 from db.session import session_scope
+from pipeline.batching import batched
 from pipeline.errors import ModelPackError
-from workers import runtime
+from workers import resources, rows
 from workers.errors import ScanError, UsageError
 from workers.settings import get_settings
 from workers.storage import ObjectRef, canonical_source, list_objects
@@ -39,8 +39,6 @@ BROKER_CONNECT_RETRIES = 2
 BROKER_CHECK_INTERVAL_S = 10.0  # how often a waiting producer makes sure the broker still answers
 # A queuing or running scan older than this is taken for abandoned: a scheduled run no longer waits on it.
 ACTIVE_SCAN_MAX_AGE = timedelta(hours=24)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,12 +66,6 @@ class ScanProgress:
         return dict(self.__dict__)
 
 
-def _pages(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while page := list(itertools.islice(iterator, size)):
-        yield page
-
-
 def check_broker() -> None:
     """Raise ScanError unless the broker accepts a connection (after a couple of quick retries)."""
     from workers.celery_app import app, require_broker
@@ -91,7 +83,7 @@ def check_broker() -> None:
 def start_scan(
     uri: str,
     *,
-    kind: str = "scan",
+    kind: ScanKind = ScanKind.SCAN,
     force: bool = False,
     skip_if_active: bool = False,
     sessions: sessionmaker[Session] | None = None,
@@ -104,10 +96,10 @@ def start_scan(
     that fails while queuing is marked 'failed' with the reason.
     """
     settings = get_settings()
-    sessions = sessions or runtime.process_sessions()
+    sessions = sessions or resources.process_sessions()
     source = canonical_source(uri)
     try:
-        model_name, model_version = runtime.model_identity()
+        model_name, model_version = resources.model_identity()
     except ModelPackError as e:
         raise UsageError(f"cannot read the model pack in {settings.models_dir}: {e.reason}") from e
     check_broker()
@@ -125,11 +117,11 @@ def start_scan(
             kind=kind,
             model_name=model_name,
             model_version=model_version,
-            status="queuing",
+            status=ScanStatus.QUEUING,
         ).id
     queued = skipped = 0
     try:
-        for page in _pages(list_objects(source, endpoint_url=settings.s3_endpoint_url), PAGE_SIZE):
+        for page in batched(list_objects(source, endpoint_url=settings.s3_endpoint_url), PAGE_SIZE):
             fresh = _fresh(sessions, page, model_version=model_version, force=force)
             with session_scope(sessions) as session:  # committed before publishing: see the module docstring
                 queries.add_to_scan(
@@ -140,13 +132,15 @@ def start_scan(
             queued, skipped = queued + len(fresh), skipped + len(page) - len(fresh)
     except BaseException as e:  # interrupted too: a scan must not stay 'queuing' for ever
         with session_scope(sessions) as session:
-            queries.finish_scan(session, scan_id=scan_id, status="failed", error=f"{type(e).__name__}: {e}")
+            queries.finish_scan(
+                session, scan_id=scan_id, status=ScanStatus.FAILED, error=f"{type(e).__name__}: {e}"
+            )
         if isinstance(e, UsageError | ScanError) or not isinstance(e, Exception):
             raise
         raise ScanError(f"scan {scan_id} of {source} stopped while queuing: {e}") from e
     with session_scope(sessions) as session:
         queries.mark_scan_running(session, scan_id=scan_id)
-    runtime.complete_if_done(scan_id, sessions=sessions)  # the tasks may all have finished already
+    rows.complete_if_done(scan_id, sessions=sessions)  # the tasks may all have finished already
     logger.info("scan %d of %s: %d queued, %d skipped", scan_id, source, queued, skipped)
     return QueuedScan(scan_id, source, queued, skipped)
 
@@ -168,7 +162,7 @@ def _fresh(
 
 
 def scan_progress(scan_id: int, *, sessions: sessionmaker[Session] | None = None) -> ScanProgress:
-    with session_scope(sessions or runtime.process_sessions()) as session:
+    with session_scope(sessions or resources.process_sessions()) as session:
         rows = queries.scan_counts(session, scan_id=scan_id)
         scan = session.get(Scan, scan_id)
         error = scan.error if scan is not None else None
@@ -201,17 +195,17 @@ def wait_for_scan(
     completing it leaves that to us). Raises ScanError on timeout, when the broker stops answering, or
     when the scan failed.
     """
-    sessions = sessions or runtime.process_sessions()
+    sessions = sessions or resources.process_sessions()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last_broker_check = time.monotonic()
     while True:
-        runtime.complete_if_done(scan_id, sessions=sessions)
+        rows.complete_if_done(scan_id, sessions=sessions)
         progress = scan_progress(scan_id, sessions=sessions)
         if on_progress is not None:
             on_progress(progress)
-        if progress.status == "complete":
+        if progress.status == ScanStatus.COMPLETE:
             return progress
-        if progress.status == "failed":
+        if progress.status == ScanStatus.FAILED:
             raise ScanError(f"scan {scan_id} failed: {progress.error}")
         now = time.monotonic()
         if deadline is not None and now > deadline:

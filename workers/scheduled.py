@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from db.models import ScanKind
 from workers import producer
 from workers.celery_app import app
 
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 @app.task(name="deepscan.scheduled_scan", ignore_result=True)
 def scheduled_scan(*, uri: str) -> None:
     """An incremental scan of ``uri``, unless the previous one is still going."""
-    started = producer.start_scan(uri, kind="beat", skip_if_active=True)
+    started = producer.start_scan(uri, kind=ScanKind.BEAT, skip_if_active=True)
     if started is not None:
         logger.info(
             "scheduled scan %d of %s: %d queued, %d skipped",

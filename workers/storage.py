@@ -8,7 +8,6 @@ objects of a worker process, so the segments of one video or the members of one 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from pipeline.media import sha256_file
 from workers.errors import (
     ObjectChangedError,
     ObjectMissingError,
@@ -98,6 +98,14 @@ class ObjectRef:
         return asdict(self)
 
     @classmethod
+    def for_local_file(cls, path: Path) -> ObjectRef:
+        """The ref of a local file, its sha256 as the version (None for a file that cannot be read)."""
+        try:
+            return cls(uri=path.resolve().as_uri(), sha256=sha256_file(path), size_bytes=path.stat().st_size)
+        except OSError:
+            return cls(uri=path.resolve().as_uri())
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ObjectRef:
         return cls(**data)
 
@@ -130,14 +138,6 @@ def canonical_source(uri: str) -> str:
     if not path.is_dir():
         raise UsageError(f"not an s3://bucket/prefix URI nor a folder: {uri!r}")
     return path.resolve().as_uri()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(COPY_BLOCK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- S3 ---------------------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def list_folder(uri: str) -> Iterator[ObjectRef]:
     """Every regular file below a folder (recursively, sorted), with its sha256 as the version."""
     for path in sorted(local_path(uri).rglob("*")):
         if path.is_file() and not path.is_symlink():
-            yield ObjectRef(uri=path.as_uri(), sha256=sha256_file(path), size_bytes=path.stat().st_size)
+            yield ObjectRef.for_local_file(path)
 
 
 def list_objects(source: str, *, endpoint_url: str | None) -> Iterator[ObjectRef]:

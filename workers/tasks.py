@@ -29,15 +29,15 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from pipeline.analyze import MediaResult
+from pipeline.analyze import AudioVerdict, MediaResult, TimelineSecond
 from pipeline.errors import DeepscanError, UnsupportedMediaError
-from pipeline.media import MediaType, VideoInfo, detect_media_type, probe_video
-from workers import runtime
+from pipeline.media import MediaType, VideoInfo, detect_media_type, probe_video, sha256_file
+from workers import resources, rows
 from workers.archives import list_members
 from workers.celery_app import app, retry_delay_cap_s
 from workers.errors import AnalysisTimeoutError, StorageUnavailableError
 from workers.settings import get_settings
-from workers.storage import ObjectRef, sha256_file
+from workers.storage import ObjectRef
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ObjectTask(Task):
         ref = ObjectRef.from_dict(kwargs["ref"])
         error = timed_out(exc, "the analysis") or exc
         try:
-            runtime.write_failure(ref, kwargs.get("scan_id"), error, media_type=self.media_type)
+            rows.write_failure(ref, kwargs.get("scan_id"), error, media_type=self.media_type)
         except Exception:  # the database is down too: the waiting producer reports the scan unfinished
             logger.exception("could not record the failure of %s", ref.result_uri)
 
@@ -102,7 +102,7 @@ def _sniff(path: Any) -> MediaType:
 def analyze_object(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
     """Analyse one object or archive member: images and audio here, videos and archives handed on."""
     obj = ObjectRef.from_dict(ref)
-    path = runtime.local_copies().path(obj)
+    path = resources.local_copies().path(obj)
     media_type = _sniff(path)
     if media_type == "video":
         split_video.apply_async(kwargs={"ref": ref, "scan_id": scan_id})
@@ -113,19 +113,20 @@ def analyze_object(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> N
             result = MediaResult(path=obj.result_uri, media_type="archive")
             result.fail(UnsupportedMediaError("an archive inside an archive is not expanded"))
         else:
-            result = runtime.analyzer().analyze_file(path)
-        runtime.write_row(obj, scan_id, result, content_sha256=sha256_file(path))
+            result = resources.analyzer().analyze_file(path)
+            result.path = obj.result_uri  # not the worker's local copy
+        rows.write_row(obj, scan_id, result, content_sha256=sha256_file(path))
 
 
 @object_task("deepscan.split_video", media_type="video")
 def split_video(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
     """Probe a video and fan it out: one chord part per segment (and the soundtrack), then the verdict."""
     obj, started_s = ObjectRef.from_dict(ref), time.time()
-    path = runtime.local_copies().path(obj)
+    path = resources.local_copies().path(obj)
     try:
         info = probe_video(path)
     except DeepscanError as e:
-        runtime.write_failure(obj, scan_id, e, media_type="video")
+        rows.write_failure(obj, scan_id, e, media_type="video")
         return
     segment_s = get_settings().video_segment_s
     video_chord(
@@ -160,22 +161,26 @@ def score_segment(
     A segment that cannot be decoded is an entry, not an exception; an object that cannot be fetched
     (gone, overwritten) raises, and the chord's error callback writes the video's row.
     """
-    path = runtime.local_copies().path(ObjectRef.from_dict(ref))
+    path = resources.local_copies().path(ObjectRef.from_dict(ref))
     started = time.perf_counter()
     try:
-        timeline = runtime.analyzer().score_video_segment(path, VideoInfo(**info), start_s, duration_s)
+        timeline = resources.analyzer().score_video_segment(path, VideoInfo(**info), start_s, duration_s)
     except DeepscanError as e:
         return {"start_s": start_s, "error": {"status": e.status, "reason": e.reason}}
-    return {"start_s": start_s, "timeline": timeline, "elapsed_s": round(time.perf_counter() - started, 4)}
+    return {
+        "start_s": start_s,
+        "timeline": [entry.to_dict() for entry in timeline],
+        "elapsed_s": round(time.perf_counter() - started, 4),
+    }
 
 
 @app.task(name="deepscan.score_soundtrack", bind=True, ignore_result=False, **RETRYING)
 def score_soundtrack(self: Task, *, ref: dict[str, Any]) -> dict[str, Any]:
-    """Chord part: the audio verdict of a video's soundtrack (or a status dict saying why there is none)."""
-    path = runtime.local_copies().path(ObjectRef.from_dict(ref))
+    """Chord part: the audio verdict of a video's soundtrack (unscored, with the reason, when it cannot be)."""
+    path = resources.local_copies().path(ObjectRef.from_dict(ref))
     started = time.perf_counter()
-    audio = runtime.analyzer().score_soundtrack_of(path)
-    return {"audio": audio, "elapsed_s": round(time.perf_counter() - started, 4)}
+    audio = resources.analyzer().score_soundtrack_of(path)
+    return {"audio": audio.to_dict() if audio else None, "elapsed_s": round(time.perf_counter() - started, 4)}
 
 
 @object_task("deepscan.finish_video", media_type="video")
@@ -192,10 +197,10 @@ def finish_video(
     """Chord body: the video's verdict from its parts, in any order and with any duplicates (idempotent)."""
     obj = ObjectRef.from_dict(ref)
     result = MediaResult(path=obj.result_uri, media_type="video")
-    timeline = [entry for part in parts for entry in part.get("timeline", [])]
-    audio = next((part["audio"] for part in parts if "audio" in part), None)
+    timeline = [TimelineSecond.from_dict(entry) for part in parts for entry in part.get("timeline", [])]
+    audio = next((AudioVerdict.from_dict(part["audio"]) for part in parts if part.get("audio")), None)
     try:
-        runtime.verdict_analyzer().video_verdict(result, VideoInfo(**info), timeline, audio)
+        resources.verdict_analyzer().video_verdict(result, VideoInfo(**info), timeline, audio)
     except DeepscanError as e:
         result.fail(e)
     result.details["parts"] = {
@@ -204,7 +209,7 @@ def finish_video(
         "compute_s": round(sum(part.get("elapsed_s", 0.0) for part in parts), 4),
     }
     result.elapsed_s = round(time.time() - started_s, 4)  # wall clock, probe to verdict
-    runtime.write_row(obj, scan_id, result, content_sha256=content_sha256)
+    rows.write_row(obj, scan_id, result, content_sha256=content_sha256)
 
 
 @app.task(name="deepscan.video_failed", ignore_result=True)
@@ -218,23 +223,23 @@ def video_failed(
     error = timed_out(exc, "a part of the video analysis") or DeepscanError(
         f"a part of the video analysis failed: {exc}"
     )
-    runtime.write_failure(ObjectRef.from_dict(ref), scan_id, error, media_type="video")
+    rows.write_failure(ObjectRef.from_dict(ref), scan_id, error, media_type="video")
 
 
 @object_task("deepscan.expand_archive", media_type="archive")
 def expand_archive(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
     """List an archive's members (under limits), give the archive its row, queue one task per member."""
     obj = ObjectRef.from_dict(ref)
-    path = runtime.local_copies().path(obj)
+    path = resources.local_copies().path(obj)
     try:
         listing = list_members(path)
         if not listing.members:
             left_out = "; ".join(f"{name!r}: {why}" for name, why in listing.rejected[:MAX_REASONS_SHOWN])
             raise UnsupportedMediaError(f"the archive holds nothing to analyse ({left_out or 'it is empty'})")
     except DeepscanError as e:
-        runtime.write_failure(obj, scan_id, e, media_type="archive")
+        rows.write_failure(obj, scan_id, e, media_type="archive")
         return
     members = [obj.for_member(m.name, m.size_bytes) for m in listing.members]
-    runtime.record_expansion(obj, scan_id, listing, content_sha256=sha256_file(path))
+    rows.record_expansion(obj, scan_id, listing, content_sha256=sha256_file(path))
     for member in members:
         analyze_object.apply_async(kwargs={"ref": member.to_dict(), "scan_id": scan_id})

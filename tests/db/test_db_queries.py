@@ -153,9 +153,11 @@ def test_result_to_dict(session: Session) -> None:
     assert as_dict["confidence"] == {"real": 0.3, "fake": 0.7}
     assert as_dict["size_bytes"] == 5_000_000_000
     assert datetime.fromisoformat(as_dict["created_at"]).tzinfo is not None
-    assert as_dict["frames"] == [
-        {"second": 0, "t_s": 0.5, "n_faces": 1, "fake_probability": 0.7, "label": None, "details": {}}
+    assert as_dict["timeline"] == [
+        {"second": 0, "t_s": 0.5, "n_faces": 1, "fake_probability": 0.7, "label": None, "faces": []}
     ]
+    assert as_dict["path"] == as_dict["uri"] == "s3://media/set.zip#a/b.png"
+    assert as_dict["faces"] == [] and as_dict["audio"] is None and as_dict["details"] == {}
     json.dumps(as_dict)
 
 

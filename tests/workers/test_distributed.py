@@ -215,7 +215,7 @@ import sys
 from db import queries
 from db.session import session_scope
 from pipeline.media import probe_video
-from workers.embedded import open_sessions
+from workers.resources import open_sessions
 from workers.storage import ObjectRef
 from workers.tasks import video_chord
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import FrameResult, Result
 from db.session import make_engine, migrate, session_factory, session_scope
+from pipeline.analyze import AudioVerdict, TimelineSecond
 from pipeline.pack import Manifest, MemberSpec
 from workers.archives import ArchiveListing, ArchiveMember
 from workers.celery_app import GPU_QUEUE, beat_schedule, make_app, require_broker, retry_delay_cap_s
@@ -206,7 +207,7 @@ def test_a_scan_completes_once_with_its_last_row_and_never_while_queuing(
 def test_expanding_an_archive_twice_counts_its_members_once(
     worker_env: None, sessions: sessionmaker[Session]
 ) -> None:
-    from workers import runtime
+    from workers import rows
 
     scan_id = new_scan(sessions, total=1)
     ref = ObjectRef(uri="s3://media/a.zip", etag="e1", size_bytes=100)
@@ -214,21 +215,22 @@ def test_expanding_an_archive_twice_counts_its_members_once(
         "zip", (ArchiveMember("a.jpg", 10), ArchiveMember("b.wav", 20)), (("../c", "no"),), 30
     )
     for _ in range(2):  # a redelivered expand_archive
-        runtime.record_expansion(ref, scan_id, listing, content_sha256="d1")
+        rows.record_expansion(ref, scan_id, listing, content_sha256="d1")
     with session_scope(sessions) as session:
         assert session.get_one(queries.Scan, scan_id).total == 3
         row = queries.find_result(session, uri=ref.uri)
         assert row is not None and (row.status, row.media_type, row.etag) == ("expanded", "archive", "e1")
         assert row.details["archive"]["members"] == 2
-    runtime.record_expansion(ref, new_scan(sessions, total=1), listing, content_sha256="d1")  # a new scan
+    rows.record_expansion(ref, new_scan(sessions, total=1), listing, content_sha256="d1")  # a new scan
     with session_scope(sessions) as session:
         assert queries.find_result(session, uri=ref.uri).scan_id == scan_id + 1  # type: ignore[union-attr]
         assert session.get_one(queries.Scan, scan_id + 1).total == 3
 
 
 def entry(second: int, p: float | None) -> dict[str, Any]:
-    return {"second": second, "t_s": float(second), "n_faces": int(p is not None), "fake_probability": p,
-            "label": None if p is None else ("fake" if p >= 0.5 else "real"), "faces": []}  # fmt: skip
+    """A chord part's timeline entry, as ``score_segment`` returns it."""
+    label = None if p is None else ("fake" if p >= 0.5 else "real")
+    return TimelineSecond(second, float(second), int(p is not None), p, label).to_dict()
 
 
 def test_video_aggregation_is_idempotent_under_duplicate_and_reordered_parts(
@@ -240,7 +242,11 @@ def test_video_aggregation_is_idempotent_under_duplicate_and_reordered_parts(
     parts = [
         {"start_s": 0.0, "timeline": [entry(0, 0.9), entry(1, 0.8)], "elapsed_s": 1.0},
         {"start_s": 2.0, "timeline": [entry(2, 0.7), entry(3, None)], "elapsed_s": 1.0},
-        {"audio": {"label": "real", "fake_probability": 0.2, "confidence": {"real": 0.8, "fake": 0.2}}},
+        {
+            "audio": AudioVerdict(
+                label="real", fake_probability=0.2, confidence={"real": 0.8, "fake": 0.2}
+            ).to_dict()
+        },
     ]
     info = {"duration_s": 4.0, "width": 64, "height": 64, "fps": 25.0, "has_audio": True}
     ref = ObjectRef(uri="s3://media/v.mp4", etag="e").to_dict()

@@ -1,0 +1,113 @@
+"""What a process holds on to between objects: the loaded pack, the database sessions, fetched objects.
+
+A worker's prefork children build these lazily, after the fork (an engine or a TensorFlow runtime must
+never cross a fork): the analyzer with its loaded models (once per process, keyed by the pack directory),
+a verdict-only analyzer for the light queue (thresholds, no models), the session factory, and the cache
+of fetched objects. The embedded path (``deepscan detect``) opens its own with ``load_pack`` and
+``open_sessions``, which migrate and check first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.session import make_engine, migrate, session_factory, session_scope
+from pipeline.analyze import Analyzer
+from pipeline.errors import ModelPackError
+from pipeline.pack import ModelPack, read_manifest
+from workers.errors import UsageError
+from workers.settings import get_settings
+from workers.storage import LocalCopies
+
+logger = logging.getLogger(__name__)
+
+
+# -- the pack ---------------------------------------------------------------------------------------------
+
+
+def load_pack(models: str | Path | None = None) -> ModelPack:
+    """The pack in ``models`` (default: the configured one); a pack that will not load is a usage error."""
+    directory = Path(models) if models else get_settings().models_dir
+    try:
+        return ModelPack.load(directory)
+    except ModelPackError as e:
+        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
+
+
+@lru_cache(maxsize=2)
+def _analyzer(models_dir: Path, score_soundtrack: bool) -> Analyzer:
+    logger.info("loading the model pack in %s", models_dir)
+    return Analyzer(ModelPack.load(models_dir), score_soundtrack=score_soundtrack)
+
+
+def analyzer() -> Analyzer:
+    """The analyzer of this process, its models loaded on first use (inference tasks)."""
+    settings = get_settings()
+    return _analyzer(settings.models_dir, settings.score_soundtrack)
+
+
+@lru_cache(maxsize=2)
+def _verdict_analyzer(models_dir: Path) -> Analyzer:
+    return Analyzer(ModelPack(models_dir, read_manifest(models_dir), {}))
+
+
+def verdict_analyzer() -> Analyzer:
+    """An analyzer with the pack's manifest only: enough for ``video_verdict``, no model in memory.
+
+    A worker that already loaded the models uses those.
+    """
+    if _analyzer.cache_info().currsize:
+        return analyzer()
+    return _verdict_analyzer(get_settings().models_dir)
+
+
+@lru_cache(maxsize=2)
+def _identity(models_dir: Path) -> tuple[str, str]:
+    manifest = read_manifest(models_dir)
+    return manifest.name, manifest.version
+
+
+def model_identity() -> tuple[str, str]:
+    """(name, version) of the configured pack, read from its manifest once per process."""
+    return _identity(get_settings().models_dir)
+
+
+# -- the database -----------------------------------------------------------------------------------------
+
+
+def open_sessions(database_url: str | None = None) -> sessionmaker[Session]:
+    """Migrate the database to the latest schema and return a session factory for it."""
+    url = database_url or get_settings().database_url
+    migrate(url)
+    return session_factory(make_engine(url))
+
+
+@contextmanager
+def open_database(database_url: str | None = None) -> Iterator[Session]:
+    """One session (one transaction) on a migrated database: for the query commands."""
+    with session_scope(open_sessions(database_url)) as session:
+        yield session
+
+
+@lru_cache(maxsize=2)
+def _sessions(database_url: str) -> sessionmaker[Session]:
+    return session_factory(make_engine(database_url))
+
+
+def process_sessions() -> sessionmaker[Session]:
+    """The session factory of this process. The schema is migrated by ``deepscan worker`` / ``scan``."""
+    return _sessions(get_settings().database_url)
+
+
+# -- fetched objects --------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def local_copies() -> LocalCopies:
+    return LocalCopies(endpoint_url=get_settings().s3_endpoint_url)
