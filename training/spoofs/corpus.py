@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -56,82 +57,25 @@ REAL_SUFFIXES = (".flac", ".wav")
 _FAMILY_BINARIES = {"espeak": ESPEAK_BINARY, "flite": FLITE_BINARY, "festival": FESTIVAL_BINARY}
 PCM_SUBTYPE = "PCM_16"  # every clip of both classes is written as 16-bit PCM wav
 
-# Harvard sentences, lists 1-6 of the IEEE Recommended Practice for Speech Quality Measurements
-# (IEEE Trans. Audio Electroacoust. 17(3), 1969), public domain.
-HARVARD_SENTENCES: tuple[str, ...] = (
-    # List 1
-    "The birch canoe slid on the smooth planks.",
-    "Glue the sheet to the dark blue background.",
-    "It's easy to tell the depth of a well.",
-    "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.",
-    "The juice of lemons makes fine punch.",
-    "The box was thrown beside the parked truck.",
-    "The hogs were fed chopped corn and garbage.",
-    "Four hours of steady work faced us.",
-    "A large size in stockings is hard to sell.",
-    # List 2
-    "The boy was there when the sun rose.",
-    "A rod is used to catch pink salmon.",
-    "The source of the huge river is the clear spring.",
-    "Kick the ball straight and follow through.",
-    "Help the woman get back to her feet.",
-    "A pot of tea helps to pass the evening.",
-    "Smoky fires lack flame and heat.",
-    "The soft cushion broke the man's fall.",
-    "The salt breeze came across from the sea.",
-    "The girl at the booth sold fifty bonds.",
-    # List 3
-    "The small pup gnawed a hole in the sock.",
-    "The fish twisted and turned on the bent hook.",
-    "Press the pants and sew a button on the vest.",
-    "The swan dive was far short of perfect.",
-    "The beauty of the view stunned the young boy.",
-    "Two blue fish swam in the tank.",
-    "Her purse was full of useless trash.",
-    "The colt reared and threw the tall rider.",
-    "It snowed, rained, and hailed the same morning.",
-    "Read verse out loud for pleasure.",
-    # List 4
-    "Hoist the load to your left shoulder.",
-    "Take the winding path to reach the lake.",
-    "Note closely the size of the gas tank.",
-    "Wipe the grease off his dirty face.",
-    "Mend the coat before you go out.",
-    "The wrist was badly strained and hung limp.",
-    "The stray cat gave birth to kittens.",
-    "The young girl gave no clear response.",
-    "The meal was cooked before the bell rang.",
-    "What joy there is in living.",
-    # List 5
-    "A king ruled the state in the early days.",
-    "The ship was torn apart on the sharp reef.",
-    "Sickness kept him home the third week.",
-    "The wide road shimmered in the hot sun.",
-    "The lazy cow lay in the cool grass.",
-    "Lift the square stone over the fence.",
-    "The rope will bind the seven books at once.",
-    "Hop over the fence and plunge in.",
-    "The friendly gang left the drug store.",
-    "Mesh wire keeps chicks inside.",
-    # List 6
-    "The frosty air passed through the coat.",
-    "The crooked maze failed to fool the mouse.",
-    "Adding fast leads to wrong sums.",
-    "The show was a flop from the very start.",
-    "A saw is a tool used for making boards.",
-    "The wagon moved on well oiled wheels.",
-    "March the soldiers past the next hill.",
-    "A cup of sugar makes sweet fudge.",
-    "Place a rosebush near the porch steps.",
-    "Both lost their lives in the raging storm.",
-)
+# Harvard sentences (IEEE, 1969, public domain; provenance in the file), one a line, read once at import.
+HARVARD_SENTENCES_FILE = "harvard_sentences.txt"  # next to this module, shipped as package data
 # TTS fakes read enough Harvard sentences to outlast the real clip they are paired with and are cut to its
 # length, so duration does not give the class away. Seconds per sentence, on the short side of what was
 # measured over 20 LibriSpeech pairings with the rate and voice ranges of training.spoofs.tts (means:
 # espeak-ng 1.8 s, flite 2.6 s, festival kal 2.5 s), so that the text is rarely too short.
 TTS_SECONDS_PER_SENTENCE = {"espeak": 1.5, "flite": 2.1, "festival": 2.1}
 TTS_MAX_SENTENCES = 10
+
+
+def _read_sentences(text: str) -> tuple[str, ...]:
+    """The lines of ``text`` that are neither blank nor ``#`` comments, stripped, in order."""
+    lines = (line.strip() for line in text.splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
+
+
+HARVARD_SENTENCES: tuple[str, ...] = _read_sentences(
+    resources.files(__package__).joinpath(HARVARD_SENTENCES_FILE).read_text(encoding="utf-8")
+)
 
 
 def _seeded_rng(seed: int, *keys: str) -> np.random.Generator:
