@@ -118,7 +118,7 @@ def test_tts_festival() -> None:
 
 
 def test_missing_binary_is_generator_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spoofs.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
     calls: list[Callable[[], np.ndarray]] = [
         lambda: tts_espeak(SENTENCE, voice="en-us", speed_wpm=175, pitch=50),
         lambda: tts_flite(SENTENCE, voice="slt"),
@@ -295,7 +295,7 @@ def test_build_skips_unavailable_families(
     real_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     real_which = shutil.which
-    monkeypatch.setattr(spoofs.shutil, "which", lambda name: None if name == "flite" else real_which(name))
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "flite" else real_which(name))
     with caplog.at_level(logging.WARNING, logger="training.spoofs"):
         counts = build_spoof_dataset(real_dir, tmp_path / "out", families=("flite",), max_workers=1)
     assert counts == {"real": 2, "flite": 0}
