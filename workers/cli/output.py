@@ -12,9 +12,18 @@ if TYPE_CHECKING:
     from workers.producer import ScanProgress
 
 CSV_FIELDS = (
-    "path", "media_type", "status", "reason", "label", "fake_probability",
-    "confidence_real", "confidence_fake", "model", "n_faces", "elapsed_s",
-)  # fmt: skip
+    "path",
+    "media_type",
+    "status",
+    "reason",
+    "label",
+    "fake_probability",
+    "confidence_real",
+    "confidence_fake",
+    "model",
+    "n_faces",
+    "elapsed_s",
+)
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:

@@ -106,8 +106,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         families = _names(args.families) or ALL_FAMILIES
         print(json.dumps(build_spoof_dataset(args.real, args.out, seed=args.seed, families=families)))
         return EXIT_OK
-    config = FitConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       patience=args.patience, seed=args.seed)  # fmt: skip
+    config = FitConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        seed=args.seed,
+    )
     verbose = 1 if sys.stderr.isatty() else 2
     if args.kind == "image" and args.fuse_only:
         from pipeline.errors import DeepscanError
@@ -115,9 +120,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         try:
             manifest = refit_image_ensemble(
-                args.data, args.out, target_fpr=args.target_fpr, limit_per_split=args.limit, seed=args.seed,
+                args.data,
+                args.out,
+                target_fpr=args.target_fpr,
+                limit_per_split=args.limit,
+                seed=args.seed,
                 drop=_names(args.drop),
-            )  # fmt: skip
+            )
         except DeepscanError as e:  # a member to drop that the pack lacks, or none left to fuse
             raise UsageError(e.reason) from e
     elif args.kind == "image":
@@ -128,9 +137,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         plans = [MemberPlan.parse(p) for p in args.members.split(",")]
         manifest = train_image_members(
-            args.data, args.out, plans, config=config, pack_name=args.name, version=args.version,
-            target_fpr=args.target_fpr, limit_per_split=args.limit, verbose=verbose,
-        )  # fmt: skip
+            args.data,
+            args.out,
+            plans,
+            config=config,
+            pack_name=args.name,
+            version=args.version,
+            target_fpr=args.target_fpr,
+            limit_per_split=args.limit,
+            verbose=verbose,
+        )
     elif args.kind == "audio" and args.fuse_only:
         from training.recipes import fit_audio_fusion
 
