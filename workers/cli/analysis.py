@@ -1,0 +1,114 @@
+"""``deepscan detect``, ``explain`` and ``samples``: analyse files in this process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from workers.cli.helpers import EXIT_OK, EXIT_SOME_FAILED, Subparsers
+from workers.cli.output import Writer
+from workers.errors import UsageError
+
+
+def register(sub: Subparsers) -> None:
+    detect = sub.add_parser("detect", help="analyse files or folders in-process and store the results")
+    detect.add_argument("paths", nargs="+", metavar="PATH")
+    detect.add_argument(
+        "--format", choices=("jsonl", "table", "csv"), default="table" if sys.stdout.isatty() else "jsonl"
+    )
+    detect.add_argument("--models", metavar="DIR", help="model pack directory (default: the bundled pack)")
+    detect.add_argument("--database-url", help="SQLAlchemy URL (default: DEEPSCAN_DATABASE_URL)")
+    detect.set_defaults(func=cmd_detect)
+
+    explain = sub.add_parser(
+        "explain", help="LIME: which regions of each face drove its score (PNG overlays)"
+    )
+    explain.add_argument("image", metavar="IMAGE")
+    explain.add_argument("--out", required=True, metavar="DIR", help="where the overlays are written")
+    explain.add_argument("--models", metavar="DIR")
+    explain.add_argument("--samples", type=int, default=400, help="perturbed crops per face (default 400)")
+    explain.set_defaults(func=cmd_explain)
+
+    samples = sub.add_parser("samples", help="write sample media (public-domain stills, synthetic speech)")
+    samples.add_argument("out", metavar="DIR")
+    samples.set_defaults(func=cmd_samples)
+
+
+def iter_inputs(paths: Sequence[str]) -> Iterator[Path]:
+    """Files named directly, and every file below named folders (recursively, sorted)."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from (p for p in sorted(path.rglob("*")) if p.is_file())
+        else:
+            yield path
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from db.models import ScanKind
+    from workers.embedded import EmbeddedRunner
+
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    inputs = list(iter_inputs(args.paths))
+    runner = EmbeddedRunner.create(models=args.models, database_url=args.database_url)
+    writer = Writer(args.format)
+    failures = 0
+    with (
+        runner.scan(uri="cli", kind=ScanKind.DETECT, total=len(inputs)) as scan,
+        tqdm(total=len(inputs), unit="file", file=sys.stderr, disable=not sys.stderr.isatty()) as progress,
+    ):
+        for path in inputs:
+            result = scan.analyze(path)
+            failures += result["status"] != "ok"
+            writer.write(result)
+            progress.update()
+    writer.close()
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import cv2
+
+    from pipeline.analyze import Analyzer
+    from pipeline.errors import DeepscanError
+    from pipeline.media import load_image
+    from workers.resources import load_pack
+
+    analyzer = Analyzer(load_pack(args.models))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image = Path(args.image)
+    try:
+        explained = analyzer.explain_image(load_image(image), num_samples=args.samples)
+    except DeepscanError as e:
+        print(json.dumps({"path": str(image), "status": e.status, "reason": e.reason}))
+        return EXIT_SOME_FAILED
+    faces = []
+    for i, (box, explanation) in enumerate(explained):
+        overlay = out_dir / f"{image.stem}_face{i}.png"
+        cv2.imwrite(str(overlay), cv2.cvtColor(explanation.overlay, cv2.COLOR_RGB2BGR))
+        faces.append(
+            {
+                "box": box.as_dict(),
+                "fake_probability": round(explanation.fake_probability, 6),
+                "overlay": str(overlay),
+                "top_segments": explanation.top_segments(),
+            }
+        )
+    print(json.dumps({"path": str(image), "status": "ok", "faces": faces}))
+    return EXIT_OK
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from workers.samples import write_samples
+
+    for path in write_samples(args.out):
+        print(path)
+    return EXIT_OK

@@ -1,0 +1,120 @@
+"""What the ``deepscan`` commands print: result rows as JSON lines, CSV or a table, and scan progress."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.producer import ScanProgress
+
+CSV_FIELDS = (
+    "path",
+    "media_type",
+    "status",
+    "reason",
+    "label",
+    "fake_probability",
+    "confidence_real",
+    "confidence_fake",
+    "model",
+    "n_faces",
+    "elapsed_s",
+)
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    confidence = row.get("confidence") or {}
+    # a fresh result carries faces and timeline; a stored row keeps faces in details and seconds in frames
+    faces = row.get("faces") or (row.get("details") or {}).get("faces") or []
+    seconds = row.get("timeline") or row.get("frames") or []
+    n_faces = len(faces) or sum(entry.get("n_faces", 0) for entry in seconds)
+    return {
+        **{k: row.get(k) for k in CSV_FIELDS},
+        "confidence_real": confidence.get("real"),
+        "confidence_fake": confidence.get("fake"),
+        "n_faces": n_faces,
+    }
+
+
+class Writer:
+    """Streams results as JSON lines or CSV; collects them for a table printed at the end."""
+
+    def __init__(self, fmt: str, stream: Any = sys.stdout) -> None:
+        self.fmt, self.stream = fmt, stream
+        self.rows: list[dict[str, Any]] = []
+        self._csv = csv.DictWriter(stream, fieldnames=CSV_FIELDS) if fmt == "csv" else None
+        if self._csv:
+            self._csv.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "jsonl":
+            self.stream.write(json.dumps(row, default=str) + "\n")
+        elif self._csv:
+            self._csv.writerow(_flat(row))
+        else:
+            self.rows.append(row)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.fmt == "table":
+            self.stream.write(format_table([_flat(r) for r in self.rows]) + "\n")
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    headers = ("path", "type", "status", "label", "P(fake)", "conf", "faces", "time", "reason")
+
+    def cells(r: dict[str, Any]) -> tuple[str, ...]:
+        p = r["fake_probability"]
+        conf = r["confidence_fake"] if r["label"] == "fake" else r["confidence_real"]
+        return (
+            _shorten(str(r["path"]), 48),
+            str(r["media_type"]),
+            str(r["status"]),
+            r["label"] or "-",
+            "-" if p is None else f"{p:.3f}",
+            "-" if conf is None else f"{conf:.0%}",
+            str(r["n_faces"]),
+            f"{r['elapsed_s']:.1f}s" if r.get("elapsed_s") is not None else "-",
+            _shorten(r["reason"] or "", 60),
+        )
+
+    body = [cells(r) for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(headers)]
+    line = "  ".join
+    out = [line(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    out.append(line("-" * w for w in widths))
+    out += [line(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in body]
+    return "\n".join(out)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+class ScanProgressReport:
+    """Progress of a waited-for scan on stderr: a bar on a terminal, a line per change otherwise."""
+
+    def __init__(self, scan_id: int) -> None:
+        from tqdm import tqdm
+
+        self.scan_id, self._last = scan_id, -1
+        self._bar = (
+            tqdm(unit="object", file=sys.stderr, desc=f"scan {scan_id}") if sys.stderr.isatty() else None
+        )
+
+    def __call__(self, progress: ScanProgress) -> None:
+        if self._bar is not None:
+            self._bar.total = progress.total
+            self._bar.n = progress.done
+            self._bar.refresh()
+        elif progress.done != self._last:
+            print(f"scan {self.scan_id}: {progress.done}/{progress.total} objects analysed", file=sys.stderr)
+        self._last = progress.done
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,239 @@
+"""``deepscan train``, ``evaluate`` and ``models``: make, measure and inspect model packs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from workers.cli.helpers import EXIT_OK, Subparsers
+from workers.errors import UsageError
+
+logger = logging.getLogger("deepscan")
+
+
+def register(sub: Subparsers) -> None:
+    train = sub.add_parser("train", help="train pack members")
+    train_sub = train.add_subparsers(dest="kind", required=True)
+    for kind in ("image", "audio"):
+        t = train_sub.add_parser(kind, help=f"train the {kind} member(s) into a pack directory")
+        t.add_argument("--data", required=True, metavar="DIR", help="folder with real/ and fake/ subfolders")
+        t.add_argument("--out", required=True, metavar="DIR", help="pack directory (created or updated)")
+        t.add_argument("--epochs", type=int, default=20)
+        t.add_argument("--batch-size", type=int, default=32)
+        t.add_argument("--learning-rate", type=float, default=1e-3)
+        t.add_argument("--patience", type=int, default=5)
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--name", default="deepscan-default")
+        t.add_argument(
+            "--version", help="pack version to set (default: keep the pack's, 0.1.0 for a new one)"
+        )
+        t.add_argument(
+            "--fuse-only",
+            action="store_true",
+            help=f"train nothing: refit the fusion of the pack's {kind} members and measure them again",
+        )
+        t.set_defaults(func=cmd_train)
+    image = train_sub.choices["image"]
+    image.add_argument(
+        "--members",
+        default="spectral:128,densenet121:96,profile:256",
+        help="comma-separated ARCH:SIZE (xception, inception_v3, resnet50, densenet121, spectral, profile, "
+        "spectrum_grid); ARCH+spectrum:SIZE puts a classic backbone over the crop's colour spectra instead of "
+        "its pixels, ARCH+residual:SIZE over the high-pass residuals of its colour differences",
+    )
+    image.add_argument("--target-fpr", type=float, default=None, help="pick the threshold for this val FPR")
+    image.add_argument(
+        "--drop", metavar="NAMES", help="with --fuse-only: remove these image members (comma-separated) first"
+    )
+    image.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
+    audio = train_sub.choices["audio"]
+    audio.add_argument("--feature", choices=("logmel", "linear", "cqt"), default="logmel")
+    audio.add_argument(
+        "--holdout-families", default="", help="comma-separated spoof families kept out of training"
+    )
+    spoofs = train_sub.add_parser("spoofs", help="generate a spoof training set from real speech")
+    spoofs.add_argument("--real", required=True, metavar="DIR")
+    spoofs.add_argument("--out", required=True, metavar="DIR")
+    spoofs.add_argument("--seed", type=int, default=0)
+    spoofs.add_argument(
+        "--families", help="comma-separated families to make (default: all); real clips are always written"
+    )
+    spoofs.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="measure a pack on labelled face crops or audio clips")
+    evaluate.add_argument("--data", required=True, metavar="DIR")
+    evaluate.add_argument(
+        "--kind",
+        choices=("image", "audio"),
+        default="image",
+        help="image: face crops; audio: clips under real/ and fake/<family>/ (EER per family)",
+    )
+    evaluate.add_argument("--models", metavar="DIR")
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "val", "train", "all"),
+        default="test",
+        help="which part of the training split scheme to score (default: test, kept apart)",
+    )
+    evaluate.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
+    evaluate.add_argument("--roc", metavar="PNG", help="write ROC curves of every member and the ensemble")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    models = sub.add_parser("models", help="the model pack")
+    models.add_argument(
+        "action", choices=("path", "list", "card", "compact"), help="compact: store the members as float16"
+    )
+    models.add_argument("--models", metavar="DIR")
+    models.add_argument("--notes", metavar="FILE", help="with card: hand-written notes to append")
+    models.set_defaults(func=cmd_models)
+
+
+def _names(text: str | None) -> list[str]:
+    """A comma-separated list option as its non-empty names."""
+    return [name for name in (text or "").split(",") if name]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.fitting import FitConfig
+
+    if args.kind == "spoofs":
+        from training.spoofs import ALL_FAMILIES, build_spoof_dataset
+
+        families = _names(args.families) or ALL_FAMILIES
+        print(json.dumps(build_spoof_dataset(args.real, args.out, seed=args.seed, families=families)))
+        return EXIT_OK
+    config = FitConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        seed=args.seed,
+    )
+    verbose = 1 if sys.stderr.isatty() else 2
+    if args.kind == "image" and args.fuse_only:
+        from pipeline.errors import DeepscanError
+        from training.recipes import refit_image_ensemble
+
+        try:
+            manifest = refit_image_ensemble(
+                args.data,
+                args.out,
+                target_fpr=args.target_fpr,
+                limit_per_split=args.limit,
+                seed=args.seed,
+                drop=_names(args.drop),
+            )
+        except DeepscanError as e:  # a member to drop that the pack lacks, or none left to fuse
+            raise UsageError(e.reason) from e
+    elif args.kind == "image":
+        from training.recipes import MemberPlan, train_image_members
+
+        if args.drop:
+            raise UsageError("--drop removes members before a refit: use it with --fuse-only")
+
+        plans = [MemberPlan.parse(p) for p in args.members.split(",")]
+        manifest = train_image_members(
+            args.data,
+            args.out,
+            plans,
+            config=config,
+            pack_name=args.name,
+            version=args.version,
+            target_fpr=args.target_fpr,
+            limit_per_split=args.limit,
+            verbose=verbose,
+        )
+    elif args.kind == "audio" and args.fuse_only:
+        from training.recipes import fit_audio_fusion
+
+        manifest = fit_audio_fusion(args.data, args.out, holdout_families=_names(args.holdout_families))
+    elif args.kind == "audio":
+        from pipeline.audio import AudioFrontEnd
+        from training.recipes import train_audio_member
+
+        manifest = train_audio_member(
+            args.data,
+            args.out,
+            front_end=AudioFrontEnd.for_feature(args.feature),
+            config=config,
+            holdout_families=_names(args.holdout_families),
+            pack_name=args.name,
+            version=args.version,
+            verbose=verbose,
+        )
+    if args.fuse_only and args.version:  # training sets it as it writes the pack; a refit has to here
+        from pipeline.pack import write_manifest
+
+        manifest = write_manifest(args.out, dataclasses.replace(manifest, version=args.version))
+    print(json.dumps({m.name: dict(m.metrics) for m in manifest.members}, indent=2))
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import ENSEMBLE, evaluate_audio, evaluate_images, plot_roc, to_markdown
+    from workers.resources import load_pack
+
+    pack = load_pack(args.models)
+    split = None if args.split == "all" else args.split
+    try:
+        if args.kind == "audio":
+            evaluation, unscored = evaluate_audio(pack, args.data, split=split)
+            for path, reason in unscored:
+                logger.warning("no score for %s: %s", path, reason)
+        else:
+            evaluation = evaluate_images(pack, args.data, split=split)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    table = to_markdown(evaluation)
+    print(table, end="")
+    if args.markdown:
+        Path(args.markdown).write_text(
+            f"# Evaluation of {pack.manifest.label} on {args.data} ({args.split})\n\n{table}"
+        )
+    if args.roc:
+        plot_roc(evaluation, args.roc)
+    best_member = max(
+        (r["all"].auc for name, r in evaluation.reports.items() if name != ENSEMBLE), default=float("nan")
+    )
+    if ENSEMBLE in evaluation.reports:
+        logger.info(
+            "ensemble AUC %.4f, best member %.4f", evaluation.reports[ENSEMBLE]["all"].auc, best_member
+        )
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from workers.settings import get_settings
+
+    directory = Path(args.models) if args.models else get_settings().models_dir
+    if args.action == "path":
+        print(directory)
+        return EXIT_OK
+    if args.action == "card":
+        from pipeline.pack import read_manifest
+        from training.modelcard import render
+
+        notes = Path(args.notes).read_text() if args.notes else ""
+        print(render(read_manifest(directory), directory, notes), end="")
+        return EXIT_OK
+    from pipeline.errors import ModelPackError
+    from pipeline.pack import compact_pack, read_manifest
+
+    try:
+        manifest = compact_pack(directory) if args.action == "compact" else read_manifest(directory)
+    except ModelPackError as e:
+        raise UsageError(e.reason) from e
+    print(f"{manifest.label}  ({directory})")
+    print(f"aggregation: {manifest.aggregation.method}   thresholds: {dict(manifest.thresholds)}")
+    for m in manifest.members:
+        size_mb = (directory / m.file).stat().st_size / 1e6 if (directory / m.file).exists() else float("nan")
+        auc = m.metrics.get("test_auc")
+        print(
+            f"  {m.name:<14} {m.kind:<6} {m.architecture:<14} input {m.input_size[0]}x{m.input_size[1]:<5} "
+            f"{size_mb:6.1f} MB  test AUC {'-' if auc is None else f'{auc:.3f}'}"
+        )
+    return EXIT_OK
