@@ -4,6 +4,10 @@ Two queues: ``light`` (listing, probing and splitting videos, expanding archives
 scheduled scans) and ``gpu`` (model inference: images, audio, video segments, soundtracks). GPU workers
 consume ``gpu``; CPU-only workers may consume both.
 
+Without a broker (the embedded default) the same app runs every task in the calling process, in Celery's
+eager mode: ``deepscan scan`` then lists, expands archives, splits videos into chords and writes rows
+with the very tasks the workers run, one object after another.
+
 Delivery is at-least-once: a task is acknowledged after it ran (``acks_late``), a task whose worker
 died is handed out again (``reject_on_worker_lost``, and Redis redelivers what stays unacknowledged past
 the visibility timeout), so every task is idempotent. Time limits and retry delays sit below the
@@ -95,8 +99,9 @@ def require_broker(settings: Settings) -> str:
 def make_app(settings: Settings) -> Celery:
     """The Celery app for ``settings``. Raises UsageError for inconsistent timeouts.
 
-    Importing it needs no broker (tests, the embedded CLI); starting a worker or beat without one fails
-    (``require_broker``).
+    Importing it needs no broker. Without one, tasks run eagerly in the caller's process (the embedded
+    scan; failures are handled by the tasks' own ``on_failure`` and never propagate to the caller);
+    starting a worker or beat without one fails (``require_broker``).
     """
     visibility_s = settings.visibility_timeout_s
     if settings.result_expires_s < visibility_s:
@@ -107,7 +112,9 @@ def make_app(settings: Settings) -> Celery:
     soft_s, hard_s = time_limits(visibility_s)
     app = Celery("deepscan", include=["workers.tasks", "workers.scheduled"])
     app.conf.update(
-        broker_url=settings.broker_url,
+        # no broker: tasks run eagerly in the caller; the in-memory transport is never used, and keeps kombu
+        # from looking for a default AMQP host
+        broker_url=settings.broker_url or "memory://",
         # Chords count their parts in the result backend: it must exist and keep results.
         result_backend=settings.result_backend or settings.broker_url,
         result_expires=settings.result_expires_s,
@@ -136,6 +143,9 @@ def make_app(settings: Settings) -> Celery:
         beat_schedule=beat_schedule(settings.schedules),
         timezone="UTC",
         enable_utc=True,
+        task_always_eager=settings.broker_url is None,
+        task_eager_propagates=False,
+        task_store_eager_result=False,
     )
     return app
 

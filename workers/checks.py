@@ -16,7 +16,7 @@ from workers.errors import UsageError
 from workers.settings import Settings
 
 MEDIA_PROGRAMS = ("ffmpeg", "ffprobe")  # every video and most audio formats are read through them
-APT_HINT = "install it with: apt-get install ffmpeg"
+APT_HINT = "apt-get install ffmpeg"
 PROBE_TIMEOUT_S = 10.0
 
 
@@ -25,7 +25,8 @@ def require_media_programs() -> None:
     missing = [name for name in MEDIA_PROGRAMS if shutil.which(name) is None]
     if missing:
         raise UsageError(
-            f"{' and '.join(missing)} not found on the PATH: deepscan reads media with them ({APT_HINT})"
+            f"{' and '.join(missing)} not found on the PATH: deepscan reads video and audio with them"
+            f" (Debian/Ubuntu: {APT_HINT})"
         )
 
 
@@ -42,7 +43,7 @@ class Check:
 def _program(name: str) -> Check:
     path = shutil.which(name)
     if path is None:
-        return Check(name, False, f"not found on the PATH ({APT_HINT})")
+        return Check(name, False, f"not found on the PATH (Debian/Ubuntu: {APT_HINT})")
     try:
         out = subprocess.run([path, "-version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
         version = out.stdout.splitlines()[0] if out.stdout else "no version line"

@@ -1,6 +1,8 @@
 """The embedded default: no broker, everything in this process, results in the configured database.
 
-``deepscan detect`` uses it. It writes rows through ``workers.rows``, as the Celery tasks do.
+``deepscan detect`` uses it, for local files and ``s3://`` objects. It writes rows through
+``workers.rows``, as the Celery tasks do. (``deepscan scan`` without a broker runs the tasks themselves
+in process: see ``workers.celery_app``.)
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import ScanKind, ScanStatus
 from db.session import session_scope
-from pipeline.analyze import Analyzer
-from workers import rows
+from pipeline.analyze import Analyzer, MediaResult
+from pipeline.errors import DeepscanError
+from pipeline.media import sha256_file
+from workers import resources, rows
 from workers.resources import load_pack, open_sessions
 from workers.settings import get_settings
 from workers.storage import ObjectRef
@@ -63,13 +67,25 @@ class ScanSession:
 
     def analyze(self, path: Path) -> dict[str, Any]:
         """Analyse one local file, upsert its row, and return the result as a JSON-ready dict."""
-        result = self.runner.analyzer.analyze_file(path)
         ref = ObjectRef.for_local_file(path)
+        return self._write(ref, self.runner.analyzer.analyze_file(path), content_sha256=ref.sha256)
+
+    def analyze_object(self, ref: ObjectRef) -> dict[str, Any]:
+        """Fetch an S3 object (the ETag it was listed with), analyse it, upsert its row; as ``analyze``."""
+        try:
+            path = resources.local_copies().path(ref)
+        except DeepscanError as e:
+            return self._write(ref, MediaResult(path=ref.uri).fail(e), content_sha256=None)
+        result = self.runner.analyzer.analyze_file(path)
+        result.path = ref.uri
+        return self._write(ref, result, content_sha256=sha256_file(path))
+
+    def _write(self, ref: ObjectRef, result: MediaResult, *, content_sha256: str | None) -> dict[str, Any]:
         rows.write_row(
             ref,
             self.scan_id,
             result,
-            content_sha256=ref.sha256,
+            content_sha256=content_sha256,
             sessions=self.runner.sessions,
             model=self.runner.model,
         )

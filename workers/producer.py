@@ -66,6 +66,11 @@ class ScanProgress:
         return dict(self.__dict__)
 
 
+def in_process() -> bool:
+    """Whether tasks run in this process (no broker configured: the embedded default)."""
+    return get_settings().broker_url is None
+
+
 def check_broker() -> None:
     """Raise ScanError unless the broker accepts a connection (after a couple of quick retries)."""
     from workers.celery_app import app, require_broker
@@ -87,8 +92,13 @@ def start_scan(
     force: bool = False,
     skip_if_active: bool = False,
     sessions: sessionmaker[Session] | None = None,
+    on_progress: Callable[[ScanProgress], None] | None = None,
 ) -> QueuedScan | None:
     """List ``uri`` (``s3://bucket/prefix`` or a folder), record a scan and queue its new objects.
+
+    With a broker the objects go to the workers and this returns once they are queued; without one
+    (``in_process``) each task runs here, so the scan is complete when this returns. ``on_progress``
+    sees the scan's counts after each object is handed on (analysed, in process).
 
     Returns None, queuing nothing, when ``skip_if_active`` and an earlier scan of ``uri`` is still under
     way (scheduled runs never overlap: two scans racing for the same rows would leave one unfinished).
@@ -102,7 +112,10 @@ def start_scan(
         model_name, model_version = resources.model_identity()
     except ModelPackError as e:
         raise UsageError(f"cannot read the model pack in {settings.models_dir}: {e.reason}") from e
-    check_broker()
+    if in_process():
+        _load_models_or_refuse()
+    else:
+        check_broker()
     with session_scope(sessions) as session:
         if skip_if_active and (
             active := queries.active_scan(session, uri=source, since=utcnow() - ACTIVE_SCAN_MAX_AGE)
@@ -129,6 +142,8 @@ def start_scan(
                 )
             for ref in fresh:
                 analyze_object.apply_async(kwargs={"ref": ref.to_dict(), "scan_id": scan_id})
+                if on_progress is not None:
+                    on_progress(scan_progress(scan_id, sessions=sessions))
             queued, skipped = queued + len(fresh), skipped + len(page) - len(fresh)
     except BaseException as e:  # interrupted too: a scan must not stay 'queuing' for ever
         with session_scope(sessions) as session:
@@ -143,6 +158,16 @@ def start_scan(
     rows.complete_if_done(scan_id, sessions=sessions)  # the tasks may all have finished already
     logger.info("scan %d of %s: %d queued, %d skipped", scan_id, source, queued, skipped)
     return QueuedScan(scan_id, source, queued, skipped)
+
+
+def _load_models_or_refuse() -> None:
+    """Load this process's pack before anything is listed: a pack that will not load is a usage error
+    then, not an error row for every object."""
+    settings = get_settings()
+    try:
+        resources.analyzer()
+    except ModelPackError as e:
+        raise UsageError(f"cannot load the model pack in {settings.models_dir}: {e.reason}") from e
 
 
 def _fresh(

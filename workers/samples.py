@@ -118,3 +118,32 @@ def write_samples(directory: str | Path) -> list[Path]:
     t = np.arange(int(0.4 * SAMPLE_RATE_HZ)) / SAMPLE_RATE_HZ
     write_wav(out / "short.wav", 0.3 * np.sin(2 * np.pi * 220 * t))
     return sorted(out.iterdir())
+
+
+def upload_samples(
+    directory: Path, uri: str, *, endpoint_url: str | None, archive_name: str = "archive/samples.zip"
+) -> list[str]:
+    """Put every file below ``directory`` under ``s3://bucket/prefix`` (keys relative to the folder;
+    the bucket is created if needed), plus one zip of the folder's top-level files at ``archive_name``
+    below the prefix, so that a scan meets an archive too. Returns the URIs written."""
+    import io
+    import zipfile
+
+    from workers.storage import s3_client, split_s3_uri
+
+    bucket, prefix = split_s3_uri(uri)
+    prefix = f"{prefix.rstrip('/')}/" if prefix else ""
+    client = s3_client(endpoint_url)
+    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=bucket)
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in files:
+            if path.parent == directory:
+                zf.write(path, arcname=path.name)
+    objects = [(f"{prefix}{path.relative_to(directory).as_posix()}", path.read_bytes()) for path in files]
+    objects.append((f"{prefix}{archive_name}", archive.getvalue()))
+    for key, body in objects:
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return [f"s3://{bucket}/{key}" for key, _ in objects]

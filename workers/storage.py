@@ -192,6 +192,23 @@ def list_s3(uri: str, *, endpoint_url: str | None) -> Iterator[ObjectRef]:
         raise _s3_error(e, uri) from e
 
 
+def find_s3_objects(uri: str, *, endpoint_url: str | None) -> list[ObjectRef]:
+    """The object ``s3://bucket/key`` itself or, when there is none of that name, every object below
+    ``key/`` (a folder-like prefix). UsageError when neither exists: ``deepscan detect`` was given a typo."""
+    exact, below = [], []
+    _, key = split_s3_uri(uri)
+    folder = f"{key.rstrip('/')}/" if key else ""
+    for ref in list_s3(uri, endpoint_url=endpoint_url):
+        ref_key = split_s3_uri(ref.uri)[1]
+        if ref_key == key:
+            exact.append(ref)
+        elif ref_key.startswith(folder):
+            below.append(ref)
+    if not exact and not below:
+        raise UsageError(f"no such object or prefix: {uri}")
+    return exact or below
+
+
 def download_s3(ref: ObjectRef, destination: Path, *, endpoint_url: str | None) -> str:
     """Download the object to ``destination`` and return its ETag.
 

@@ -9,6 +9,7 @@ machine dies, parent and pool children at once.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import itertools
 import json
@@ -183,6 +184,7 @@ class Stack:
             "DEEPSCAN_LOG_LEVEL": "INFO",
         }
         self.processes: list[subprocess.Popen[bytes]] = []
+        self._views: list[Stack] = []
         migrate(database_url)  # the workers migrate too; the test reads the tables before they start
         self._engine = make_engine(database_url)
         self.redis().flushdb()
@@ -255,12 +257,18 @@ class Stack:
         process.wait(timeout=WORKER_STOP_TIMEOUT_S)
 
     def cli(
-        self, *args: str, env: dict[str, str] | None = None, timeout_s: float = 300
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        unset: tuple[str, ...] = (),
+        timeout_s: float = 300,
     ) -> subprocess.CompletedProcess[str]:
-        """``deepscan ARGS...`` run to completion, with this stack's settings (and ``env`` over them)."""
+        """``deepscan ARGS...`` run to completion, with this stack's settings (``env`` over them, the
+        variables in ``unset`` removed: ``DEEPSCAN_BROKER_URL`` for the embedded default)."""
+        merged = {**self.env, **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "workers.cli", *args],
-            env={**self.env, **(env or {})},
+            env={k: v for k, v in merged.items() if k not in unset},
             cwd=self.work,
             capture_output=True,
             text=True,
@@ -279,7 +287,23 @@ class Stack:
             text=True,
         )
 
+    def on_database(self, database_url: str) -> Stack:
+        """The same bucket and Redis with another database: its CLI runs and ``rows`` use that one.
+
+        It starts no process of its own; ``close`` of the original stops everything.
+        """
+        view = copy.copy(self)
+        view.database_url = database_url
+        view.env = {**self.env, "DEEPSCAN_DATABASE_URL": database_url}
+        view.processes = []
+        migrate(database_url)
+        view._engine = make_engine(database_url)
+        self._views.append(view)
+        return view
+
     def close(self) -> None:
+        for view in self._views:
+            view._engine.dispose()
         for process in self.processes:
             self.stop(process)
         self.redis().flushdb()

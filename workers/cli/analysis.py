@@ -7,15 +7,23 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from workers.cli.helpers import EXIT_OK, EXIT_SOME_FAILED, Subparsers
 from workers.cli.output import Writer
 from workers.errors import UsageError
 
+if TYPE_CHECKING:
+    from workers.storage import ObjectRef
+
 
 def register(sub: Subparsers) -> None:
-    detect = sub.add_parser("detect", help="analyse files or folders in-process and store the results")
-    detect.add_argument("paths", nargs="+", metavar="PATH")
+    detect = sub.add_parser(
+        "detect", help="analyse files, folders or s3:// objects in this process and store the results"
+    )
+    detect.add_argument(
+        "paths", nargs="+", metavar="PATH", help="a file, a folder (recursively), s3://bucket/key or a prefix"
+    )
     detect.add_argument(
         "--format", choices=("jsonl", "table", "csv"), default="table" if sys.stdout.isatty() else "jsonl"
     )
@@ -34,12 +42,24 @@ def register(sub: Subparsers) -> None:
 
     samples = sub.add_parser("samples", help="write sample media (public-domain stills, synthetic speech)")
     samples.add_argument("out", metavar="DIR")
+    samples.add_argument(
+        "--upload",
+        metavar="S3_URI",
+        help="then put every file below DIR (and a zip of the samples) under s3://bucket/prefix",
+    )
     samples.set_defaults(func=cmd_samples)
 
 
-def iter_inputs(paths: Sequence[str]) -> Iterator[Path]:
-    """Files named directly, and every file below named folders (recursively, sorted)."""
+def iter_inputs(paths: Sequence[str]) -> Iterator[Path | ObjectRef]:
+    """Files named directly, every file below named folders (recursively, sorted), and the S3 objects
+    named (``s3://bucket/key``, or everything below a prefix)."""
+    from workers.settings import get_settings
+    from workers.storage import find_s3_objects
+
     for raw in paths:
+        if raw.startswith("s3://"):
+            yield from find_s3_objects(raw, endpoint_url=get_settings().s3_endpoint_url)
+            continue
         path = Path(raw)
         if path.is_dir():
             yield from (p for p in sorted(path.rglob("*")) if p.is_file())
@@ -51,12 +71,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from db.models import ScanKind
+    from workers.checks import require_media_programs
+    from workers.cli.helpers import import_backend_quietly
     from workers.embedded import EmbeddedRunner
 
-    missing = [p for p in args.paths if not Path(p).exists()]
+    missing = [p for p in args.paths if not p.startswith("s3://") and not Path(p).exists()]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    require_media_programs()
     inputs = list(iter_inputs(args.paths))
+    import_backend_quietly()
     runner = EmbeddedRunner.create(models=args.models, database_url=args.database_url)
     writer = Writer(args.format)
     failures = 0
@@ -64,8 +88,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         runner.scan(uri="cli", kind=ScanKind.DETECT, total=len(inputs)) as scan,
         tqdm(total=len(inputs), unit="file", file=sys.stderr, disable=not sys.stderr.isatty()) as progress,
     ):
-        for path in inputs:
-            result = scan.analyze(path)
+        for item in inputs:
+            result = scan.analyze(item) if isinstance(item, Path) else scan.analyze_object(item)
             failures += result["status"] != "ok"
             writer.write(result)
             progress.update()
@@ -111,4 +135,10 @@ def cmd_samples(args: argparse.Namespace) -> int:
 
     for path in write_samples(args.out):
         print(path)
+    if args.upload:
+        from workers.samples import upload_samples
+        from workers.settings import get_settings
+
+        for uri in upload_samples(Path(args.out), args.upload, endpoint_url=get_settings().s3_endpoint_url):
+            print(uri)
     return EXIT_OK

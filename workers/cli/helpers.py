@@ -1,9 +1,14 @@
 """What every command module of ``deepscan`` shares: its exit statuses (``workers.cli`` says when each
-is returned) and the type of the subparsers that ``register`` takes."""
+is returned), the type of the subparsers that ``register`` takes, and a quiet import of the backend."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeAlias
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -11,3 +16,29 @@ EXIT_INCOMPLETE = 1  # scan --wait: the scan could not finish (timeout, broker d
 
 # what ``build_parser`` hands each command module's ``register``: it adds its commands with add_parser
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 points at /dev/null inside: what C++ libraries write there is dropped."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_backend_quietly() -> None:
+    """Import TensorFlow (the Keras backend here) with its C++ start-up banner silenced.
+
+    TensorFlow 2.18+ writes an absl line and a oneDNN notice to fd 2 at import, whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says. An import that fails is left for Keras to report, with its message.
+    """
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or "tensorflow" in sys.modules:
+        return
+    with _stderr_silenced(), contextlib.suppress(ImportError):
+        import tensorflow  # noqa: F401

@@ -27,11 +27,9 @@ CSV_FIELDS = (
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A result (fresh, or a stored row: one shape, ``MediaResult.to_dict``) as the CSV and table columns."""
     confidence = row.get("confidence") or {}
-    # a fresh result carries faces and timeline; a stored row keeps faces in details and seconds in frames
-    faces = row.get("faces") or (row.get("details") or {}).get("faces") or []
-    seconds = row.get("timeline") or row.get("frames") or []
-    n_faces = len(faces) or sum(entry.get("n_faces", 0) for entry in seconds)
+    n_faces = len(row["faces"]) or sum(entry["n_faces"] for entry in row["timeline"])
     return {
         **{k: row.get(k) for k in CSV_FIELDS},
         "confidence_real": confidence.get("real"),
@@ -96,25 +94,41 @@ def _shorten(text: str, width: int) -> str:
 
 
 class ScanProgressReport:
-    """Progress of a waited-for scan on stderr: a bar on a terminal, a line per change otherwise."""
+    """Progress of a scan on stderr: a bar on a terminal, a line per change otherwise."""
 
-    def __init__(self, scan_id: int) -> None:
-        from tqdm import tqdm
-
-        self.scan_id, self._last = scan_id, -1
-        self._bar = (
-            tqdm(unit="object", file=sys.stderr, desc=f"scan {scan_id}") if sys.stderr.isatty() else None
-        )
+    def __init__(self) -> None:
+        self._last = -1
+        self._bar: Any = None
 
     def __call__(self, progress: ScanProgress) -> None:
-        if self._bar is not None:
+        if sys.stderr.isatty():
+            if self._bar is None:
+                from tqdm import tqdm
+
+                self._bar = tqdm(unit="object", file=sys.stderr, desc=f"scan {progress.scan_id}")
             self._bar.total = progress.total
             self._bar.n = progress.done
             self._bar.refresh()
         elif progress.done != self._last:
-            print(f"scan {self.scan_id}: {progress.done}/{progress.total} objects analysed", file=sys.stderr)
+            print(
+                f"scan {progress.scan_id}: {progress.done}/{progress.total} objects analysed", file=sys.stderr
+            )
         self._last = progress.done
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+SCAN_COLUMNS = ("id", "uri", "kind", "status", "total", "skipped", "done", "ok", "fake", "real", "errors")
+
+
+def format_scans(scans: Sequence[dict[str, Any]]) -> str:
+    """``deepscan scans --format table``: one line per scan, its counts."""
+    body = [tuple(_shorten(str(scan[c]), 48) for c in SCAN_COLUMNS) for scan in scans]
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(SCAN_COLUMNS)]
+    line = "  ".join
+    out = [line(h.ljust(w) for h, w in zip(SCAN_COLUMNS, widths, strict=True)).rstrip()]
+    out.append(line("-" * w for w in widths))
+    out += [line(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in body]
+    return "\n".join(out)

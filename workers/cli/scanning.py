@@ -1,20 +1,34 @@
-"""``deepscan scan``, ``results``, ``scans``, ``worker``, ``beat`` and ``db``: the distributed scanner."""
+"""``deepscan scan``, ``results``, ``scans``, ``worker``, ``beat``, ``db`` and ``doctor``: the scanner.
+
+``scan`` without ``DEEPSCAN_BROKER_URL`` runs the scan in this process (the embedded default): the same
+producer and tasks, executed here, one object after another."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from typing import TYPE_CHECKING
 
-from workers.cli.helpers import EXIT_OK, Subparsers
-from workers.cli.output import ScanProgressReport, Writer
+from workers.cli.helpers import EXIT_INCOMPLETE, EXIT_OK, Subparsers
+from workers.cli.output import ScanProgressReport, Writer, format_scans
 from workers.errors import UsageError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from workers.producer import QueuedScan
 
 
 def register(sub: Subparsers) -> None:
-    scan = sub.add_parser("scan", help="queue a bucket prefix or folder for the workers (distributed)")
+    scan = sub.add_parser(
+        "scan",
+        help="scan a bucket prefix or folder: in this process, or through the workers when a broker is set",
+    )
     scan.add_argument("uri", metavar="URI", help="s3://bucket/prefix or a local folder")
-    scan.add_argument("--wait", action="store_true", help="wait until every object has its result")
+    scan.add_argument(
+        "--wait", action="store_true", help="with a broker: wait until every object has its result"
+    )
     scan.add_argument("--force", action="store_true", help="re-analyse objects already analysed")
     scan.add_argument(
         "--timeout", type=float, default=None, metavar="S", help="with --wait: give up after S s"
@@ -32,8 +46,14 @@ def register(sub: Subparsers) -> None:
     results.set_defaults(func=cmd_results)
 
     scans = sub.add_parser("scans", help="list scans with their counts")
+    scans.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
     scans.add_argument("--database-url")
     scans.set_defaults(func=cmd_scans)
+
+    doctor = sub.add_parser(
+        "doctor", help="what is installed and reachable: ffmpeg, pack, database, broker, S3"
+    )
+    doctor.set_defaults(func=cmd_doctor)
 
     worker = sub.add_parser("worker", help="run a worker of the distributed scanner")
     worker.add_argument("--queues", default="light,gpu", help="light, gpu, or both (default: both)")
@@ -57,18 +77,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from workers.resources import open_sessions
 
     sessions = open_sessions()  # migrates: the workers write into the same database
+    if producer.in_process():
+        return _scan_in_process(args, sessions)
     started = producer.start_scan(args.uri, force=args.force, sessions=sessions)
     assert started is not None  # only scheduled scans are skipped
-    summary = {
-        "scan_id": started.scan_id,
-        "uri": started.uri,
-        "queued": started.queued,
-        "skipped": started.skipped,
-    }
-    print(json.dumps(summary), flush=True)
+    print(json.dumps(_summary(started)), flush=True)
     if not args.wait:
         return EXIT_OK
-    report = ScanProgressReport(started.scan_id)
+    report = ScanProgressReport()
     try:
         final = producer.wait_for_scan(
             started.scan_id, timeout_s=args.timeout, poll_s=args.poll, on_progress=report, sessions=sessions
@@ -77,6 +93,35 @@ def cmd_scan(args: argparse.Namespace) -> int:
         report.close()
     print(json.dumps(final.as_dict()))
     return EXIT_OK
+
+
+def _summary(started: QueuedScan) -> dict[str, object]:
+    return {
+        "scan_id": started.scan_id,
+        "uri": started.uri,
+        "queued": started.queued,
+        "skipped": started.skipped,
+    }
+
+
+def _scan_in_process(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
+    """The embedded scan: every task runs here, so the scan is over when ``start_scan`` returns."""
+    from workers import producer
+    from workers.checks import require_media_programs
+    from workers.cli.helpers import import_backend_quietly
+
+    require_media_programs()
+    import_backend_quietly()
+    report = ScanProgressReport()
+    try:
+        started = producer.start_scan(args.uri, force=args.force, sessions=sessions, on_progress=report)
+    finally:
+        report.close()
+    assert started is not None  # only scheduled scans are skipped
+    print(json.dumps(_summary(started)), flush=True)
+    final = producer.scan_progress(started.scan_id, sessions=sessions)
+    print(json.dumps(final.as_dict()))
+    return EXIT_OK if final.status == "complete" else EXIT_INCOMPLETE
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -96,10 +141,6 @@ def cmd_results(args: argparse.Namespace) -> int:
         ]
     writer = Writer(args.format)
     for row in rows:
-        row.setdefault("path", row.get("uri"))
-        row.setdefault(
-            "model", f"{row['model_name']}@{row['model_version']}" if row.get("model_name") else None
-        )
         writer.write(row)
     writer.close()
     return EXIT_OK
@@ -110,9 +151,27 @@ def cmd_scans(args: argparse.Namespace) -> int:
     from workers.resources import open_database
 
     with open_database(args.database_url) as session:
-        for scan in queries.scan_counts(session):
+        scans = queries.scan_counts(session)
+    if args.format == "table":
+        print(format_scans(scans))
+    else:
+        for scan in scans:
             print(json.dumps(scan, default=str))
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from workers.checks import doctor
+    from workers.cli.helpers import import_backend_quietly
+    from workers.settings import get_settings
+
+    import_backend_quietly()
+    checks = doctor(get_settings())
+    width = max(len(check.name) for check in checks)
+    for check in checks:
+        mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
+        print(f"{check.name.ljust(width)}  {mark:<7}  {check.detail}")
+    return EXIT_OK if all(check.ok or not check.required for check in checks) else EXIT_INCOMPLETE
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
