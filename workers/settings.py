@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PACK_DIR = Path(__file__).resolve().parent.parent / "pipeline" / "weights" / "default"
@@ -56,7 +57,21 @@ class Settings(BaseSettings):
     # JSON list of ScheduleSpec, e.g. [{"uri": "s3://media/uploads/", "every_s": 3600}].
     schedules: list[ScheduleSpec] = Field(default_factory=list)
     log_level: str = "WARNING"
+    # text: one human-readable line per record; json: one JSON object per line, with scan and object ids.
+    log_format: Literal["text", "json"] = "text"
     score_soundtrack: bool = True
+    # A pack in S3 (s3://bucket/prefix, as `deepscan models push` leaves it): pulled once per machine into
+    # models_cache_dir, every member checked against its sha256, and used instead of models_dir.
+    models_uri: str | None = None
+    models_cache_dir: Path = Path("~/.cache/deepscan/models")
+    # Write-back (opt-in): tag every scanned S3 object with its verdict, copy the fakes below this prefix
+    # of their bucket (which scans then never list).
+    tag_objects: bool = False
+    quarantine_prefix: str | None = None
+    # A worker serves Prometheus metrics on this port (all interfaces); unset: none.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Bearer token of the API; required when serving beyond loopback. Unset: the API is open (loopback).
+    api_token: SecretStr | None = None
 
 
 @lru_cache(maxsize=1)
