@@ -27,6 +27,7 @@ from celery import Celery, signals
 from celery.schedules import crontab
 from kombu import Queue
 
+from workers import logs
 from workers.errors import UsageError
 from workers.settings import ScheduleSpec, Settings, get_settings
 
@@ -157,6 +158,12 @@ app = make_app(get_settings())
 @signals.beat_init.connect
 def _refuse_to_start_without_broker(**_: Any) -> None:
     require_broker(get_settings())
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    logs.configure(logger.handlers, get_settings().log_format)
 
 
 # Set in the worker's main process before it forks, read by each child.

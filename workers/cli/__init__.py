@@ -64,12 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_frameworks()
     parser = build_parser()
     args = parser.parse_args(argv)
+    from workers import logs
     from workers.settings import get_settings
 
     level = args.log_level or get_settings().log_level
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=level.upper(), stream=sys.stderr)
+    logs.configure(logging.getLogger().handlers, get_settings().log_format)
     # Its retracing warnings are expected: predictions are padded to a bounded set of batch shapes.
     logging.getLogger("tensorflow").setLevel(max(logging.ERROR, logging.getLogger().level))
     try:
