@@ -54,15 +54,22 @@ def _program(name: str) -> Check:
 
 def _pack(settings: Settings) -> Check:
     from pipeline.pack import ModelPack
+    from workers.modelstore import pull_pack
 
+    where = settings.models_uri or settings.models_dir
     try:
-        pack = ModelPack.load(settings.models_dir)
+        directory = settings.models_dir
+        if settings.models_uri:  # pulled into the cache, or found there
+            directory = pull_pack(
+                settings.models_uri,
+                cache_dir=settings.models_cache_dir,
+                endpoint_url=settings.s3_endpoint_url,
+            )
+        pack = ModelPack.load(directory)
     except DeepscanError as e:
-        return Check("model pack", False, f"{settings.models_dir}: {e.reason}")
+        return Check("model pack", False, f"{where}: {e.reason}")
     members = ", ".join(m.name for m in pack.manifest.members)
-    return Check(
-        "model pack", True, f"{pack.manifest.label} in {settings.models_dir} ({members}; checksums ok)"
-    )
+    return Check("model pack", True, f"{pack.manifest.label} in {directory} ({members}; checksums ok)")
 
 
 def _database(settings: Settings) -> Check:

@@ -10,6 +10,7 @@ of fetched objects. The embedded path (``deepscan detect``) opens its own with `
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -21,7 +22,8 @@ from db.session import make_engine, migrate, session_factory, session_scope
 from pipeline.analyze import Analyzer
 from pipeline.errors import ModelPackError
 from pipeline.pack import ModelPack, read_manifest
-from workers.errors import UsageError
+from workers import metrics
+from workers.errors import StorageError, UsageError
 from workers.settings import get_settings
 from workers.storage import LocalCopies
 
@@ -31,9 +33,33 @@ logger = logging.getLogger(__name__)
 # -- the pack ---------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=2)
+def _pulled(models_uri: str, cache_dir: Path, endpoint_url: str | None) -> Path:
+    from workers.modelstore import pull_pack
+
+    return pull_pack(models_uri, cache_dir=cache_dir, endpoint_url=endpoint_url)
+
+
+def models_dir() -> Path:
+    """The configured pack's directory: ``DEEPSCAN_MODELS_URI`` pulled into the cache once per process
+    (a cached, verified pack is not downloaded again), else ``DEEPSCAN_MODELS_DIR``."""
+    settings = get_settings()
+    if settings.models_uri:
+        return _pulled(settings.models_uri, settings.models_cache_dir, settings.s3_endpoint_url)
+    return settings.models_dir
+
+
+def pack_directory() -> Path:
+    """``models_dir()`` for the commands: a pack that cannot be pulled is a usage error."""
+    try:
+        return models_dir()
+    except (ModelPackError, StorageError) as e:
+        raise UsageError(f"cannot pull the model pack {get_settings().models_uri}: {e.reason}") from e
+
+
 def load_pack(models: str | Path | None = None) -> ModelPack:
     """The pack in ``models`` (default: the configured one); a pack that will not load is a usage error."""
-    directory = Path(models) if models else get_settings().models_dir
+    directory = Path(models) if models else pack_directory()
     try:
         return ModelPack.load(directory)
     except ModelPackError as e:
@@ -41,20 +67,23 @@ def load_pack(models: str | Path | None = None) -> ModelPack:
 
 
 @lru_cache(maxsize=2)
-def _analyzer(models_dir: Path, score_soundtrack: bool) -> Analyzer:
-    logger.info("loading the model pack in %s", models_dir)
-    return Analyzer(ModelPack.load(models_dir), score_soundtrack=score_soundtrack)
+def _analyzer(directory: Path, score_soundtrack: bool) -> Analyzer:
+    logger.info("loading the model pack in %s", directory)
+    started = time.perf_counter()
+    pack = ModelPack.load(directory)
+    metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
+    return Analyzer(pack, score_soundtrack=score_soundtrack)
 
 
 def analyzer() -> Analyzer:
     """The analyzer of this process, its models loaded on first use (inference tasks)."""
     settings = get_settings()
-    return _analyzer(settings.models_dir, settings.score_soundtrack)
+    return _analyzer(models_dir(), settings.score_soundtrack)
 
 
 @lru_cache(maxsize=2)
-def _verdict_analyzer(models_dir: Path) -> Analyzer:
-    return Analyzer(ModelPack(models_dir, read_manifest(models_dir), {}))
+def _verdict_analyzer(directory: Path) -> Analyzer:
+    return Analyzer(ModelPack(directory, read_manifest(directory), {}))
 
 
 def verdict_analyzer() -> Analyzer:
@@ -64,18 +93,18 @@ def verdict_analyzer() -> Analyzer:
     """
     if _analyzer.cache_info().currsize:
         return analyzer()
-    return _verdict_analyzer(get_settings().models_dir)
+    return _verdict_analyzer(models_dir())
 
 
 @lru_cache(maxsize=2)
-def _identity(models_dir: Path) -> tuple[str, str]:
-    manifest = read_manifest(models_dir)
+def _identity(directory: Path) -> tuple[str, str]:
+    manifest = read_manifest(directory)
     return manifest.name, manifest.version
 
 
 def model_identity() -> tuple[str, str]:
     """(name, version) of the configured pack, read from its manifest once per process."""
-    return _identity(get_settings().models_dir)
+    return _identity(models_dir())
 
 
 # -- the database -----------------------------------------------------------------------------------------

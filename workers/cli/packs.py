@@ -85,9 +85,17 @@ def register(sub: Subparsers) -> None:
 
     models = sub.add_parser("models", help="the model pack")
     models.add_argument(
-        "action", choices=("path", "list", "card", "compact"), help="compact: store the members as float16"
+        "action",
+        choices=("path", "list", "card", "compact", "push", "pull"),
+        help="compact: store the members as float16; push: upload the pack to --uri; pull: download and "
+        "verify the pack at --uri into DEEPSCAN_MODELS_CACHE_DIR and print its directory",
     )
     models.add_argument("--models", metavar="DIR")
+    models.add_argument(
+        "--uri",
+        metavar="S3_URI",
+        help="with push and pull: s3://bucket/prefix (default: DEEPSCAN_MODELS_URI)",
+    )
     models.add_argument("--notes", metavar="FILE", help="with card: hand-written notes to append")
     models.set_defaults(func=cmd_models)
 
@@ -207,9 +215,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from workers.settings import get_settings
 
-    directory = Path(args.models) if args.models else get_settings().models_dir
+    if args.action in ("push", "pull"):
+        return _push_or_pull(args)
+    from workers.resources import pack_directory
+
+    directory = Path(args.models) if args.models else pack_directory()
     if args.action == "path":
         print(directory)
         return EXIT_OK
@@ -236,4 +247,27 @@ def cmd_models(args: argparse.Namespace) -> int:
             f"  {m.name:<14} {m.kind:<6} {m.architecture:<14} input {m.input_size[0]}x{m.input_size[1]:<5} "
             f"{size_mb:6.1f} MB  test AUC {'-' if auc is None else f'{auc:.3f}'}"
         )
+    return EXIT_OK
+
+
+def _push_or_pull(args: argparse.Namespace) -> int:
+    from pipeline.errors import ModelPackError
+    from workers.errors import StorageError
+    from workers.modelstore import pull_pack, push_pack
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    uri = args.uri or settings.models_uri
+    if not uri:
+        raise UsageError(f"models {args.action} needs --uri s3://bucket/prefix or DEEPSCAN_MODELS_URI")
+    try:
+        if args.action == "push":
+            directory = Path(args.models) if args.models else settings.models_dir
+            manifest = push_pack(directory, uri, endpoint_url=settings.s3_endpoint_url)
+            print(json.dumps({"pushed": manifest.label, "from": str(directory), "to": uri}))
+        else:
+            cache_dir = Path(args.models) if args.models else settings.models_cache_dir
+            print(pull_pack(uri, cache_dir=cache_dir, endpoint_url=settings.s3_endpoint_url))
+    except (ModelPackError, StorageError) as e:
+        raise UsageError(f"models {args.action} {uri}: {e.reason}") from e
     return EXIT_OK
