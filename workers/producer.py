@@ -134,7 +134,12 @@ def start_scan(
         ).id
     queued = skipped = 0
     try:
-        for page in batched(list_objects(source, endpoint_url=settings.s3_endpoint_url), PAGE_SIZE):
+        for page in batched(
+            list_objects(
+                source, endpoint_url=settings.s3_endpoint_url, exclude_prefix=settings.quarantine_prefix
+            ),
+            PAGE_SIZE,
+        ):
             fresh = _fresh(sessions, page, model_version=model_version, force=force)
             with session_scope(sessions) as session:  # committed before publishing: see the module docstring
                 queries.add_to_scan(

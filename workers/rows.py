@@ -16,7 +16,7 @@ from db import queries
 from db.session import session_scope
 from pipeline.analyze import MediaResult
 from pipeline.errors import DeepscanError, ResultStatus
-from workers import resources
+from workers import metrics, resources, writeback
 from workers.archives import ArchiveListing
 from workers.storage import ObjectRef
 
@@ -83,7 +83,8 @@ def write_row(
     sessions: sessionmaker[Session] | None = None,
     model: ModelIdentity | None = None,
 ) -> None:
-    """Upsert the row of ``ref`` (idempotent), then complete the scan if this was its last object.
+    """Upsert the row of ``ref`` (idempotent), count it, write the verdict back to the bucket when that is
+    configured (``workers.writeback``), then complete the scan if this was its last object.
 
     ``sessions`` and ``model`` default to this process's database and configured pack.
     """
@@ -92,6 +93,8 @@ def write_row(
     result.model = "@".join(model)
     with session_scope(sessions) as session:
         _upsert(session, ref, scan_id, result, content_sha256=content_sha256, model=model)
+    metrics.count_row(status=ResultStatus(result.status).value, label=result.label)
+    writeback.write_back(ref, result)
     complete_if_done(scan_id, sessions=sessions)
 
 

@@ -172,16 +172,20 @@ def _s3_error(error: Exception, what: str) -> StorageError:
     raise TypeError(f"not a botocore error: {error!r}") from error
 
 
-def list_s3(uri: str, *, endpoint_url: str | None) -> Iterator[ObjectRef]:
-    """Every object under ``s3://bucket/prefix`` (paginated), folder markers left out."""
+def list_s3(uri: str, *, endpoint_url: str | None, exclude_prefix: str | None = None) -> Iterator[ObjectRef]:
+    """Every object under ``s3://bucket/prefix`` (paginated), folder markers and the keys below
+    ``exclude_prefix`` (the quarantine, ``workers.writeback``) left out."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = split_s3_uri(uri)
+    excluded = f"{exclude_prefix.rstrip('/')}/" if exclude_prefix else None
     paginator = s3_client(endpoint_url).get_paginator("list_objects_v2")
     try:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 if item["Key"].endswith("/") and item["Size"] == 0:
+                    continue
+                if excluded and item["Key"].startswith(excluded):
                     continue
                 yield ObjectRef(
                     uri=f"s3://{bucket}/{item['Key']}",
@@ -238,10 +242,12 @@ def list_folder(uri: str) -> Iterator[ObjectRef]:
             yield ObjectRef.for_local_file(path)
 
 
-def list_objects(source: str, *, endpoint_url: str | None) -> Iterator[ObjectRef]:
-    """The objects of a canonical scan source (``canonical_source``)."""
+def list_objects(
+    source: str, *, endpoint_url: str | None, exclude_prefix: str | None = None
+) -> Iterator[ObjectRef]:
+    """The objects of a canonical scan source (``canonical_source``); ``exclude_prefix``: see ``list_s3``."""
     if source.startswith("s3://"):
-        return list_s3(source, endpoint_url=endpoint_url)
+        return list_s3(source, endpoint_url=endpoint_url, exclude_prefix=exclude_prefix)
     return list_folder(source)
 
 
