@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workers.cli.helpers import EXIT_INCOMPLETE, EXIT_OK, Subparsers
@@ -174,25 +176,45 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if all(check.ok or not check.required for check in checks) else EXIT_INCOMPLETE
 
 
+def _metrics_directory() -> None:
+    """Prometheus multiprocess mode for the pool's children: a fresh ``PROMETHEUS_MULTIPROC_DIR``, set
+    before anything imports prometheus_client (see ``workers.metrics``)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        for stale in Path(directory).glob("*.db"):  # a previous run's samples
+            stale.unlink()
+    else:
+        directory = tempfile.mkdtemp(prefix="deepscan-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.celery_app import GPU_QUEUE, LIGHT_QUEUE, app, require_broker
-    from workers.resources import open_sessions
     from workers.settings import get_settings
 
-    require_broker(get_settings())
+    settings = get_settings()
+    if settings.metrics_port:
+        _metrics_directory()
+    from workers import metrics, resources
+    from workers.celery_app import GPU_QUEUE, LIGHT_QUEUE, app, require_broker
+
+    require_broker(settings)
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = set(queues) - {LIGHT_QUEUE, GPU_QUEUE}
     if not queues or unknown:
         raise UsageError(f"--queues takes {LIGHT_QUEUE} and/or {GPU_QUEUE}, not {args.queues!r}")
-    open_sessions()  # migrate once, before the pool forks
+    resources.open_sessions()  # migrate once, before the pool forks
+    if settings.models_uri:
+        resources.pack_directory()  # pull (and verify) once, before the pool forks
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, broker_url=settings.broker_url, queues=tuple(queues))
     argv = [
         "worker",
         f"--queues={','.join(queues)}",
         f"--pool={args.pool}",
         f"--hostname={args.hostname}",
         # --log-level is deepscan's own option (build_parser), not the worker command's
-        f"--loglevel={(args.log_level or get_settings().log_level).upper()}",
+        f"--loglevel={(args.log_level or settings.log_level).upper()}",
     ]
     if args.concurrency:
         argv.append(f"--concurrency={args.concurrency}")
