@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR := build/samples
 
-.PHONY: demo test lint system-deps services venv clean
+.PHONY: demo test lint lock system-deps services venv clean
 
 # Debian packages the pipeline and the tests call: ffmpeg (video/audio decoding), espeak-ng, flite, festival (speech
 # fixtures and spoofs), sox (audio checks).
@@ -35,6 +35,16 @@ test: venv services
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The images' pinned, hash-checked dependencies (docker/requirements*.lock), resolved from pyproject.toml for
+# the images' Python and platform; run after a change of dependencies. The GPU lock swaps tensorflow-cpu
+# for tensorflow[and-cuda].
+LOCK_FLAGS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --quiet
+lock: $(BIN)/.installed
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -o docker/requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra gpu --no-emit-package tensorflow-cpu $(LOCK_FLAGS) \
+		-o docker/requirements-gpu.lock
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
