@@ -343,6 +343,7 @@ def cmd_results(args: argparse.Namespace) -> int:
                 label=args.label,
                 status=args.status,
                 min_probability=args.min_probability,
+                provenance=args.provenance,
             )
         ]
     writer = Writer(args.format)
@@ -577,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--label", choices=("fake", "real"))
     results.add_argument("--status")
     results.add_argument("--min-probability", type=float)
+    results.add_argument(
+        "--provenance", choices=("ai", "camera", "none"), help="what the file says of its origin"
+    )
     results.add_argument("--format", choices=("jsonl", "table", "csv"), default="jsonl")
     results.add_argument("--database-url")
     results.set_defaults(func=cmd_results)
