@@ -13,9 +13,11 @@ import pytest
 
 from pipeline.provenance.watermark import (
     KNOWN_MESSAGES,
+    MAX_DECODED_PIXELS,
     MIN_PIXELS,
     block_bits,
     decode_bits,
+    decoded_band,
     find_watermarks,
     haar_approximation,
 )
@@ -79,6 +81,21 @@ def test_small_images_are_not_read() -> None:
     bits = block_bits(np.zeros((256, 256, 3), np.uint8))
     assert bits.shape == (32 * 32,) and not bits.any()  # flat: every block's largest coefficient is 0
     assert decode_bits(bits[:10], 48).tolist() == [0] * 48  # bits with no block decode as 0
+
+
+def test_a_large_image_is_read_over_a_band_of_whole_block_rows() -> None:
+    big = cv2.resize(face_image(), (1600, 1200), interpolation=cv2.INTER_CUBIC)
+    rows, first_block = decoded_band(*big.shape[:2])
+    assert rows.start % 8 == 0 and rows.stop % 8 == 0 and first_block == rows.start // 8 * (1600 // 8)
+    assert (rows.stop - rows.start) * 1600 <= MAX_DECODED_PIXELS < (rows.stop - rows.start + 8) * 1600
+    whole = block_bits(big[:, :, ::-1])
+    band = block_bits(big[rows, :, ::-1])
+    assert np.array_equal(
+        band, whole[first_block : first_block + len(band)]
+    )  # the same blocks, the same bits
+    (match,) = find_watermarks(encode_watermark(big, SDXL_BITS))
+    assert match.matching_bits == 48
+    assert decoded_band(512, 512) == (slice(0, 512), 0)
 
 
 def _library_module() -> ModuleType:
