@@ -327,3 +327,55 @@ def test_the_verified_policy_also_labels_a_verified_capture_real(
     )
     tampered = analyzer.analyze_file(provenance_media["c2pa_tampered.jpg"]).to_dict()
     assert "verdict_driven_by" not in tampered["details"]
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp", "wav", "mp3"])
+def test_credentials_in_the_other_formats(fmt: str, samples: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    import cv2
+
+    from tests.provenance_media import make_chain, sign
+
+    chain = make_chain()
+    if fmt in ("png", "webp"):
+        ok, encoded = cv2.imencode(f".{fmt}", cv2.cvtColor(face_image(), cv2.COLOR_RGB2BGR))
+        assert ok
+        data, mime = encoded.tobytes(), f"image/{fmt}"
+    else:
+        source = samples / "speech.wav"
+        if fmt == "mp3":
+            source = tmp_path / "speech.mp3"
+            cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(samples / "speech.wav"), str(source)]
+            subprocess.run(cmd, check=True)
+        data, mime = source.read_bytes(), {"wav": "audio/wav", "mp3": "audio/mpeg"}[fmt]
+    signed = sign(data, mime, chain, source_type="trainedAlgorithmicMedia", generator="Test Voice")
+    path = tmp_path / f"signed.{fmt}"
+    path.write_bytes(signed)
+    anchors = chain.root_pem.decode()
+    if fmt in ("png", "webp"):
+        found = read_provenance(signed, media_type="image", trust_anchors_pem=anchors)
+    else:
+        found = read_provenance(path, media_type="audio", trust_anchors_pem=anchors)
+    assert (found.summary, found.verified, found.credentials) == (AI, True, CredentialState.TRUSTED)
+
+
+def test_a_signed_generated_voice_is_fake_by_provenance(
+    pack: ModelPack, samples: Path, tmp_path: Path
+) -> None:
+    from tests.provenance_media import make_chain, sign
+
+    chain = make_chain()
+    speech = sign(
+        (samples / "speech.wav").read_bytes(),
+        "audio/wav",
+        chain,
+        source_type="trainedAlgorithmicMedia",
+        generator="Test Voice",
+    )
+    (tmp_path / "voice.wav").write_bytes(speech)
+    analyzer = Analyzer(pack, provenance=ProvenanceOptions(trust_anchors_pem=chain.root_pem.decode()))
+    row = analyzer.analyze_file(tmp_path / "voice.wav").to_dict()
+    assert (row["media_type"], row["status"], row["label"]) == ("audio", "ok", "fake")
+    assert row["details"]["verdict_driven_by"] == "provenance" and row["audio"]["windows"] >= 1
+    assert row["details"]["detector_fake_probability"] == row["audio"]["fake_probability"]
