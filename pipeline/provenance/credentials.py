@@ -78,19 +78,20 @@ def _read_store(stream: Any, context: Any) -> dict[str, Any] | None:
 
 
 def _c2pa_failure(error: Exception) -> tuple[CredentialState, list[Finding]]:
+    import c2pa
+
     message = str(error)
-    # ManifestNotFound, NotSupported (a format C2PA has no place in), an asset the parser rejects (the media
-    # decoder reports that one): no credentials. Remote: the file names the URL of its manifest.
-    if (
-        type(error).__name__.endswith(("ManifestNotFound", "NotSupported"))
-        or "could not be parsed" in message
+    # No credentials: a format C2PA has no place in, or an asset its parser rejects (the media decoder
+    # reports that one). The library raises the latter as Other, so its message tells them apart.
+    if isinstance(error, c2pa.C2paError.NotSupported | c2pa.C2paError.ManifestNotFound) or (
+        isinstance(error, c2pa.C2paError.Other) and "could not be parsed" in message
     ):
         return CredentialState.ABSENT, []
-    if message.startswith("Remote"):
+    # "Remote: must fetch remote manifests from url URL" (an untyped C2paError in 0.38)
+    if isinstance(error, c2pa.C2paError.RemoteManifest) or message.startswith("Remote"):
         url = message.rsplit(" ", 1)[-1]
-        return CredentialState.REMOTE, [
-            Finding(FindingKind.C2PA_MANIFEST, "remote", detail=f"not fetched: {url}")
-        ]
+        finding = Finding(FindingKind.C2PA_MANIFEST, "remote", detail=f"not fetched: {url}")
+        return CredentialState.REMOTE, [finding]
     return CredentialState.UNREADABLE, [Finding(FindingKind.C2PA_MANIFEST, "unreadable", detail=message)]
 
 
