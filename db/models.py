@@ -145,6 +145,10 @@ class Result(Base):
     confidence_fake: Mapped[float | None] = mapped_column(Float)
     model_name: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(64), index=True)
+    # What the file says of its origin (pipeline.provenance): ai | camera | none, NULL when not read; the
+    # findings are in details["provenance"]. The credential state: absent, trusted, untrusted, invalid, ...
+    provenance: Mapped[str | None] = mapped_column(String(16), index=True)
+    provenance_credentials: Mapped[str | None] = mapped_column(String(16))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     elapsed_s: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -210,9 +210,12 @@ def list_results(
     label: str | None = None,
     status: str | None = None,
     min_probability: float | None = None,
+    provenance: str | None = None,
     limit: int | None = None,
 ) -> list[Result]:
-    """Rows matching every filter given, in id order; ``min_probability`` bounds ``fake_probability``."""
+    """Rows matching every filter given, in id order; ``min_probability`` bounds ``fake_probability``;
+    ``provenance`` is the summary of what a file says of its origin (ai, camera, none: rows whose
+    provenance was read and found nothing; rows never read have none)."""
     stmt = select(Result).order_by(Result.id)
     if scan_id is not None:
         stmt = stmt.where(Result.scan_id == scan_id)
@@ -222,6 +225,8 @@ def list_results(
         stmt = stmt.where(Result.status == status)
     if min_probability is not None:
         stmt = stmt.where(Result.fake_probability >= min_probability)
+    if provenance is not None:
+        stmt = stmt.where(Result.provenance == provenance)
     if limit is not None:
         stmt = stmt.limit(limit)
     return list(session.execute(stmt).scalars())
@@ -272,7 +277,8 @@ def result_to_dict(result: Result) -> dict[str, Any]:
     prints), plus the row's storage columns: id, uri, scan_id, bucket, key, etag, content_sha256,
     size_bytes, model_name, model_version and ISO 8601 ``created_at`` / ``updated_at``.
 
-    ``faces``, ``audio`` and ``path`` come back out of ``details``; ``timeline`` is the per-second rows.
+    ``faces``, ``audio``, ``provenance`` and ``path`` come back out of ``details``; ``timeline`` is the
+    per-second rows.
     """
     details = dict(result.details or {})
     has_confidence = result.confidence_real is not None or result.confidence_fake is not None
@@ -301,6 +307,7 @@ def result_to_dict(result: Result) -> dict[str, Any]:
             for frame in result.frames
         ],
         "audio": details.pop("audio", None),
+        "provenance": details.pop("provenance", None),
         "details": details,
         "elapsed_s": result.elapsed_s,
         "id": result.id,

@@ -2,6 +2,10 @@
 
 Scoring is batch-first: faces from many frames (and, later, many files) go through each member in one
 batch. Every way an analysis can fail becomes a result with a status and a reason; no score is invented.
+
+Provenance (``pipeline.provenance``) is read beside the detectors; under the analyzer's ``VerdictPolicy`` a
+trusted C2PA manifest's claim may decide the label (``apply_provenance``), the detectors' own verdict kept
+in ``details``.
 """
 
 from __future__ import annotations
@@ -23,18 +27,33 @@ from pipeline.faces import FaceBox, FaceDetector, square_crop
 from pipeline.media import (
     FRAME_INTERVAL_S,
     VideoInfo,
+    decode_image_bytes,
     detect_media_type,
     iter_video_frames,
     load_audio,
-    load_image,
     probe_video,
+    read_file,
 )
 from pipeline.pack import ModelPack
+from pipeline.provenance import (
+    Provenance,
+    ProvenanceOptions,
+    VerdictPolicy,
+    decide,
+    read_provenance,
+    watermark_findings,
+)
 
 logger = logging.getLogger(__name__)
 
 EXPLAIN_MAX_SIDE_PX = 256  # the side of the training crops
 VIDEO_CHUNK_FRAMES = 16  # seconds of video scored per batch: bounds memory, keeps batches large
+# Statuses that mean "the content was read but the detectors had nothing to judge": a verified claim of
+# provenance still gives such a file its label. A file that could not be read or analysed keeps its failure.
+PROVENANCE_DECIDES = frozenset(
+    {ResultStatus.OK, ResultStatus.NO_FACE, ResultStatus.TOO_SHORT, ResultStatus.SILENT}
+)
+PROVENANCE_PROBABILITY = {"fake": 1.0, "real": 0.0}  # a verified claim is not a guess
 
 
 @dataclass
@@ -122,6 +141,7 @@ class MediaResult:
     faces: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[TimelineSecond] = field(default_factory=list)
     audio: AudioVerdict | None = None
+    provenance: Provenance | None = None  # None when it was not read (policy off, or not media)
     details: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
@@ -141,6 +161,7 @@ class MediaResult:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["audio"] = self.audio.to_dict() if self.audio is not None else None
+        out["provenance"] = self.provenance.to_dict() if self.provenance is not None else None
         return out
 
 
@@ -148,11 +169,17 @@ class Analyzer:
     """Holds a loaded pack and a face detector; analyses files or arrays. One per worker process."""
 
     def __init__(
-        self, pack: ModelPack, detector: FaceDetector | None = None, *, score_soundtrack: bool = True
+        self,
+        pack: ModelPack,
+        detector: FaceDetector | None = None,
+        *,
+        score_soundtrack: bool = True,
+        provenance: ProvenanceOptions = ProvenanceOptions(),
     ):
         self.pack = pack
         self.detector = detector or FaceDetector()
         self.score_soundtrack = score_soundtrack
+        self.provenance = provenance
         manifest = pack.manifest
         self.member_names = [m.name for m in manifest.image_members]
         self.image_threshold = manifest.threshold("image")
@@ -288,6 +315,37 @@ class Analyzer:
         result.audio = audio
         return self._combine(result, self._vote(result.timeline), audio, len(result.timeline))
 
+    def read_provenance(self, source: bytes | Path, media_type: str) -> Provenance | None:
+        """The provenance of a file's bytes (images) or path (video, audio); None when the policy is off."""
+        if self.provenance.policy == VerdictPolicy.OFF:
+            return None
+        return read_provenance(
+            source, media_type=media_type, trust_anchors_pem=self.provenance.trust_anchors_pem
+        )
+
+    def apply_provenance(self, result: MediaResult, provenance: Provenance | None) -> MediaResult:
+        """Attach ``provenance`` and, where the policy lets a verified claim decide, set the label from it.
+
+        The detectors' verdict stays in ``details`` (``detector_label``, ``detector_fake_probability``, and
+        ``detector_status`` / ``detector_reason`` when they had none). Idempotent.
+        """
+        result.provenance = provenance
+        label = decide(provenance, self.provenance.policy)
+        if label is None or result.status not in PROVENANCE_DECIDES:
+            return result
+        if result.details.get("verdict_driven_by") != "provenance":
+            if result.status != ResultStatus.OK:
+                result.details["detector_status"] = str(result.status)
+                result.details["detector_reason"] = result.reason
+            elif "verdict_driven_by" in result.details:
+                result.details["detector_verdict_driven_by"] = result.details["verdict_driven_by"]
+            result.details["detector_label"] = result.label
+            result.details["detector_fake_probability"] = result.fake_probability
+        result.status, result.reason = ResultStatus.OK, None
+        result.set_verdict(Verdict(PROVENANCE_PROBABILITY[label], 0.5))
+        result.details["verdict_driven_by"] = "provenance"
+        return result
+
     def analyze_audio(self, path: Path, result: MediaResult) -> MediaResult:
         verdict = self.score_audio(load_audio(path))
         result.audio = verdict
@@ -300,13 +358,21 @@ class Analyzer:
         path = Path(path)
         started = time.perf_counter()
         result = MediaResult(path=str(path), model=self.pack.manifest.label)
+        provenance: Provenance | None = None
         try:
             result.media_type = detect_media_type(path)
             if result.media_type == "image":
-                self.analyze_image(load_image(path), result)
+                data = read_file(path)
+                provenance = self.read_provenance(data, "image")
+                frame = decode_image_bytes(data)
+                if provenance is not None and self.provenance.watermarks:
+                    provenance = provenance.with_findings(watermark_findings(frame))
+                self.analyze_image(frame, result)
             elif result.media_type == "video":
+                provenance = self.read_provenance(path, "video")
                 self.analyze_video(path, result)
             elif result.media_type == "audio":
+                provenance = self.read_provenance(path, "audio")
                 self.analyze_audio(path, result)
             elif result.media_type == "archive":
                 raise UnsupportedMediaError(
@@ -324,6 +390,7 @@ class Analyzer:
             logger.exception("unexpected failure analysing %s", path)
             error = DeepscanError(f"internal error ({type(e).__name__}): {e}")
             result.fail(error)
+        self.apply_provenance(result, provenance)
         result.elapsed_s = round(time.perf_counter() - started, 4)
         return result
 

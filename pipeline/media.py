@@ -114,10 +114,14 @@ def detect_media_type(path: str | Path) -> MediaType:
     return "unknown"
 
 
+def read_file(path: str | Path) -> bytes:
+    """A still image's bytes, read once: decoded by ``decode_image_bytes``, searched for provenance."""
+    return Path(path).read_bytes()
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Decode a still image. Returns RGB uint8, shape (H, W, 3)."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    return decode_image_bytes(data.tobytes())
+    return decode_image_bytes(read_file(path))
 
 
 def decode_image_bytes(data: bytes) -> np.ndarray:

@@ -52,6 +52,15 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def provenance_media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Signed, tampered, tagged and watermarked images and videos (``tests.provenance_media``), by name;
+    ``anchors.pem`` is the root of their test certificate chain."""
+    from tests.provenance_media import write_provenance_media
+
+    return write_provenance_media(tmp_path_factory.mktemp("provenance"))
+
+
+@pytest.fixture(scope="session")
 def random_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pack of untrained members (random weights): exercises every code path in seconds."""
     import keras

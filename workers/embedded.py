@@ -22,7 +22,7 @@ from pipeline.analyze import Analyzer, MediaResult
 from pipeline.errors import DeepscanError
 from pipeline.media import sha256_file
 from workers import resources, rows
-from workers.resources import load_pack, open_sessions
+from workers.resources import load_pack, open_sessions, provenance_options
 from workers.settings import get_settings
 from workers.storage import ObjectRef
 
@@ -34,7 +34,11 @@ class EmbeddedRunner:
 
     @classmethod
     def create(cls, *, models: str | Path | None = None, database_url: str | None = None) -> EmbeddedRunner:
-        analyzer = Analyzer(load_pack(models), score_soundtrack=get_settings().score_soundtrack)
+        analyzer = Analyzer(
+            load_pack(models),
+            score_soundtrack=get_settings().score_soundtrack,
+            provenance=provenance_options(),
+        )
         return cls(analyzer, open_sessions(database_url))
 
     @property

@@ -1,10 +1,10 @@
 """What a process holds on to between objects: the loaded pack, the database sessions, fetched objects.
 
 A worker's prefork children build these lazily, after the fork (an engine or a TensorFlow runtime must
-never cross a fork): the analyzer with its loaded models (once per process, keyed by the pack directory),
-a verdict-only analyzer for the light queue (thresholds, no models), the session factory, and the cache
-of fetched objects. The embedded path (``deepscan detect``) opens its own with ``load_pack`` and
-``open_sessions``, which migrate and check first.
+never cross a fork): the analyzer with its loaded models (once per process, keyed by the pack directory
+and the provenance options), a verdict-only analyzer for the light queue (thresholds and provenance, no
+models), the session factory, and the cache of fetched objects. The embedded path (``deepscan detect``)
+opens its own with ``load_pack`` and ``open_sessions``, which migrate and check first.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from db.session import make_engine, migrate, session_factory, session_scope
 from pipeline.analyze import Analyzer
 from pipeline.errors import ModelPackError
 from pipeline.pack import ModelPack, read_manifest
+from pipeline.provenance import ProvenanceOptions
 from workers import metrics
 from workers.errors import StorageError, UsageError
-from workers.settings import get_settings
+from workers.settings import Settings, get_settings
 from workers.storage import LocalCopies
 
 logger = logging.getLogger(__name__)
@@ -66,24 +67,45 @@ def load_pack(models: str | Path | None = None) -> ModelPack:
         raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
 
 
+def provenance_options(settings: Settings | None = None) -> ProvenanceOptions:
+    """The provenance policy and the C2PA trust anchors (the PEM text of ``DEEPSCAN_C2PA_TRUST_ANCHORS``)."""
+    settings = settings or get_settings()
+    path = settings.c2pa_trust_anchors
+    return ProvenanceOptions(
+        policy=settings.provenance_policy, trust_anchors_pem=_trust_anchors(path) if path else None
+    )
+
+
 @lru_cache(maxsize=2)
-def _analyzer(directory: Path, score_soundtrack: bool) -> Analyzer:
+def _trust_anchors(path: Path) -> str:
+    """The PEM text of a trust anchors file, read once per process."""
+    try:
+        anchors = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"DEEPSCAN_C2PA_TRUST_ANCHORS: cannot read {path}: {e}") from e
+    if "-----BEGIN CERTIFICATE-----" not in anchors:
+        raise UsageError(f"DEEPSCAN_C2PA_TRUST_ANCHORS: {path} holds no PEM certificate")
+    return anchors
+
+
+@lru_cache(maxsize=2)
+def _analyzer(directory: Path, score_soundtrack: bool, provenance: ProvenanceOptions) -> Analyzer:
     logger.info("loading the model pack in %s", directory)
     started = time.perf_counter()
     pack = ModelPack.load(directory)
     metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
-    return Analyzer(pack, score_soundtrack=score_soundtrack)
+    return Analyzer(pack, score_soundtrack=score_soundtrack, provenance=provenance)
 
 
 def analyzer() -> Analyzer:
     """The analyzer of this process, its models loaded on first use (inference tasks)."""
     settings = get_settings()
-    return _analyzer(models_dir(), settings.score_soundtrack)
+    return _analyzer(models_dir(), settings.score_soundtrack, provenance_options(settings))
 
 
 @lru_cache(maxsize=2)
-def _verdict_analyzer(directory: Path) -> Analyzer:
-    return Analyzer(ModelPack(directory, read_manifest(directory), {}))
+def _verdict_analyzer(directory: Path, provenance: ProvenanceOptions) -> Analyzer:
+    return Analyzer(ModelPack(directory, read_manifest(directory), {}), provenance=provenance)
 
 
 def verdict_analyzer() -> Analyzer:
@@ -93,7 +115,7 @@ def verdict_analyzer() -> Analyzer:
     """
     if _analyzer.cache_info().currsize:
         return analyzer()
-    return _verdict_analyzer(models_dir())
+    return _verdict_analyzer(models_dir(), provenance_options())
 
 
 @lru_cache(maxsize=2)

@@ -31,7 +31,14 @@ def row_fields(result: MediaResult, *, model: ModelIdentity) -> tuple[dict[str, 
     ``db.queries.result_to_dict`` reads them back into the shape of ``MediaResult.to_dict``.
     """
     fresh = result.to_dict()
-    details = {**result.details, "path": result.path, "faces": fresh["faces"], "audio": fresh["audio"]}
+    details = {
+        **result.details,
+        "path": result.path,
+        "faces": fresh["faces"],
+        "audio": fresh["audio"],
+        "provenance": fresh["provenance"],
+    }
+    provenance = result.provenance
     name, version = model
     fields = {
         "media_type": result.media_type,
@@ -43,6 +50,8 @@ def row_fields(result: MediaResult, *, model: ModelIdentity) -> tuple[dict[str, 
         "confidence_fake": result.confidence["fake"] if result.confidence else None,
         "model_name": name,
         "model_version": version,
+        "provenance": provenance.summary.value if provenance is not None else None,
+        "provenance_credentials": provenance.credentials.value if provenance is not None else None,
         "details": details,
         "elapsed_s": result.elapsed_s,
     }

@@ -8,8 +8,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.provenance import VerdictPolicy
 
 DEFAULT_PACK_DIR = Path(__file__).resolve().parent.parent / "pipeline" / "weights" / "default"
 # Measured with benchmarks/video_segments.py (bundled pack deepscan-default 0.1.0, 2 busy CPU cores, a 32 s
@@ -72,6 +74,16 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     # Bearer token of the API; required when serving beyond loopback. Unset: the API is open (loopback).
     api_token: SecretStr | None = None
+    # What provenance may do to a verdict (README, "Provenance"): off, report, verified_ai, verified.
+    provenance_policy: VerdictPolicy = VerdictPolicy.VERIFIED_AI
+    # PEM file of the C2PA trust anchors: a manifest is verified only when its signer's chain ends at one
+    # of them. Unset: none is trusted, so provenance never decides a verdict.
+    c2pa_trust_anchors: FilePath | None = None
+
+    @field_validator("c2pa_trust_anchors", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 @lru_cache(maxsize=1)

@@ -32,6 +32,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from pipeline.analyze import AudioVerdict, MediaResult, TimelineSecond
 from pipeline.errors import DeepscanError, UnsupportedMediaError
 from pipeline.media import MediaType, VideoInfo, detect_media_type, probe_video, sha256_file
+from pipeline.provenance import Provenance
 from workers import resources, rows
 from workers.archives import list_members
 from workers.celery_app import app, retry_delay_cap_s
@@ -120,7 +121,8 @@ def analyze_object(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> N
 
 @object_task("deepscan.split_video", media_type="video")
 def split_video(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
-    """Probe a video and fan it out: one chord part per segment (and the soundtrack), then the verdict."""
+    """Probe a video, read its provenance, and fan it out: one chord part per segment (and the
+    soundtrack), then the verdict."""
     obj, started_s = ObjectRef.from_dict(ref), time.time()
     path = resources.local_copies().path(obj)
     try:
@@ -128,17 +130,32 @@ def split_video(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None
     except DeepscanError as e:
         rows.write_failure(obj, scan_id, e, media_type="video")
         return
+    provenance = resources.verdict_analyzer().read_provenance(path, "video")
     segment_s = get_settings().video_segment_s
     video_chord(
-        obj, scan_id, info, segment_s=segment_s, started_s=started_s, sha256=sha256_file(path)
+        obj,
+        scan_id,
+        info,
+        segment_s=segment_s,
+        started_s=started_s,
+        sha256=sha256_file(path),
+        provenance=provenance,
     ).delay()
 
 
 def video_chord(
-    obj: ObjectRef, scan_id: int | None, info: VideoInfo, *, segment_s: int, started_s: float, sha256: str
+    obj: ObjectRef,
+    scan_id: int | None,
+    info: VideoInfo,
+    *,
+    segment_s: int,
+    started_s: float,
+    sha256: str,
+    provenance: Provenance | None = None,
 ) -> chord:
     """The chord of one video: ``ceil(duration / segment_s)`` segment parts (plus the soundtrack) whose
-    results ``finish_video`` aggregates; ``video_failed`` writes an error row if a part fails for good."""
+    results ``finish_video`` aggregates with the video's provenance (a few findings, not media);
+    ``video_failed`` writes an error row if a part fails for good."""
     ref, info_dict = obj.to_dict(), asdict(info)
     header = [
         score_segment.s(ref=ref, info=info_dict, start_s=float(start), duration_s=float(segment_s))
@@ -147,7 +164,12 @@ def video_chord(
     if info.has_audio:
         header.append(score_soundtrack.s(ref=ref))
     body = finish_video.s(
-        ref=ref, scan_id=scan_id, info=info_dict, started_s=started_s, content_sha256=sha256
+        ref=ref,
+        scan_id=scan_id,
+        info=info_dict,
+        started_s=started_s,
+        content_sha256=sha256,
+        provenance=provenance.to_dict() if provenance is not None else None,
     ).on_error(video_failed.s(ref=ref, scan_id=scan_id))
     return chord(header, body)
 
@@ -193,16 +215,20 @@ def finish_video(
     info: dict[str, Any],
     started_s: float,
     content_sha256: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> None:
-    """Chord body: the video's verdict from its parts, in any order and with any duplicates (idempotent)."""
+    """Chord body: the video's verdict from its parts, in any order and with any duplicates, and its
+    provenance (idempotent)."""
     obj = ObjectRef.from_dict(ref)
     result = MediaResult(path=obj.result_uri, media_type="video")
     timeline = [TimelineSecond.from_dict(entry) for part in parts for entry in part.get("timeline", [])]
     audio = next((AudioVerdict.from_dict(part["audio"]) for part in parts if part.get("audio")), None)
+    analyzer = resources.verdict_analyzer()
     try:
-        resources.verdict_analyzer().video_verdict(result, VideoInfo(**info), timeline, audio)
+        analyzer.video_verdict(result, VideoInfo(**info), timeline, audio)
     except DeepscanError as e:
         result.fail(e)
+    analyzer.apply_provenance(result, Provenance.from_dict(provenance) if provenance else None)
     result.details["parts"] = {
         "count": len(parts),
         "failed_segments": [part for part in parts if "error" in part],

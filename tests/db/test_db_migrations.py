@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from db.models import Base
 from db.session import alembic_config, make_engine, migrate
@@ -46,3 +48,28 @@ def test_models_match_migrations(engine: Engine) -> None:
     with engine.connect() as connection:
         diffs = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diffs == []
+
+
+def test_rows_from_before_provenance_keep_a_null_provenance(db_url: str) -> None:
+    config = alembic_config(db_url)
+    command.upgrade(config, "0002")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO results (uri, media_type, status, details, created_at, updated_at) "
+                    "VALUES ('file:///old.jpg', 'image', 'ok', '{}', :now, :now)"
+                ),
+                {"now": datetime.now(timezone.utc)},
+            )
+        migrate(db_url)
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT provenance, provenance_credentials FROM results")).one()
+        assert tuple(row) == (None, None)
+        assert "ix_results_provenance" in {i["name"] for i in inspect(engine).get_indexes("results")}
+        command.downgrade(config, "0002")
+        assert "provenance" not in {c["name"] for c in inspect(engine).get_columns("results")}
+    finally:
+        engine.dispose()
+    migrate(db_url)

@@ -305,3 +305,44 @@ def test_concurrent_upserts_leave_one_row(factory: sessionmaker[Session]) -> Non
         assert row.fake_probability is not None
         winner = round(row.fake_probability * 10)
         assert [f.fake_probability for f in row.frames] == [winner / 10] * (winner + 1)
+
+
+def test_list_results_by_provenance(session: Session) -> None:
+    rows = {
+        "file:///generated.png": {"provenance": "ai", "provenance_credentials": "absent"},
+        "file:///signed.jpg": {"provenance": "ai", "provenance_credentials": "trusted"},
+        "file:///camera.jpg": {"provenance": "camera", "provenance_credentials": "absent"},
+        "file:///plain.jpg": {"provenance": "none", "provenance_credentials": "absent"},
+        "file:///unread.txt": {},  # never read (not media, or an older row): NULL, in no filter
+    }
+    for uri, fields in rows.items():
+        upsert_result(session, uri=uri, fields={"status": "ok", **fields})
+    session.commit()
+
+    def uris(provenance: str) -> list[str]:
+        return [r.uri for r in list_results(session, provenance=provenance)]
+
+    assert uris("ai") == ["file:///generated.png", "file:///signed.jpg"]
+    assert uris("camera") == ["file:///camera.jpg"]
+    assert uris("none") == ["file:///plain.jpg"]
+    assert [r.uri for r in list_results(session, provenance="ai", limit=1)] == ["file:///generated.png"]
+
+
+def test_result_to_dict_gives_provenance_back_from_details(session: Session) -> None:
+    provenance = {"summary": "ai", "verified": True, "credentials": "trusted", "findings": []}
+    row = upsert_result(
+        session,
+        uri="file:///signed.jpg",
+        fields={
+            "status": "ok",
+            "provenance": "ai",
+            "details": {"provenance": provenance, "aggregation": "x"},
+        },
+    )
+    session.commit()
+    as_dict = result_to_dict(row)
+    assert as_dict["provenance"] == provenance and as_dict["details"] == {"aggregation": "x"}
+    assert (
+        result_to_dict(upsert_result(session, uri="file:///old.jpg", fields={"status": "ok"}))["provenance"]
+        is None
+    )

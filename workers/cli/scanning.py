@@ -43,6 +43,9 @@ def register(sub: Subparsers) -> None:
     results.add_argument("--label", choices=("fake", "real"))
     results.add_argument("--status")
     results.add_argument("--min-probability", type=float)
+    results.add_argument(
+        "--provenance", choices=("ai", "camera", "none"), help="what the file says of its origin"
+    )
     results.add_argument("--format", choices=("jsonl", "table", "csv"), default="jsonl")
     results.add_argument("--database-url")
     results.set_defaults(func=cmd_results)
@@ -139,6 +142,7 @@ def cmd_results(args: argparse.Namespace) -> int:
                 label=args.label,
                 status=args.status,
                 min_probability=args.min_probability,
+                provenance=args.provenance,
             )
         ]
     writer = Writer(args.format)
