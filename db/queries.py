@@ -196,10 +196,16 @@ def list_results(
     label: str | None = None,
     status: str | None = None,
     min_probability: float | None = None,
+    after_id: int | None = None,
     limit: int | None = None,
 ) -> list[Result]:
-    """Rows matching every filter given, in id order; ``min_probability`` bounds ``fake_probability``."""
+    """Rows matching every filter given, in id order; ``min_probability`` bounds ``fake_probability``.
+
+    ``after_id`` keeps rows whose id is greater (a page cursor: the last id of the previous page).
+    """
     stmt = select(Result).order_by(Result.id)
+    if after_id is not None:
+        stmt = stmt.where(Result.id > after_id)
     if scan_id is not None:
         stmt = stmt.where(Result.scan_id == scan_id)
     if label is not None:
