@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workers import cli_web
 from workers.errors import ScanError, UsageError
 
 if TYPE_CHECKING:
@@ -604,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     scans = sub.add_parser("scans", help="list scans with their counts")
     scans.add_argument("--database-url")
     scans.set_defaults(func=cmd_scans)
+    cli_web.register(sub)
     return parser
 
 
