@@ -55,17 +55,20 @@ function setStatus(card, status) {
   card.dataset.status = status;
 }
 
+// Fetch a PNG with the token (an <img src> cannot send it) and show it; the figure's data-done is set once
+// the picture and its caption are both final.
 async function loadImage(img, url, figure, onDone) {
   figure.hidden = false;
   img.dataset.loaded = "loading";
+  const finish = async (error) => { await onDone(error); figure.dataset.done = "true"; };
   const response = await fetch(url, { headers: headers() });
   if (!response.ok) {
     img.dataset.loaded = "failed";
-    onDone(await detail(response));
+    await finish(await detail(response));
     return;
   }
+  img.onload = () => { img.dataset.loaded = "true"; finish(null); };
   img.src = URL.createObjectURL(await response.blob());
-  img.onload = () => { img.dataset.loaded = "true"; onDone(null); };
 }
 
 function drawResult(card, job) {
@@ -104,7 +107,7 @@ function drawResult(card, job) {
       : audio.label ? "audio: " + audio.label + " (P(fake) " + audio.fake_probability.toFixed(3) + ", "
         + audio.windows + " windows)"
       : "audio: no verdict (" + audio.status + ": " + audio.reason + ")";
-    loadImage(card.querySelector(".timeline"), job.timeline_url, figure, () => {});
+    loadImage(card.querySelector(".timeline"), job.timeline_url, figure, async () => {});
   }
   const wantExplanation = document.getElementById("explain").checked || job.explanation.status !== "available";
   if (job.explanation_url && wantExplanation) {
