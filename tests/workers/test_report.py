@@ -64,7 +64,7 @@ def test_the_report_sorts_for_triage_and_carries_its_figures(
     }  # fmt: skip
     html = (out / "index.html").read_text()
     rows = {r["id"]: r for r in read_rows(url, scan_id)}
-    order = [int(i) for i in re.findall(r'<tr class="row [a-z]+" data-id="(\d+)"', html)]
+    order = [int(i) for i in re.findall(r'<tr class="row row-[a-z]+" data-id="(\d+)"', html)]
     assert order == [r["id"] for r in sorted(rows.values(), key=triage_key)]
     probabilities = [rows[i]["fake_probability"] for i in order]
     scored = [p for p in probabilities if p is not None]
