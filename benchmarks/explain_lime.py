@@ -1,10 +1,10 @@
 """LIME cost and stability per face: seconds per explanation and how far its strongest regions can be trusted.
 
-Explains the sample portrait's face with the pack's ensemble (as ``deepscan serve`` and ``deepscan explain``
-do) for each superpixel count and sample count, twice with different seeds, and prints the seconds per
-explanation, the R² of LIME's local model, the strongest weight, and how well the regions shown (the strongest towards fake
-and towards real) agree, as pixel IoU, between the two seeds and with a reference run at ``--reference``
-samples.
+Explains the sample portrait's face with the pack's ensemble (as ``deepscan serve`` and ``deepscan
+explain`` do) for each superpixel count and sample count, twice with different seeds, and prints the
+seconds per explanation, the R² of LIME's local model, the strongest weight, and how well the regions
+shown (the strongest towards fake and towards real) agree, as pixel IoU, between the two seeds and with
+a reference run at ``--reference`` samples.
 
     python benchmarks/explain_lime.py [--pack DIR] [--segments 15,25] [--samples 64,128] [--reference 512]
 
@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=512)
     args = parser.parse_args()
 
+    import numpy as np
+
     from pipeline.analyze import Analyzer
     from pipeline.ensemble import aggregate
     from pipeline.explain import explain_crop
@@ -51,7 +53,7 @@ def main() -> None:
         frame = load_image(Path(tmp) / "face.jpg")
     crop = analyzer.explanation_crop(frame, analyzer.detector.detect(frame)[0])
 
-    def score(crops: list) -> object:  # type: ignore[type-arg]
+    def score(crops: list[np.ndarray]) -> np.ndarray:
         return aggregate(analyzer.pack.score_faces(crops), analyzer.pack.manifest.aggregation)
 
     counts = [int(n) for n in args.samples.split(",")]

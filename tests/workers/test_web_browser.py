@@ -78,6 +78,28 @@ def upload_and_read(driver: Any, base: str, files: list[Path], shot: Path) -> di
     return read
 
 
+def drop_a_drawing(driver: Any) -> str:
+    """Drop a PNG drawn in the page onto the drop zone, as a file dragged from the desktop; its reason."""
+    driver.execute_script(
+        """
+        const canvas = document.createElement('canvas');
+        canvas.width = canvas.height = 96;
+        canvas.getContext('2d').fillStyle = '#888';
+        canvas.getContext('2d').fillRect(0, 0, 96, 96);
+        canvas.toBlob((blob) => {
+          const data = new DataTransfer();
+          data.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+          const zone = document.getElementById('upload');
+          zone.dispatchEvent(new DragEvent('dragenter', {dataTransfer: data, bubbles: true, cancelable: true}));
+          zone.dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));
+        }, 'image/png');
+        """
+    )
+    name = "dropped.png"
+    wait_until(driver, f"{card(name)} && {card(name)}.dataset.status === 'done'", "the verdict of the drop")
+    return str(driver.execute_script(f"return {card(name)}.querySelector('.reason').textContent"))
+
+
 def percent(text: str) -> float:
     return float(text.replace("%", "").strip())
 
@@ -99,6 +121,7 @@ def test_an_image_and_a_video_uploaded_in_the_browser_show_verdicts_overlay_and_
     files = [samples / "face.jpg", samples / "talking_face.mp4", samples / "notes.txt"]
     with serve(env, tmp_path) as base:
         read = upload_and_read(browser, base, files, ARTIFACTS / "upload_page.png")
+        dropped = drop_a_drawing(browser)
         results = get_json(f"{base}/api/v1/results")["items"]
 
     image, video, notes = read["face.jpg"], read["talking_face.mp4"], read["notes.txt"]
@@ -111,7 +134,9 @@ def test_an_image_and_a_video_uploaded_in_the_browser_show_verdicts_overlay_and_
     assert video["audio"].startswith("audio: ")
     assert video["explanation"]["loaded"] == "true" and "at second" in video["caption"]
     assert notes["label"] is None and "unsupported" in notes["reason"]
-    assert sorted(r["uri"].rsplit("/", 1)[1] for r in results) == sorted(p.name for p in files)
+    assert "no_face" in dropped  # a grey square dropped on the page: analysed, no face in it
+    names = sorted([p.name for p in files] + ["dropped.png"])
+    assert sorted(r["uri"].rsplit("/", 1)[1] for r in results) == names
 
 
 @pytest.mark.slow
