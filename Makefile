@@ -8,7 +8,7 @@ DEMO_DIR := build/samples
 .PHONY: demo test lint lock system-deps services venv clean
 
 # Debian packages the pipeline and the tests call: ffmpeg (video/audio decoding), espeak-ng, flite, festival (speech
-# fixtures and spoofs), sox (audio checks).
+# fixtures and spoofs), sox (audio checks), chromium and chromium-driver (browser tests of the web app).
 system-deps:
 	@bash .ci/system-deps.sh
 

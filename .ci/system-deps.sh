@@ -7,6 +7,9 @@ command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
 command -v flite >/dev/null || need+=(flite)
 command -v text2wave >/dev/null || need+=(festival festvox-kallpc16k)
+# the browser tests of the web app drive Debian's own Chromium, never a downloaded one
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing system packages: ${need[*]}"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -52,11 +52,13 @@ class ScanStatus(str, Enum):
 
 
 class ScanKind(str, Enum):
-    """What started a scan: an ad-hoc ``detect``, a ``scan`` of a folder or prefix, or a scheduled ``beat``."""
+    """What started a scan: an ad-hoc ``detect``, a ``scan`` of a folder or prefix, a scheduled ``beat``,
+    or files uploaded to ``deepscan serve``."""
 
     DETECT = "detect"
     SCAN = "scan"
     BEAT = "beat"
+    UPLOAD = "upload"
 
     def __str__(self) -> str:
         return self.value

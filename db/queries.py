@@ -211,12 +211,18 @@ def list_results(
     status: str | None = None,
     min_probability: float | None = None,
     provenance: str | None = None,
+    after_id: int | None = None,
     limit: int | None = None,
 ) -> list[Result]:
     """Rows matching every filter given, in id order; ``min_probability`` bounds ``fake_probability``;
     ``provenance`` is the summary of what a file says of its origin (ai, camera, none: rows whose
-    provenance was read and found nothing; rows never read have none)."""
+    provenance was read and found nothing; rows never read have none).
+
+    ``after_id`` keeps rows whose id is greater (a page cursor: the last id of the previous page).
+    """
     stmt = select(Result).order_by(Result.id)
+    if after_id is not None:
+        stmt = stmt.where(Result.id > after_id)
     if scan_id is not None:
         stmt = stmt.where(Result.scan_id == scan_id)
     if label is not None:

@@ -23,6 +23,7 @@ from pipeline.audio import split_windows
 from pipeline.batching import batched
 from pipeline.ensemble import Verdict, aggregate, vote
 from pipeline.errors import DeepscanError, MediaDecodeError, NoFaceError, ResultStatus, UnsupportedMediaError
+from pipeline.explain import LIME_SAMPLES, FaceExplanation, explain_crop
 from pipeline.faces import FaceBox, FaceDetector, square_crop
 from pipeline.media import (
     FRAME_INTERVAL_S,
@@ -228,23 +229,35 @@ class Analyzer:
             duration_s=round(signal.size / front_end.sample_rate_hz, 3),
         )
 
-    def explain_image(self, frame: np.ndarray, *, num_samples: int = 400) -> list[tuple[FaceBox, Any]]:
+    def explain_image(
+        self, frame: np.ndarray, *, num_samples: int = LIME_SAMPLES
+    ) -> list[tuple[FaceBox, FaceExplanation]]:
         """LIME explanation of every face in an RGB uint8 frame, with the ensemble as the scoring function."""
-        from pipeline.explain import explain_crop
+        boxes = self.detector.detect(frame)
+        if not boxes:
+            raise NoFaceError("no face found in the image")
+        return [(box, self.explain_face(frame, box, num_samples=num_samples)) for box in boxes]
+
+    def explanation_crop(self, frame: np.ndarray, box: FaceBox) -> np.ndarray:
+        """The crop of the face at ``box`` that LIME explains: uint8 RGB (S, S, 3), S <= 256."""
+        crop = square_crop(frame, box)
+        if crop.shape[0] > EXPLAIN_MAX_SIDE_PX:  # superpixels of a bigger crop add time, not detail
+            crop = to_uint8_size(crop, EXPLAIN_MAX_SIDE_PX)
+        return crop
+
+    def explain_crop(self, crop: np.ndarray, *, num_samples: int = LIME_SAMPLES) -> FaceExplanation:
+        """LIME explanation of one face crop (``explanation_crop``), scored by the ensemble."""
 
         def score(crops: list[np.ndarray]) -> np.ndarray:
             return aggregate(self.pack.score_faces(crops), self.pack.manifest.aggregation)
 
-        boxes = self.detector.detect(frame)
-        if not boxes:
-            raise NoFaceError("no face found in the image")
-        out = []
-        for box in boxes:
-            crop = square_crop(frame, box)
-            if crop.shape[0] > EXPLAIN_MAX_SIDE_PX:  # superpixels of a bigger crop add time, not detail
-                crop = to_uint8_size(crop, EXPLAIN_MAX_SIDE_PX)
-            out.append((box, explain_crop(crop, score, num_samples=num_samples)))
-        return out
+        return explain_crop(crop, score, num_samples=num_samples)
+
+    def explain_face(
+        self, frame: np.ndarray, box: FaceBox, *, num_samples: int = LIME_SAMPLES
+    ) -> FaceExplanation:
+        """LIME explanation of the face at ``box`` in an RGB uint8 frame (H, W, 3)."""
+        return self.explain_crop(self.explanation_crop(frame, box), num_samples=num_samples)
 
     # -- per media type -------------------------------------------------------------------------------
 

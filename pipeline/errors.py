@@ -23,6 +23,7 @@ class ResultStatus(str, Enum):
     TIMEOUT = "timeout"
     MODEL_ERROR = "model_error"
     USAGE = "usage"  # a command line or configuration error: never reaches a row
+    BUSY = "busy"  # deepscan serve's job pool is full: the upload is refused, nothing reaches a row
     # building the synthetic-speech corpus (training.spoofs): never reaches a row either
     GENERATOR_UNAVAILABLE = "generator_unavailable"
     GENERATOR_FAILED = "generator_failed"

@@ -20,6 +20,8 @@ DEFAULT_PACK_DIR = Path(__file__).resolve().parent.parent / "pipeline" / "weight
 # 8 s is within 3 % of the best and still splits a 10-minute video into 75 tasks to spread over workers.
 DEFAULT_VIDEO_SEGMENT_S = 8
 WEEK_S = 7 * 24 * 3600
+# LIME samples per face for the web app and reports: pipeline.explain.LIME_SAMPLES, measured there.
+DEFAULT_EXPLAIN_SAMPLES = 64
 
 
 class ScheduleSpec(BaseModel):
@@ -84,6 +86,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    # -- deepscan serve (workers/web) --
+    # The largest request body POST /api/v1/jobs accepts (all its files together); more is a 413.
+    upload_max_mb: float = Field(default=512, gt=0)
+    # LIME perturbed samples per explained face (web app, reports): time grows linearly with it.
+    explain_samples: int = Field(default=DEFAULT_EXPLAIN_SAMPLES, ge=16)
+    # Analyses the embedded pool of deepscan serve runs at once (threads sharing one loaded pack).
+    web_workers: int = Field(default=1, ge=1)
+    # Jobs waiting for the pool beyond those running; an upload that would exceed it gets a 503.
+    web_queue_max: int = Field(default=32, ge=1)
 
 
 @lru_cache(maxsize=1)

@@ -33,6 +33,7 @@ from sqlalchemy import text
 
 from db.session import make_engine, migrate
 from tests.conftest import REPO, missing_service
+from tests.workers.serving import browser  # noqa: F401  (headless Chromium for the web app's tests)
 
 REDIS_URL = os.environ.get("DEEPSCAN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DBS = itertools.cycle(range(10, 16))  # one per stack; 0-9 are left to people running things

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
-from workers.cli import analysis, packs, scanning
+from workers.cli import analysis, packs, scanning, web
 from workers.cli.helpers import EXIT_INCOMPLETE, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, Subparsers
 from workers.errors import ScanError, UsageError
 
@@ -39,7 +39,7 @@ class CommandModule(Protocol):
 
 
 # in this order in ``deepscan --help``
-COMMAND_MODULES: tuple[CommandModule, ...] = (analysis, scanning, packs)
+COMMAND_MODULES: tuple[CommandModule, ...] = (analysis, scanning, web, packs)
 
 
 def _quiet_frameworks() -> None:

@@ -37,7 +37,12 @@ def register(sub: Subparsers) -> None:
     explain.add_argument("image", metavar="IMAGE")
     explain.add_argument("--out", required=True, metavar="DIR", help="where the overlays are written")
     explain.add_argument("--models", metavar="DIR")
-    explain.add_argument("--samples", type=int, default=400, help="perturbed crops per face (default 400)")
+    explain.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="perturbed crops per face (default: DEEPSCAN_EXPLAIN_SAMPLES, 64)",
+    )
     explain.set_defaults(func=cmd_explain)
 
     samples = sub.add_parser("samples", help="write sample media (public-domain stills, synthetic speech)")
@@ -104,13 +109,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pipeline.errors import DeepscanError
     from pipeline.media import load_image
     from workers.resources import load_pack
+    from workers.settings import get_settings
 
     analyzer = Analyzer(load_pack(args.models))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     image = Path(args.image)
     try:
-        explained = analyzer.explain_image(load_image(image), num_samples=args.samples)
+        samples = args.samples or get_settings().explain_samples
+        explained = analyzer.explain_image(load_image(image), num_samples=samples)
     except DeepscanError as e:
         print(json.dumps({"path": str(image), "status": e.status, "reason": e.reason}))
         return EXIT_SOME_FAILED

@@ -1,0 +1,1 @@
+"""The web app and REST API of ``deepscan serve``, and the static reports of ``deepscan report``."""

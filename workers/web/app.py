@@ -1,0 +1,476 @@
+"""The web app and REST API of ``deepscan serve`` (FastAPI).
+
+``GET /`` is the upload page; ``/api/v1`` the API, documented at ``/docs``. Uploads become jobs of the
+embedded pool (``workers.web.jobs``), one job per file; results, scans and their figures are read from the
+results table. With ``DEEPSCAN_API_TOKEN`` set, every ``/api/v1`` route wants ``Authorization: Bearer
+TOKEN``; the page, its assets, ``/docs`` and ``/healthz`` hold no data and stay open.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from db import queries
+from db.models import Result
+from db.session import session_scope
+from workers.errors import ScanError, UsageError
+from workers.resources import open_sessions
+from workers.settings import Settings
+from workers.web.explanations import seconds_of
+from workers.web.figures import timeline_png
+from workers.web.jobs import ExplainPolicy, ExplanationStatus, Job, JobPool, PoolBusyError, Upload
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+API = "/api/v1"
+JOBS_PATH = f"{API}/jobs"
+MAX_FILES_PER_REQUEST = 64
+PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 500
+EXPLANATION_WAIT_S = 600.0  # a GET of an explanation waits this long for the pool before giving up
+COPY_BLOCK_BYTES = 1 << 20
+MIB = 1 << 20
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+# -- schemas (what /docs shows) -------------------------------------------------------------------------
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: str
+    filename: str
+    url: str = Field(description="GET it for the status and, when done, the result")
+
+
+class JobView(JobCreated):
+    size_bytes: int
+    created_at: str
+    timings: dict[str, float | None]
+    result: dict[str, Any] | None = Field(
+        None, description="when done: exactly the JSON of `deepscan detect` (MediaResult.to_dict())"
+    )
+    error: str | None = None
+    explanation: dict[str, Any]
+    explanation_url: str | None = Field(None, description="PNG: the face beside its LIME explanation")
+    timeline_url: str | None = Field(None, description="PNG: P(fake) per second of a video")
+
+
+class ResultsPage(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null: last page")
+
+
+class ScanRequest(BaseModel):
+    uri: str = Field(description="s3://bucket/prefix, or a folder the workers can read")
+    force: bool = Field(False, description="re-analyse objects already analysed with this model version")
+
+
+class ScanStarted(BaseModel):
+    scan_id: int
+    uri: str
+    queued: int
+    skipped: int
+    url: str
+
+
+# -- the upload size limit ------------------------------------------------------------------------------
+
+
+def _too_large(limit_bytes: int) -> HTTPException:
+    return HTTPException(
+        413,
+        f"the upload is larger than the limit of {limit_bytes / MIB:g} MB (DEEPSCAN_UPLOAD_MAX_MB): "
+        "send fewer or smaller files per request",
+    )
+
+
+class UploadLimit:
+    """Refuse a ``POST /api/v1/jobs`` body over ``limit_bytes`` with a 413 that says so.
+
+    A declared Content-Length over the limit is refused before a byte is read; a chunked body is counted
+    as it arrives and refused once it passes the limit (raised as an HTTPException, which FastAPI's
+    body parser lets through to the handler).
+    """
+
+    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
+        self.app, self.limit_bytes = app, limit_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != JOBS_PATH:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit_bytes:
+            error = _too_large(self.limit_bytes)
+            response = JSONResponse(
+                {"detail": error.detail}, status_code=413, headers={"Connection": "close"}
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit_bytes:
+                    raise _too_large(self.limit_bytes)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat()
+
+
+def job_view(job: Job) -> JobView:
+    url = f"{JOBS_PATH}/{job.id}"
+    result = job.result or {}
+    explanation = job.explanation_status()
+    return JobView(
+        id=job.id,
+        status=job.status.value,
+        filename=job.filename,
+        url=url,
+        size_bytes=job.size_bytes,
+        created_at=_iso(job.created_at),
+        timings=job.timings(),
+        result=job.result,
+        error=job.error,
+        explanation={"status": explanation.value, **job.explanation_info},
+        explanation_url=None if explanation is ExplanationStatus.NONE else f"{url}/explanation.png",
+        timeline_url=f"{url}/timeline.png" if result.get("timeline") else None,
+    )
+
+
+def safe_filename(name: str | None) -> str:
+    """The last path component of a client's file name, without control characters (``upload`` if none)."""
+    base = re.split(r"[/\\]", name or "")[-1]
+    return _UNSAFE_NAME.sub("_", base).strip()[:255] or "upload"
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, value = text.split(":", 1)
+        if prefix != "id":
+            raise ValueError(prefix)
+        return int(value)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
+        raise HTTPException(400, f"not a cursor this API gave out: {cursor!r}") from e
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def start_scan(uri: str, *, force: bool, settings: Settings, sessions: sessionmaker[Session]) -> ScanStarted:
+    """Start a scan of ``uri`` for the workers: the one place the API does it.
+
+    Today a scan needs the broker (``workers.producer.start_scan``); when scans can run in-process,
+    this is the function to switch. Raises ``ScanError`` without a broker or when it is unreachable,
+    ``UsageError`` for a bad URI.
+    """
+    if settings.broker_url is None:
+        raise ScanError(
+            "scans run on the distributed workers and no broker is configured: set DEEPSCAN_BROKER_URL "
+            "(e.g. redis://127.0.0.1:6379/0) and start `deepscan worker`, or analyse a folder with "
+            "`deepscan detect FOLDER`, or upload files to POST /api/v1/jobs"
+        )
+    from workers import producer
+
+    started = producer.start_scan(uri, force=force, sessions=sessions)
+    assert started is not None  # only scheduled scans are skipped
+    return ScanStarted(
+        scan_id=started.scan_id,
+        uri=started.uri,
+        queued=started.queued,
+        skipped=started.skipped,
+        url=f"{API}/scans/{started.scan_id}",
+    )
+
+
+# -- dependencies ---------------------------------------------------------------------------------------
+
+bearer = HTTPBearer(auto_error=False, description="DEEPSCAN_API_TOKEN, when the server has one")
+
+
+def authorised(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    token: str = request.app.state.api_token
+    if not token:
+        return
+    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
+        raise HTTPException(
+            401, "a valid bearer token is required (Authorization: Bearer ...)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+
+
+def pool(request: Request) -> JobPool:
+    jobs: JobPool = request.app.state.pool
+    return jobs
+
+
+def sessions(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.sessions
+    return factory
+
+
+def job_or_404(job_id: str, jobs: JobPool) -> Job:
+    job = jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id} (jobs are kept in memory until the server stops)")
+    return job
+
+
+def result_or_404(session: Session, result_id: int) -> Result:
+    result = session.get(Result, result_id)
+    if result is None:
+        raise HTTPException(404, f"no result {result_id}")
+    return result
+
+
+# -- the app --------------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The FastAPI app for ``settings``. Its lifespan migrates the database and starts the job pool."""
+    token = settings.api_token.get_secret_value() if settings.api_token else ""
+    limit_bytes = int(settings.upload_max_mb * MIB)
+    templates = Jinja2Templates(directory=PACKAGE_DIR / "templates")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sessions = open_sessions(settings.database_url)
+        with tempfile.TemporaryDirectory(prefix="deepscan-uploads-") as uploads:
+            pool = JobPool(
+                settings.models_dir,
+                workers=settings.web_workers,
+                queue_max=settings.web_queue_max,
+                explain_samples=settings.explain_samples,
+                score_soundtrack=settings.score_soundtrack,
+                sessions=sessions,
+            )
+            app.state.pool, app.state.sessions, app.state.uploads = pool, sessions, Path(uploads)
+            try:
+                yield
+            finally:
+                pool.close()
+
+    app = FastAPI(
+        title="deepscan",
+        summary="Find deepfakes in images, videos and audio.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.api_token = token
+    app.add_middleware(UploadLimit, limit_bytes=limit_bytes)
+    app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index(request: Request) -> HTMLResponse:
+        return templates.TemplateResponse(
+            request,
+            "index.html",
+            {
+                "token_required": bool(token),
+                "upload_max_mb": settings.upload_max_mb,
+                "model": request.app.state.pool.manifest.label,
+                "explain_samples": settings.explain_samples,
+            },
+        )
+
+    @app.get("/healthz", tags=["server"])
+    def healthz(jobs: Annotated[JobPool, Depends(pool)]) -> dict[str, Any]:
+        """Whether the server is up and its model pack loaded (no token needed)."""
+        return {
+            "status": "ok",
+            "model": jobs.manifest.label,
+            "ready": jobs.ready,
+            "active_jobs": jobs.active(),
+        }
+
+    api = APIRouter(prefix=API, dependencies=[Depends(authorised)])
+
+    @api.post("/jobs", status_code=202, response_model=JobCreated | list[JobCreated], tags=["jobs"])
+    def create_jobs(
+        request: Request,
+        jobs: Annotated[JobPool, Depends(pool)],
+        file: Annotated[list[UploadFile], File(description="one or more media files")],
+        explain: Annotated[
+            ExplainPolicy, Form(description="compute the LIME explanation: for fakes, always or never")
+        ] = ExplainPolicy.FLAGGED,
+    ) -> JobCreated | list[JobCreated] | JSONResponse:
+        """Analyse uploaded files: one job per file. One file: its job; several: a list, in upload order."""
+        if len(file) > MAX_FILES_PER_REQUEST:
+            raise HTTPException(413, f"at most {MAX_FILES_PER_REQUEST} files per request")
+        uploads: list[Upload] = []
+        directory: Path = request.app.state.uploads
+        try:
+            for part in file:
+                fd, name = tempfile.mkstemp(dir=directory)  # a generated name: never the client's
+                with open(fd, "wb") as out:
+                    shutil.copyfileobj(part.file, out, COPY_BLOCK_BYTES)
+                path = Path(name)
+                uploads.append(Upload(safe_filename(part.filename), path, path.stat().st_size))
+            created = jobs.submit(uploads, explain=explain)
+        except PoolBusyError as e:
+            for upload in uploads:
+                upload.path.unlink(missing_ok=True)
+            raise HTTPException(503, e.reason, headers={"Retry-After": "10"}) from e
+        except BaseException:
+            for upload in uploads:
+                upload.path.unlink(missing_ok=True)
+            raise
+        views = [
+            JobCreated(id=j.id, status=j.status.value, filename=j.filename, url=f"{JOBS_PATH}/{j.id}")
+            for j in created
+        ]
+        if len(views) == 1:
+            return JSONResponse(views[0].model_dump(), status_code=202, headers={"Location": views[0].url})
+        return views
+
+    @api.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+    def get_job(job_id: str, jobs: Annotated[JobPool, Depends(pool)]) -> JobView:
+        """A job's status and, when done, its result, explanation status and figure URLs."""
+        return job_view(job_or_404(job_id, jobs))
+
+    png = {"content": {"image/png": {}}, "description": "PNG"}
+
+    @api.get("/jobs/{job_id}/explanation.png", response_class=Response, responses={200: png}, tags=["jobs"])
+    def get_explanation(job_id: str, jobs: Annotated[JobPool, Depends(pool)]) -> Response:
+        """The face that drove the verdict beside its LIME explanation; computed on first request."""
+        job = job_or_404(job_id, jobs)
+        if not job.finished:
+            raise HTTPException(409, f"job {job_id} is still {job.status.value}: ask again when it is done")
+        try:
+            future = jobs.request_explanation(job)
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from e
+        try:
+            data = future.result(timeout=EXPLANATION_WAIT_S)
+        except TimeoutError as e:
+            raise HTTPException(503, "the explanation is still being computed: ask again later") from e
+        except Exception as e:
+            logger.exception("explanation of job %s failed", job_id)
+            raise HTTPException(500, f"the explanation failed: {type(e).__name__}: {e}") from e
+        return Response(data, media_type="image/png")
+
+    @api.get("/jobs/{job_id}/timeline.png", response_class=Response, responses={200: png}, tags=["jobs"])
+    def get_job_timeline(job_id: str, jobs: Annotated[JobPool, Depends(pool)]) -> Response:
+        """P(fake) per second of a video job, with the threshold and the soundtrack's verdict."""
+        try:
+            return Response(jobs.timeline_png(job_or_404(job_id, jobs)), media_type="image/png")
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from e
+
+    @api.get("/results", response_model=ResultsPage, tags=["results"])
+    def list_results(
+        db: Annotated[sessionmaker[Session], Depends(sessions)],
+        scan: Annotated[int | None, Query(description="only this scan's rows")] = None,
+        label: Literal["fake", "real"] | None = None,
+        status: Annotated[str | None, Query(description="ok, no_face, decode_error, ...")] = None,
+        min_probability: Annotated[float | None, Query(ge=0, le=1)] = None,
+        limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    ) -> ResultsPage:
+        """Stored results with the filters of `deepscan results`, in id order, a page at a time."""
+        with session_scope(db) as session:
+            rows = queries.list_results(
+                session, scan_id=scan, label=label, status=status, min_probability=min_probability,
+                after_id=decode_cursor(cursor) if cursor else None, limit=limit + 1,
+            )  # fmt: skip
+            items = [queries.result_to_dict(r) for r in rows[:limit]]
+        return ResultsPage(
+            items=items, next_cursor=encode_cursor(items[-1]["id"]) if len(rows) > limit else None
+        )
+
+    @api.get("/results/{result_id}", tags=["results"])
+    def get_result(result_id: int, db: Annotated[sessionmaker[Session], Depends(sessions)]) -> dict[str, Any]:
+        """One stored result, with its per-second frames for a video."""
+        with session_scope(db) as session:
+            return queries.result_to_dict(result_or_404(session, result_id))
+
+    @api.get(
+        "/results/{result_id}/timeline.png", response_class=Response, responses={200: png}, tags=["results"]
+    )
+    def get_result_timeline(
+        result_id: int,
+        db: Annotated[sessionmaker[Session], Depends(sessions)],
+        jobs: Annotated[JobPool, Depends(pool)],
+    ) -> Response:
+        """P(fake) per second of a stored video result."""
+        with session_scope(db) as session:
+            row = queries.result_to_dict(result_or_404(session, result_id))
+        seconds = seconds_of(row)
+        if not seconds:
+            raise HTTPException(404, f"result {result_id} has no timeline: it is not a decoded video")
+        data = timeline_png(
+            seconds,
+            threshold=jobs.image_threshold,
+            audio=(row.get("details") or {}).get("audio"),
+            verdict=row if row.get("label") else None,
+        )
+        return Response(data, media_type="image/png")
+
+    @api.get("/scans", tags=["scans"])
+    def list_scans(db: Annotated[sessionmaker[Session], Depends(sessions)]) -> list[dict[str, Any]]:
+        """Every scan with its counts (queued, skipped, done, ok, fake, real, errors), as `deepscan scans`."""
+        with session_scope(db) as session:
+            return [_jsonable(row) for row in queries.scan_counts(session)]
+
+    @api.get("/scans/{scan_id}", tags=["scans"])
+    def get_scan(scan_id: int, db: Annotated[sessionmaker[Session], Depends(sessions)]) -> dict[str, Any]:
+        with session_scope(db) as session:
+            rows = queries.scan_counts(session, scan_id=scan_id)
+        if not rows:
+            raise HTTPException(404, f"no scan {scan_id}")
+        return _jsonable(rows[0])
+
+    @api.post("/scans", status_code=202, response_model=ScanStarted, tags=["scans"],
+              responses={503: {"description": "no broker configured, or it is unreachable"}})  # fmt: skip
+    def create_scan(
+        body: ScanRequest, db: Annotated[sessionmaker[Session], Depends(sessions)]
+    ) -> ScanStarted:
+        """Queue a scan of a bucket prefix or folder for the workers (needs DEEPSCAN_BROKER_URL)."""
+        try:
+            return start_scan(body.uri, force=body.force, settings=settings, sessions=db)
+        except UsageError as e:
+            raise HTTPException(400, e.reason) from e
+        except ScanError as e:
+            raise HTTPException(503, e.reason) from e
+
+    app.include_router(api)
+    return app

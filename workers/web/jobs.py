@@ -1,0 +1,375 @@
+"""The embedded job pool of ``deepscan serve``: uploads analysed in this process, a bounded few at a time.
+
+The pack is loaded once per process (``loaded_pack``), in the pool's first thread, as the server starts;
+each pool thread gets an ``Analyzer`` of its own (its own face detector) over that one pack. At most ``workers`` analyses
+run at once and at most ``queue_max`` more wait: an upload beyond that is refused (``PoolBusyError``),
+not queued without end. Each upload is deleted as soon as it has been analysed; what an explanation
+needs later (the crop of the face that drove the verdict, at most 256 px) is kept with the job. Each
+result is also upserted into the results table (uri ``upload://JOB/NAME``), under one scan of kind
+``upload`` per request, so ``deepscan results`` and ``deepscan report`` see it.
+
+Jobs live in memory: the newest ``JOBS_KEPT`` finished ones are kept, older ones are forgotten (their
+rows stay in the database).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import ScanKind
+from db.session import session_scope
+from pipeline.analyze import Analyzer, MediaResult
+from pipeline.errors import DeepscanError, ResultStatus
+from pipeline.media import sha256_file
+from pipeline.pack import PREDICT_BATCH, ModelPack, read_manifest
+from workers import rows
+from workers.resources import load_pack
+from workers.storage import ObjectRef
+from workers.web.explanations import ExplainTarget, driving_face, frame_at
+from workers.web.figures import explanation_png, timeline_png
+
+logger = logging.getLogger(__name__)
+
+JOBS_KEPT = 256  # finished jobs remembered; each holds its result and at most a 256 px crop
+WARMUP_CROP_PX = 128  # blank crops through every member trace the graphs at start-up (see warm_up)
+
+
+@lru_cache(maxsize=2)
+def loaded_pack(models_dir: Path) -> ModelPack:
+    """The pack in ``models_dir``, loaded once per process and shared by every pool (and app) in it."""
+    return load_pack(models_dir)
+
+
+def warm_up(pack: ModelPack, batch_sizes: tuple[int, ...]) -> None:
+    """Score blank crops in batches of these sizes, so their graphs are traced before the first upload.
+
+    Measured with benchmarks/web_latency.py (bundled pack, 2 busy cores): the first explanation took 53 s
+    against 20-22 s for the next ones, the difference being the batch-of-64 graphs traced on first use.
+    """
+    if not pack.manifest.image_members:
+        return
+    blank = np.zeros((WARMUP_CROP_PX, WARMUP_CROP_PX, 3), np.uint8)
+    for size in batch_sizes:
+        pack.score_faces([blank] * size)
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # analysed: the result says whether there is a verdict (status ok) or why not
+    FAILED = "failed"  # the server failed (a bug, the pool shut down), not the media
+
+
+class ExplainPolicy(str, Enum):
+    """When a job's explanation is computed without being asked for (it always can be, on request)."""
+
+    FLAGGED = "flagged"  # for results labelled fake
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class ExplanationStatus(str, Enum):
+    NONE = "none"  # nothing to explain: no face, or not an image or video
+    AVAILABLE = "available"  # computed on request (GET its URL)
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class PoolBusyError(DeepscanError):
+    """The pool has as many jobs waiting as it may hold: the upload is refused, try again later."""
+
+    status = ResultStatus.BUSY
+
+
+@dataclass
+class Job:
+    id: str
+    filename: str
+    size_bytes: int
+    explain: ExplainPolicy
+    scan_id: int | None = None
+    upload: Path | None = None
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    target: ExplainTarget | None = None
+    crop: np.ndarray | None = None  # uint8 RGB (S, S, 3): the face of ``target``, for LIME
+    explanation: Future[bytes] | None = None
+    explanation_info: dict[str, Any] = field(default_factory=dict)
+    timeline: bytes | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (JobStatus.DONE, JobStatus.FAILED)
+
+    @property
+    def uri(self) -> str:
+        return f"upload://{self.id}/{quote(self.filename)}"
+
+    def explanation_status(self) -> ExplanationStatus:
+        if self.crop is None:
+            return ExplanationStatus.NONE
+        if self.explanation is None:
+            return ExplanationStatus.AVAILABLE
+        if not self.explanation.done():
+            return ExplanationStatus.PENDING
+        return ExplanationStatus.FAILED if self.explanation.exception() else ExplanationStatus.READY
+
+    def timings(self) -> dict[str, float | None]:
+        """Seconds waiting for the pool, analysing, and from upload to verdict."""
+
+        def between(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else round(b - a, 3)
+
+        return {
+            "queued_s": between(self.created_at, self.started_at),
+            "analysis_s": between(self.started_at, self.finished_at),
+            "total_s": between(self.created_at, self.finished_at),
+        }
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file received and stored under a generated name, waiting for a job."""
+
+    filename: str  # as the client named it (its last path component only)
+    path: Path
+    size_bytes: int
+
+
+class JobPool:
+    """Analyses uploads on a bounded pool of threads; see the module docstring."""
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        workers: int = 1,
+        queue_max: int = 32,
+        explain_samples: int = 128,
+        score_soundtrack: bool = True,
+        sessions: sessionmaker[Session] | None = None,
+        jobs_kept: int = JOBS_KEPT,
+    ) -> None:
+        self.models_dir = models_dir
+        self.manifest = read_manifest(models_dir)
+        self.workers, self.queue_max, self.jobs_kept = workers, queue_max, jobs_kept
+        self.explain_samples = explain_samples
+        self.score_soundtrack = score_soundtrack
+        self.sessions = sessions
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepscan-job")
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._pack: Future[ModelPack] = self._executor.submit(self._load)
+
+    # -- the pack -----------------------------------------------------------------------------------------
+
+    def _load(self) -> ModelPack:
+        started = time.perf_counter()
+        pack = loaded_pack(self.models_dir)
+        # an image's verdict scores one face; LIME scores its neighbourhood in one batch, padded to a power
+        # of two up to PREDICT_BATCH
+        warm_up(pack, (1, min(PREDICT_BATCH, 1 << (self.explain_samples - 1).bit_length())))
+        logger.info("model pack %s ready in %.1f s", pack.manifest.label, time.perf_counter() - started)
+        return pack
+
+    @property
+    def ready(self) -> bool:
+        """Whether the pack is loaded (jobs submitted before then wait for it)."""
+        return self._pack.done() and self._pack.exception() is None
+
+    def wait_ready(self, timeout_s: float | None = None) -> ModelPack:
+        return self._pack.result(timeout=timeout_s)
+
+    def _analyzer(self) -> Analyzer:
+        analyzer: Analyzer | None = getattr(self._local, "analyzer", None)
+        if analyzer is None:
+            analyzer = Analyzer(self._pack.result(), score_soundtrack=self.score_soundtrack)
+            self._local.analyzer = analyzer
+        return analyzer
+
+    @property
+    def image_threshold(self) -> float:
+        return self.manifest.threshold("image")
+
+    # -- jobs ---------------------------------------------------------------------------------------------
+
+    def active(self) -> int:
+        """Jobs queued or running."""
+        return sum(not job.finished for job in self._jobs.values())
+
+    def submit(self, uploads: list[Upload], *, explain: ExplainPolicy = ExplainPolicy.FLAGGED) -> list[Job]:
+        """Queue one job per upload, all or none: raises ``PoolBusyError`` when they would not fit."""
+        with self._lock:
+            room = self.workers + self.queue_max - self.active()
+            if len(uploads) > room:
+                raise PoolBusyError(
+                    f"{self.active()} jobs are queued or running and at most {self.workers + self.queue_max} "
+                    f"may be: {len(uploads)} more do not fit, try again later"
+                )
+            scan_id = self._create_scan(len(uploads))
+            jobs = [
+                Job(uuid.uuid4().hex, u.filename, u.size_bytes, explain, scan_id=scan_id, upload=u.path)
+                for u in uploads
+            ]
+            for job in jobs:
+                self._jobs[job.id] = job
+            self._forget_old()
+        for job in jobs:
+            self._executor.submit(self._run, job)
+        return jobs
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def _forget_old(self) -> None:
+        excess = len(self._jobs) - self.jobs_kept
+        for job_id in [j.id for j in self._jobs.values() if j.finished][: max(0, excess)]:
+            del self._jobs[job_id]
+
+    def _run(self, job: Job) -> None:
+        job.status, job.started_at = JobStatus.RUNNING, time.time()
+        assert job.upload is not None
+        status, result, error = JobStatus.FAILED, None, None
+        try:
+            analyzer = self._analyzer()
+            analysed = analyzer.analyze_file(job.upload)
+            analysed.path = job.filename
+            self._keep_explain_target(job, analyzer, analysed)
+            self._record(job, analysed, analyzer)
+            status, result = JobStatus.DONE, analysed.to_dict()
+        except Exception as e:  # analyze_file records bad media itself: this is a failure of ours
+            logger.exception("job %s (%s) failed", job.id, job.filename)
+            error = f"{type(e).__name__}: {e}"
+        finally:
+            job.upload.unlink(missing_ok=True)
+            job.upload = None
+        # the status goes last: a client that sees the job finished sees its result and timings too
+        job.result, job.error, job.finished_at = result, error, time.time()
+        job.status = status
+        if job.crop is not None and (
+            job.explain is ExplainPolicy.ALWAYS
+            or (job.explain is ExplainPolicy.FLAGGED and (result or {}).get("label") == "fake")
+        ):
+            self.request_explanation(job)
+
+    def _keep_explain_target(self, job: Job, analyzer: Analyzer, result: MediaResult) -> None:
+        """Cut the face that drove the verdict out of the upload while it is still there."""
+        target = driving_face(result.to_dict()) if result.status == "ok" else None
+        if target is None or job.upload is None:
+            return
+        try:
+            frame = frame_at(job.upload, result.media_type, target.t_s)
+        except DeepscanError as e:
+            logger.warning("no frame to explain for job %s: %s", job.id, e.reason)
+            return
+        job.target, job.crop = target, analyzer.explanation_crop(frame, target.box)
+
+    def _create_scan(self, total: int) -> int | None:
+        if self.sessions is None:
+            return None
+        with session_scope(self.sessions) as session:
+            return queries.create_scan(
+                session,
+                uri="upload",
+                kind=ScanKind.UPLOAD,
+                model_name=self.manifest.name,
+                model_version=self.manifest.version,
+                total=total,
+            ).id
+
+    def _record(self, job: Job, result: MediaResult, analyzer: Analyzer) -> None:
+        """Upsert the job's row and complete its scan when it was the request's last file."""
+        if self.sessions is None:
+            return
+        manifest = analyzer.pack.manifest
+        assert job.upload is not None
+        sha256 = sha256_file(job.upload)
+        ref = ObjectRef(uri=job.uri, sha256=sha256, size_bytes=job.size_bytes)
+        rows.write_row(
+            ref,
+            job.scan_id,
+            result,
+            content_sha256=sha256,
+            sessions=self.sessions,
+            model=(manifest.name, manifest.version),
+        )
+
+    # -- figures ------------------------------------------------------------------------------------------
+
+    def request_explanation(self, job: Job) -> Future[bytes]:
+        """The PNG of the job's explanation, computed on the pool once (later calls share it).
+
+        Raises ``LookupError`` when the job has nothing to explain.
+        """
+        with self._lock:
+            if job.crop is None:
+                raise LookupError("nothing to explain: the job's result shows no face")
+            if job.explanation is None:
+                job.explanation = self._executor.submit(self._explain, job)
+            return job.explanation
+
+    def _explain(self, job: Job) -> bytes:
+        assert job.crop is not None and job.target is not None
+        analyzer = self._analyzer()
+        started = time.perf_counter()
+        explanation = analyzer.explain_crop(job.crop, num_samples=self.explain_samples)
+        elapsed_s = time.perf_counter() - started
+        where = "" if job.target.t_s is None else f"second {job.target.t_s:.0f}: "
+        threshold = analyzer.image_threshold
+        label = "fake" if explanation.fake_probability >= threshold else "real"
+        png = explanation_png(
+            explanation,
+            threshold=threshold,
+            title=f"{where}P(fake) {explanation.fake_probability:.3f}: {label} (threshold {threshold:.3f})",
+        )
+        for_fake, for_real = explanation.shown_weights()
+        job.explanation_info = {
+            "t_s": job.target.t_s,
+            "fake_probability": round(explanation.fake_probability, 6),
+            "towards_fake": [round(w, 5) for w in for_fake],
+            "towards_real": [round(w, 5) for w in for_real],
+            "fit_r2": round(explanation.fit_r2, 4),
+            "num_samples": explanation.num_samples,
+            "elapsed_s": round(elapsed_s, 2),
+        }
+        logger.info("explained job %s in %.1f s", job.id, elapsed_s)
+        return png
+
+    def timeline_png(self, job: Job) -> bytes:
+        """The P(fake)-per-second plot of a video job (rendered once). Raises ``LookupError`` otherwise."""
+        result = job.result or {}
+        if not result.get("timeline"):
+            raise LookupError("no timeline: the job is not a decoded video")
+        if job.timeline is None:
+            job.timeline = timeline_png(
+                result["timeline"],
+                threshold=self.image_threshold,
+                audio=result.get("audio"),
+                verdict=result if result.get("label") else None,
+            )
+        return job.timeline
+
+    def close(self) -> None:
+        """Stop taking work; cancel what waits; uploads of cancelled jobs are the caller's to remove."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
