@@ -107,6 +107,10 @@ def test_an_uploaded_image_gets_the_json_of_deepscan_detect(
     assert explained["status"] == "ready" and explained["num_samples"] == 16
     assert 0.0 <= explained["fake_probability"] <= 1.0 and explained["t_s"] is None
 
+    scraped = client.get("/metrics/")  # Prometheus, open like /healthz: the row just written is counted
+    assert scraped.status_code == 200
+    assert f'deepscan_objects_total{{label="{result["label"]}",status="ok"}}' in scraped.text
+
 
 def test_several_files_give_one_job_each_in_upload_order(client: TestClient, samples: Path) -> None:
     names = ["talking_face.mp4", "notes.txt", "corrupt.jpg", "no_face.png"]

@@ -3,7 +3,7 @@
 ``GET /`` is the upload page; ``/api/v1`` the API, documented at ``/docs``. Uploads become jobs of the
 embedded pool (``workers.web.jobs``), one job per file; results, scans and their figures are read from the
 results table. With ``DEEPSCAN_API_TOKEN`` set, every ``/api/v1`` route wants ``Authorization: Bearer
-TOKEN``; the page, its assets, ``/docs`` and ``/healthz`` hold no data and stay open.
+TOKEN``; the page, its assets, ``/docs``, ``/healthz`` and ``/metrics`` hold no data and stay open.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from db import queries
 from db.models import Result
 from db.session import session_scope
+from workers import metrics
+from workers.celery_app import GPU_QUEUE, LIGHT_QUEUE
 from workers.errors import ScanError, UsageError
 from workers.resources import open_sessions
 from workers.settings import Settings
@@ -298,6 +300,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.api_token = token
     app.add_middleware(UploadLimit, limit_bytes=limit_bytes)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
+    # Prometheus metrics (workers.metrics), open like /healthz: counts and latencies, no media and no rows
+    queues = (LIGHT_QUEUE, GPU_QUEUE) if settings.broker_url else ()
+    app.mount("/metrics", metrics.asgi_app(broker_url=settings.broker_url, queues=queues))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index(request: Request) -> HTMLResponse:
