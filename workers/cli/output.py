@@ -80,7 +80,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             _shorten(r["reason"] or "", 60),
         )
 
-    body = [cells(r) for r in rows]
+    return _columns(headers, [cells(r) for r in rows])
+
+
+def _columns(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: left-aligned columns two spaces apart, a rule under the headers."""
     widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(headers)]
     line = "  ".join
     out = [line(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
@@ -125,10 +129,4 @@ SCAN_COLUMNS = ("id", "uri", "kind", "status", "total", "skipped", "done", "ok",
 
 def format_scans(scans: Sequence[dict[str, Any]]) -> str:
     """``deepscan scans --format table``: one line per scan, its counts."""
-    body = [tuple(_shorten(str(scan[c]), 48) for c in SCAN_COLUMNS) for scan in scans]
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(SCAN_COLUMNS)]
-    line = "  ".join
-    out = [line(h.ljust(w) for h, w in zip(SCAN_COLUMNS, widths, strict=True)).rstrip()]
-    out.append(line("-" * w for w in widths))
-    out += [line(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in body]
-    return "\n".join(out)
+    return _columns(SCAN_COLUMNS, [[_shorten(str(scan[c]), 48) for c in SCAN_COLUMNS] for scan in scans])
