@@ -29,17 +29,12 @@ class ExplainTarget:
 
 
 def seconds_of(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Timeline entries (second, t_s, fake_probability, faces) of a fresh result or a stored row."""
-    if result.get("timeline"):
-        return list(result["timeline"])
-    return [
-        {**frame, "faces": (frame.get("details") or {}).get("faces", [])}
-        for frame in result.get("frames") or []
-    ]
+    """Timeline entries (second, t_s, fake_probability, faces) of a result: fresh or stored, one shape."""
+    return list(result.get("timeline") or [])
 
 
 def _faces_of(result: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
-    return result.get("faces") or (result.get("details") or {}).get("faces") or []
+    return result.get("faces") or []
 
 
 def _most_suspicious(faces: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

@@ -108,7 +108,7 @@ def timeline_png(
     """P(fake) per sampled second of a video, the threshold, and the soundtrack's verdict.
 
     ``timeline`` entries have ``second`` and ``fake_probability`` (None: no face that second), as in
-    ``MediaResult.timeline`` or the stored ``frames``; ``verdict`` has ``label`` and ``fake_probability``.
+    ``MediaResult.timeline`` (of a fresh result or a stored row); ``verdict`` has ``label`` and ``fake_probability``.
     """
     from matplotlib.figure import Figure
 
