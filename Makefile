@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR := build/samples
 
-.PHONY: demo test lint system-deps services venv clean
+.PHONY: demo test lint audit system-deps services venv clean
 
 # Debian packages the pipeline and the tests call: ffmpeg (video/audio decoding), espeak-ng, flite, festival (speech
 # fixtures and spoofs), sox (audio checks).
@@ -35,6 +35,10 @@ test: venv services
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# known vulnerabilities in the installed dependencies; skipped, with the reason, when the service is unreachable
+audit: venv
+	BIN=$(BIN) bash .ci/audit.sh
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
