@@ -48,15 +48,24 @@ FREEZE_SETTLE_S = 0.3
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], *, timeout_s: float, what: str, poll_s: float = 0.25) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+def wait_for(
+    predicate: Callable[[], T],
+    *,
+    timeout_s: float,
+    what: str,
+    poll_s: float = 0.25,
+    context: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``, with what
+    ``context`` returns then (a worker's log, say) in the message."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            found = f"\n{context()}" if context else ""
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}{found}")
         time.sleep(poll_s)
 
 
@@ -236,10 +245,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.kill(process)
 
-    def freeze(self, process: subprocess.Popen[bytes]) -> None:
+    def freeze(self, process: subprocess.Popen[bytes], settle_s: float = FREEZE_SETTLE_S) -> None:
         """SIGSTOP the whole process group: it holds what it took and acknowledges nothing until ``thaw``."""
         os.killpg(process.pid, signal.SIGSTOP)
-        time.sleep(FREEZE_SETTLE_S)  # a reply it had already written to Redis lands before anyone looks
+        time.sleep(settle_s)  # a reply it had already written to Redis lands before anyone looks
 
     def thaw(self, process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGCONT)

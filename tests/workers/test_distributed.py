@@ -20,6 +20,7 @@ from tests.workers.conftest import Stack, StallingProxy, wait_for, zip_bytes
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 SCAN_TIMEOUT_S = 180
+STEP_RUN_S, STEP_SETTLE_S = 0.05, 0.1  # how a worker is single-stepped: run, then frozen and looked at
 WEEK_S = 7 * 24 * 3600
 
 
@@ -201,29 +202,41 @@ def _unacked_segments(redis: Any) -> set[str]:
 
 def test_a_worker_killed_mid_video_loses_nothing(stack_factory: Any, tmp_path: Path, samples: Path) -> None:
     stack = stack_factory(f"sqlite:///{tmp_path / 'kill.db'}")
-    # Redelivery after 10 s (time limits 8 s / 9 s); 1 s segments: six parts and the soundtrack.
-    stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="10", DEEPSCAN_VIDEO_SEGMENT_S="1")
+    # Redelivery after 30 s; the time limits (24 s / 27 s) leave a first call's tracing room on a loaded
+    # machine. 1 s segments: six parts and the soundtrack.
+    stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="30", DEEPSCAN_VIDEO_SEGMENT_S="1")
     stack.put("media/talking_face.mp4", samples / "talking_face.mp4")
     stack.put("media/face.jpg", samples / "face.jpg")
     first = stack.worker("first")
     waiting = stack.cli_in_background("scan", stack.uri("media/"), "--wait", "--timeout", str(SCAN_TIMEOUT_S))
     redis = stack.redis()
 
-    def segment_in_flight() -> bool:
-        parts_in = any(redis.zcard(key) for key in redis.keys("celery-taskset-meta-*.j"))
-        return parts_in and bool(_unacked_segments(redis))
+    def parts_returned() -> int:
+        return sum(redis.zcard(key) for key in redis.keys("celery-taskset-meta-*.j"))
+
+    def first_log() -> str:
+        return stack.log("first")[-4000:]
+
+    wait_for(
+        parts_returned, timeout_s=120, poll_s=0.05, what="a part of the video's chord", context=first_log
+    )
 
     def frozen_holding_a_segment() -> bool:
-        # Look again once the worker is stopped: a segment seen in flight may be acknowledged in between.
-        if not segment_in_flight():
-            return False
-        stack.freeze(first)
-        if segment_in_flight():
+        # The worker runs in slices of STEP_RUN_S and is looked at only while it is frozen: a segment that
+        # takes a fraction of a second cannot start and finish between two looks.
+        stack.freeze(first, settle_s=STEP_SETTLE_S)
+        if parts_returned() and _unacked_segments(redis):
             return True
         stack.thaw(first)
         return False
 
-    wait_for(frozen_holding_a_segment, timeout_s=120, poll_s=0.05, what="a video segment in flight")
+    wait_for(
+        frozen_holding_a_segment,
+        timeout_s=60,
+        poll_s=STEP_RUN_S,
+        what="a video segment in flight after a part returned",
+        context=first_log,
+    )
     owed = _unacked_segments(redis)  # taken by the worker, never acknowledged: owed, not lost
     stack.kill(first)
 
