@@ -60,8 +60,11 @@ def main() -> None:
         log = (work / "serve.log").open("wb")
         server = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "serve", "--port", str(port)],
-            env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=env,
+            cwd=work,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         base = f"http://127.0.0.1:{port}"
         started = time.perf_counter()
         try:

@@ -59,8 +59,10 @@ class AudioFrontEnd:
     def same_windows(self, other: AudioFrontEnd) -> bool:
         """Whether both cut a signal into the same windows (their spectrograms may differ)."""
         return (self.sample_rate_hz, self.window_samples, self.hop_samples) == (
-            other.sample_rate_hz, other.window_samples, other.hop_samples,
-        )  # fmt: skip
+            other.sample_rate_hz,
+            other.window_samples,
+            other.hop_samples,
+        )
 
     @property
     def window_samples(self) -> int:
@@ -126,10 +128,19 @@ def spectrograms(windows: np.ndarray, front_end: AudioFrontEnd) -> np.ndarray:
             fmax=front_end.sample_rate_hz / 2,
         )
     elif front_end.feature == "cqt":
-        power = np.abs(librosa.cqt(
-            windows, sr=front_end.sample_rate_hz, hop_length=front_end.hop_length, fmin=CQT_FMIN_HZ,
-            n_bins=front_end.n_cqt_bins, bins_per_octave=CQT_BINS_PER_OCTAVE,
-        )) ** 2  # fmt: skip
+        power = (
+            np.abs(
+                librosa.cqt(
+                    windows,
+                    sr=front_end.sample_rate_hz,
+                    hop_length=front_end.hop_length,
+                    fmin=CQT_FMIN_HZ,
+                    n_bins=front_end.n_cqt_bins,
+                    bins_per_octave=CQT_BINS_PER_OCTAVE,
+                )
+            )
+            ** 2
+        )
     else:
         power = np.abs(librosa.stft(windows, n_fft=front_end.n_fft, hop_length=front_end.hop_length)) ** 2
     log_power = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None)

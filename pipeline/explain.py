@@ -120,10 +120,16 @@ def explain_crop(
     blurred = cv2.GaussianBlur(crop, (0, 0), max(1.0, BLUR_SIGMA_FRACTION * crop.shape[0]))
     # hide_color may be an image: LIME assigns it to the hidden pixels (fudged_image[:] = hide_color)
     explanation = lime_image.LimeImageExplainer(random_state=seed).explain_instance(
-        crop.astype(np.float64), classifier, labels=(1,), top_labels=None, hide_color=blurred.astype(np.float64),
-        num_samples=num_samples, batch_size=min(num_samples, LIME_BATCH), segmentation_fn=segmenter,
+        crop.astype(np.float64),
+        classifier,
+        labels=(1,),
+        top_labels=None,
+        hide_color=blurred.astype(np.float64),
+        num_samples=num_samples,
+        batch_size=min(num_samples, LIME_BATCH),
+        segmentation_fn=segmenter,
         random_seed=seed,
-    )  # fmt: skip
+    )
     weights = {int(segment): float(weight) for segment, weight in explanation.local_exp[1]}
     segments = np.asarray(explanation.segments)
     floor = MIN_WEIGHT_SHARE * max((abs(w) for w in weights.values()), default=0.0)

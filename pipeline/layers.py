@@ -220,10 +220,17 @@ class ColourTexture(layers.Layer):
         for radius in self.RADII:
             centre = luma[:, radius : h - radius, radius : w - radius]
             bits = [
-                ops.cast(luma[:, radius + dy * radius : h - radius + dy * radius,
-                              radius + dx * radius : w - radius + dx * radius] >= centre, "int32")
+                ops.cast(
+                    luma[
+                        :,
+                        radius + dy * radius : h - radius + dy * radius,
+                        radius + dx * radius : w - radius + dx * radius,
+                    ]
+                    >= centre,
+                    "int32",
+                )
                 for dy, dx in self._RING
-            ]  # fmt: skip
+            ]
             ones = sum(bits)
             transitions = sum(ops.abs(bits[i] - bits[(i + 1) % len(bits)]) for i in range(len(bits)))
             pattern = ops.where(transitions <= 2, ones, self.PATTERNS - 1)

@@ -61,12 +61,14 @@ def build_profile(input_size: tuple[int, int]) -> keras.Model:
     inputs = keras.Input((*input_size, 3), name="face")
     x = CaptionMask(name="caption_mask")(inputs)
     half = layers.AveragePooling2D(2, name="half_resolution")(x)
-    x = layers.Concatenate(name="features")([
-        SpectrumProfile(name="profile")(x),
-        ColourTexture(name="colour_texture")(x),
-        ChromaCooccurrence(name="chroma_cooccurrence")(x),
-        ChromaCooccurrence(border=PROFILE_BORDER, name="chroma_regions")(half),
-    ])  # fmt: skip
+    x = layers.Concatenate(name="features")(
+        [
+            SpectrumProfile(name="profile")(x),
+            ColourTexture(name="colour_texture")(x),
+            ChromaCooccurrence(name="chroma_cooccurrence")(x),
+            ChromaCooccurrence(border=PROFILE_BORDER, name="chroma_regions")(half),
+        ]
+    )
     x = layers.BatchNormalization(name="feature_norm")(x)
     x = layers.Dense(32, activation="relu", name="hidden")(x)
     x = layers.Dropout(0.3, name="dropout")(x)

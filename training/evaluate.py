@@ -155,9 +155,12 @@ def ensemble_against_best_member(evaluation: Evaluation) -> dict[str, tuple[str,
         if not measured:  # a subset of one class has no AUC to compare
             continue
         best = max(measured, key=lambda name: evaluation.reports[name][subset].auc)
-        out[subset] = (best, *auc_difference(
-            evaluation.labels[mask], evaluation.scores[ENSEMBLE][mask], evaluation.scores[best][mask]
-        ))  # fmt: skip
+        out[subset] = (
+            best,
+            *auc_difference(
+                evaluation.labels[mask], evaluation.scores[ENSEMBLE][mask], evaluation.scores[best][mask]
+            ),
+        )
     return out
 
 

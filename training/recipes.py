@@ -95,9 +95,13 @@ def _figures(
 ) -> dict[str, Any]:
     """Figures on all items and per subset (``Evaluation``'s subsets), as the manifest stores them."""
     evaluation = Evaluation(
-        labels, list(subsets), {"s": scores}, {"s": threshold}, real_in_every_subset=per_family,
+        labels,
+        list(subsets),
+        {"s": scores},
+        {"s": threshold},
+        real_in_every_subset=per_family,
         held_out=tuple(held_out),
-    )  # fmt: skip
+    )
     return evaluation.figures("s")
 
 
@@ -156,20 +160,36 @@ def train_image_members(
     specs: list[MemberSpec] = []
     for plan in plans:
         train_seq = make_face_sequence(
-            crops["train"], labels["train"], balanced_weights(splits["train"]),
-            input_size=plan.input_size, batch_size=config.batch_size, aug=augmentation, seed=config.seed,
-        )  # fmt: skip
+            crops["train"],
+            labels["train"],
+            balanced_weights(splits["train"]),
+            input_size=plan.input_size,
+            batch_size=config.batch_size,
+            aug=augmentation,
+            seed=config.seed,
+        )
         _, state = fit_member(
             partial(build_image_member, plan.architecture, plan.input_size, front_end=plan.front_end),
-            plan.name, train_seq, to_model_input(list(crops["val"]), plan.input_size), labels["val"],
-            out_dir / "checkpoints", config, verbose=verbose,
-        )  # fmt: skip
+            plan.name,
+            train_seq,
+            to_model_input(list(crops["val"]), plan.input_size),
+            labels["val"],
+            out_dir / "checkpoints",
+            config,
+            verbose=verbose,
+        )
         file = f"{plan.name}.keras"
         _save_inference_copy(out_dir / "checkpoints" / f"{plan.name}.best.keras", out_dir / file)
-        specs.append(MemberSpec(
-            name=plan.name, kind="image", file=file, input_size=plan.input_size, architecture=plan.label,
-            metrics={"best_epoch": state["best_epoch"] + 1, "val_auc": state["best_auc"]},
-        ))  # fmt: skip
+        specs.append(
+            MemberSpec(
+                name=plan.name,
+                kind="image",
+                file=file,
+                input_size=plan.input_size,
+                architecture=plan.label,
+                metrics={"best_epoch": state["best_epoch"] + 1, "val_auc": state["best_auc"]},
+            )
+        )
         (out_dir / f"{plan.name}.report.json").write_text(
             json.dumps({"state": state, "config": config.__dict__}, indent=2)
         )
@@ -180,9 +200,12 @@ def train_image_members(
     base = _base_manifest(previous, pack_name, version, specs)
     write_manifest(out_dir, replace(base, members=(*kept, *specs)))
     return fit_image_ensemble(
-        out_dir, splits, crops, target_fpr=target_fpr,
+        out_dir,
+        splits,
+        crops,
+        target_fpr=target_fpr,
         info={"data": str(data_dir.name), "config": config.__dict__},
-    )  # fmt: skip
+    )
 
 
 def _image_splits(
@@ -279,11 +302,19 @@ def fit_image_ensemble(
         members=(*members, *pack.manifest.audio_members),
         aggregation=aggregation,
         thresholds={**pack.manifest.thresholds, "image": threshold},
-        info={**dict(pack.manifest.info), "image_training": {
-            **(info or {}), "split": {k: len(v) for k, v in splits.items()}, "target_fpr": target_fpr,
-            "test_ensemble": evaluation.figures(ENSEMBLE), "test_mean": mean_figures, "members": member_figures,
-            "test_against_best_member": against_best}},
-    )  # fmt: skip
+        info={
+            **dict(pack.manifest.info),
+            "image_training": {
+                **(info or {}),
+                "split": {k: len(v) for k, v in splits.items()},
+                "target_fpr": target_fpr,
+                "test_ensemble": evaluation.figures(ENSEMBLE),
+                "test_mean": mean_figures,
+                "members": member_figures,
+                "test_against_best_member": against_best,
+            },
+        },
+    )
     return write_manifest(pack_dir, manifest)
 
 
@@ -367,15 +398,26 @@ def train_audio_member(
     train = (x_train[order], y_train[order].astype(np.float32)[:, None], weights[order].astype(np.float32))
     del data["train"], x_train
     _, state = fit_member(
-        lambda: build_audio_cnn(front_end.input_shape), name,
+        lambda: build_audio_cnn(front_end.input_shape),
+        name,
         make_array_sequence(*train, batch_size=config.batch_size, seed=config.seed),
-        data["val"][0], data["val"][1], out_dir / "checkpoints", config, verbose=verbose,
-    )  # fmt: skip
+        data["val"][0],
+        data["val"][1],
+        out_dir / "checkpoints",
+        config,
+        verbose=verbose,
+    )
     file = f"{name}.keras"
     _save_inference_copy(out_dir / "checkpoints" / f"{name}.best.keras", out_dir / file)
-    spec = MemberSpec(name=name, kind="audio", file=file, input_size=front_end.input_shape, architecture="audio_cnn",
-                      metrics={"val_auc": state["best_auc"], "best_epoch": state["best_epoch"] + 1},
-                      front_end=front_end)  # fmt: skip
+    spec = MemberSpec(
+        name=name,
+        kind="audio",
+        file=file,
+        input_size=front_end.input_shape,
+        architecture="audio_cnn",
+        metrics={"val_auc": state["best_auc"], "best_epoch": state["best_epoch"] + 1},
+        front_end=front_end,
+    )
     previous, members, layout = _audio_pack_with(out_dir, name, front_end)  # read again: it may have changed
     base = _base_manifest(previous, pack_name, version, [spec])
     write_manifest(out_dir, replace(base, members=(*members, spec), audio=layout))
@@ -479,20 +521,35 @@ def fit_audio_fusion(
         _update_report(pack_dir / f"{name}.report.json", test=member_test)
     manifest = pack.manifest
     updated = tuple(
-        replace(m, metrics={**m.metrics, "test_auc": member_figures[m.name]["all"]["auc"],
-                            "test_eer": member_figures[m.name]["all"]["eer"]}) if m.kind == "audio" else m
+        replace(
+            m,
+            metrics={
+                **m.metrics,
+                "test_auc": member_figures[m.name]["all"]["auc"],
+                "test_eer": member_figures[m.name]["all"]["eer"],
+            },
+        )
+        if m.kind == "audio"
+        else m
         for m in manifest.members
-    )  # fmt: skip
+    )
     manifest = replace(
         manifest,
         members=updated,
         audio_aggregation=fusion,
         thresholds={**manifest.thresholds, "audio": threshold},
-        info={**dict(manifest.info), "audio_training": {
-            "data": data_dir.name, "split_clips": {k: len(v) for k, v in splits.items()},
-            "holdout_families": sorted(held), "config": config.__dict__ if config else None,
-            "test_clips": figures, "members": member_figures}},
-    )  # fmt: skip
+        info={
+            **dict(manifest.info),
+            "audio_training": {
+                "data": data_dir.name,
+                "split_clips": {k: len(v) for k, v in splits.items()},
+                "holdout_families": sorted(held),
+                "config": config.__dict__ if config else None,
+                "test_clips": figures,
+                "members": member_figures,
+            },
+        },
+    )
     return write_manifest(pack_dir, manifest)
 
 

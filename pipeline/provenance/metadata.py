@@ -211,8 +211,14 @@ def exif_findings(data: bytes, exif_raw: bytes | None = None) -> Iterator[Findin
                 iptc = IptcImagePlugin.getiptcinfo(image) if image.format == "JPEG" else None
         comment = exif.get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
         tags = {tag: _exif_text(exif.get(tag)) for tag in (EXIF_SOFTWARE, EXIF_MAKE, EXIF_MODEL)}
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError,
-            struct.error) as e:  # fmt: skip
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        struct.error,
+    ) as e:
         logger.debug("no EXIF read: %s", e)
         return
     if tags[EXIF_SOFTWARE]:

@@ -62,8 +62,10 @@ def test_members_do_not_see_a_caption(architecture: str, front_end: str) -> None
     # frequencies reach -11.5), where every score is 0 or 1 within any tolerance
     head = model.get_layer("p_fake")
     features = keras.Model(model.input, head.input)
-    logits = [float((np.asarray(features(x)) @ np.asarray(head.kernel))[0, 0] + float(head.bias[0])) for x in
-              (face, captioned, moved)]  # fmt: skip
+    logits = [
+        float((np.asarray(features(x)) @ np.asarray(head.kernel))[0, 0] + float(head.bias[0]))
+        for x in (face, captioned, moved)
+    ]
     assert logits[1] == pytest.approx(logits[0], abs=1e-6)
     assert logits[2] != pytest.approx(logits[0], abs=1e-6)
 
@@ -226,8 +228,14 @@ def test_chroma_residual_maps_are_truncated_colour_difference_residuals() -> Non
 
 def test_every_architecture_is_known() -> None:
     assert {
-        "xception", "inception_v3", "resnet50", "densenet121", "spectral", "profile", "spectrum_grid"
-    } == set(IMAGE_ARCHITECTURES)  # fmt: skip
+        "xception",
+        "inception_v3",
+        "resnet50",
+        "densenet121",
+        "spectral",
+        "profile",
+        "spectrum_grid",
+    } == set(IMAGE_ARCHITECTURES)
 
 
 def test_spectrum_grid_reads_the_magnitudes_of_frequencies() -> None:

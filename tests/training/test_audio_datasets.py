@@ -160,10 +160,15 @@ def test_load_folders(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("stem", "speaker"),
-    [("19-198-0001", "19"), ("1088-129236-0000", "1088"), ("19-mel_inversion-0", "19"),
-     ("1688-142285-0000_world", "1688-142285-0000_world"), ("LA_T_1138215", "LA_T_1138215"),
-     ("19-198", "19-198")],
-)  # fmt: skip
+    [
+        ("19-198-0001", "19"),
+        ("1088-129236-0000", "1088"),
+        ("19-mel_inversion-0", "19"),
+        ("1688-142285-0000_world", "1688-142285-0000_world"),
+        ("LA_T_1138215", "LA_T_1138215"),
+        ("19-198", "19-198"),
+    ],
+)
 def test_speaker_from_stem(stem: str, speaker: str) -> None:
     assert speaker_from_stem(stem) == speaker
 

@@ -73,8 +73,12 @@ def test_audio_families_the_pack_held_out_are_pooled(
     manifest = read_manifest(pack_dir)
     write_manifest(pack_dir, replace(manifest, info={"audio_training": {"holdout_families": ["flite"]}}))
     data = tmp_path / "speech"
-    for rel in ("real/19-198-0001.wav", "real/26-495-0000.wav", "fake/espeak/19-espeak-0.wav",
-                "fake/flite/26-flite-0.wav"):  # fmt: skip
+    for rel in (
+        "real/19-198-0001.wav",
+        "real/26-495-0000.wav",
+        "fake/espeak/19-espeak-0.wav",
+        "fake/flite/26-flite-0.wav",
+    ):
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(samples / "speech.wav", data / rel)
     evaluation, _ = evaluate_audio(ModelPack.load(pack_dir), data, split=None)

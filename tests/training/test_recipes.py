@@ -146,11 +146,20 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
 
     # a later run that trains more members keeps the first one and fuses all of them on validation scores
     plans = [MemberPlan.parse("profile:64"), MemberPlan.parse("densenet121+spectrum:32")]
-    manifest = train_image_members(data, out, plans, target_fpr=0.1, version="0.2.0",
-                                   config=FitConfig(epochs=1, batch_size=16), verbose=0)  # fmt: skip
+    manifest = train_image_members(
+        data,
+        out,
+        plans,
+        target_fpr=0.1,
+        version="0.2.0",
+        config=FitConfig(epochs=1, batch_size=16),
+        verbose=0,
+    )
     assert [(m.name, m.architecture) for m in manifest.image_members] == [
-        ("spectral", "spectral"), ("profile", "profile"), ("densenet121_spectrum", "densenet121+spectrum")
-    ]  # fmt: skip
+        ("spectral", "spectral"),
+        ("profile", "profile"),
+        ("densenet121_spectrum", "densenet121+spectrum"),
+    ]
     assert (pack.manifest.version, manifest.version) == ("0.1.0", "0.2.0")  # kept unless a new one is given
     assert manifest.aggregation.method == "stacking" and len(manifest.aggregation.coefficients) == 3
     info = manifest.info["image_training"]
@@ -236,8 +245,9 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
     data = make_audio_dataset(tmp_path / "audio")
     front_end = AudioFrontEnd(window_s=1.0, hop_s=1.0)
     config = FitConfig(epochs=3, batch_size=8, patience=5)
-    manifest = train_audio_member(data, tmp_path / "pack", front_end=front_end, holdout_families=["click"],
-                                  config=config, verbose=0)  # fmt: skip
+    manifest = train_audio_member(
+        data, tmp_path / "pack", front_end=front_end, holdout_families=["click"], config=config, verbose=0
+    )
     (member,) = manifest.audio_members
     assert member.name == "audio_logmel" and member.input_size == front_end.input_shape
     assert manifest.audio == member.front_end == front_end
@@ -257,8 +267,9 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
 
     # a second front end joins the first: both stay, and one logistic regression fuses their windows
     linear = AudioFrontEnd(feature="linear", window_s=1.0, hop_s=1.0)
-    manifest = train_audio_member(data, tmp_path / "pack", front_end=linear, holdout_families=["click"],
-                                  config=config, verbose=0)  # fmt: skip
+    manifest = train_audio_member(
+        data, tmp_path / "pack", front_end=linear, holdout_families=["click"], config=config, verbose=0
+    )
     assert [m.name for m in manifest.audio_members] == ["audio_logmel", "audio_linear"]
     assert len(manifest.audio_aggregation.coefficients) == 2
     assert set(manifest.info["audio_training"]["members"]) == {"audio_logmel", "audio_linear"}
@@ -271,16 +282,35 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
     from workers.cli import main
 
     fused = manifest.info["audio_training"]
-    assert main(["train", "audio", "--data", str(data), "--out", str(tmp_path / "pack"), "--fuse-only",
-                 "--holdout-families", "click"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "audio",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "pack"),
+                "--fuse-only",
+                "--holdout-families",
+                "click",
+            ]
+        )
+        == 0
+    )
     again = read_manifest(tmp_path / "pack")
     assert again.audio_aggregation.coefficients == pytest.approx(manifest.audio_aggregation.coefficients)
     assert again.info["audio_training"]["test_clips"] == json.loads(json.dumps(fused["test_clips"]))
 
     # a member whose windows differ from the pack's cannot be fused: refused before any training
     with pytest.raises(ModelPackError, match="would cut windows"):
-        train_audio_member(data, tmp_path / "pack", front_end=AudioFrontEnd(window_s=2.0, hop_s=1.0),
-                           config=FitConfig(epochs=1, batch_size=8), verbose=0)  # fmt: skip
+        train_audio_member(
+            data,
+            tmp_path / "pack",
+            front_end=AudioFrontEnd(window_s=2.0, hop_s=1.0),
+            config=FitConfig(epochs=1, batch_size=8),
+            verbose=0,
+        )
     assert [m.name for m in read_manifest(tmp_path / "pack").audio_members] == [
         "audio_logmel",
         "audio_linear",
@@ -295,11 +325,15 @@ def test_full_classic_pack_at_native_input_sizes(tmp_path: Path) -> None:
 
     data = make_dataset(tmp_path / "data", per_class=12)
     plans = [MemberPlan(a, (_applications()[a].native_input_px,) * 2) for a in CLASSIC_ARCHITECTURES]
-    manifest = train_image_members(data, tmp_path / "pack", plans, config=FitConfig(epochs=1, batch_size=8),
-                                   target_fpr=0.1, verbose=0)  # fmt: skip
+    manifest = train_image_members(
+        data, tmp_path / "pack", plans, config=FitConfig(epochs=1, batch_size=8), target_fpr=0.1, verbose=0
+    )
     assert [(m.architecture, m.input_size) for m in manifest.image_members] == [
-        ("xception", (299, 299)), ("inception_v3", (299, 299)), ("resnet50", (224, 224)), ("densenet121", (224, 224))
-    ]  # fmt: skip
+        ("xception", (299, 299)),
+        ("inception_v3", (299, 299)),
+        ("resnet50", (224, 224)),
+        ("densenet121", (224, 224)),
+    ]
     assert manifest.aggregation.method == "stacking" and len(manifest.aggregation.coefficients) == 4
     scores = ModelPack.load(tmp_path / "pack").score_faces([np.zeros((128, 128, 3), np.uint8)])
     # after one epoch on 24 images a member's sigmoid can saturate to exactly 0 or 1 in float32

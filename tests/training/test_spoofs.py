@@ -203,9 +203,13 @@ def test_processing_levels_both_classes_alike() -> None:
 def test_lowpass_removes_the_top_band() -> None:
     noise = (0.1 * np.random.default_rng(0).standard_normal(RATE)).astype(np.float32)
     lowpass_only = Processing(
-        target_rms_dbfs=None, noise_probability=0.0, lowpass_probability=1.0, lowpass_hz_range=(3400.0, 3400.0),
-        codec_probability=0.0, gain_db_range=(0.0, 0.0),
-    )  # fmt: skip
+        target_rms_dbfs=None,
+        noise_probability=0.0,
+        lowpass_probability=1.0,
+        lowpass_hz_range=(3400.0, 3400.0),
+        codec_probability=0.0,
+        gain_db_range=(0.0, 0.0),
+    )
     out = process(noise, np.random.default_rng(0), lowpass_only)
     spectrum = np.abs(np.fft.rfft(out)) ** 2
     top = spectrum[int(spectrum.shape[0] * 5000 / 8000) :].sum()

@@ -24,10 +24,16 @@ from tests.conftest import REPO
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--window-size=1100,1900",
-)  # fmt: skip
+)
 START_TIMEOUT_S = 180  # TensorFlow's import and the pack's load, on two busy cores
 STOP_TIMEOUT_S = 20
 

@@ -86,8 +86,12 @@ def test_object_refs_round_trip_and_name_their_rows() -> None:
     assert member.result_uri == "s3://media/in/a.zip#photos/x.jpg" and ref.result_uri == ref.uri
     assert (member.bucket, member.key, member.etag, member.size_bytes) == ("media", "in/a.zip", "abc", 3)
     assert member.row_extra(content_sha256="d") == {
-        "bucket": "media", "key": "in/a.zip", "etag": "abc", "content_sha256": "d", "size_bytes": 3,
-    }  # fmt: skip
+        "bucket": "media",
+        "key": "in/a.zip",
+        "etag": "abc",
+        "content_sha256": "d",
+        "size_bytes": 3,
+    }
 
 
 def test_scan_sources(tmp_path: Path) -> None:

@@ -60,9 +60,13 @@ def test_the_report_sorts_for_triage_and_carries_its_figures(
         scan_id, out, database_url=url, models=flag_everything, max_explanations=5, explain_samples=16
     )
     assert summary == {
-        "report": str(out / "index.html"), "scan_id": scan_id, "rows": len(INPUTS),
-        "thumbnails": 3, "timelines": 1, "explanations": 1,
-    }  # fmt: skip
+        "report": str(out / "index.html"),
+        "scan_id": scan_id,
+        "rows": len(INPUTS),
+        "thumbnails": 3,
+        "timelines": 1,
+        "explanations": 1,
+    }
     html = (out / "index.html").read_text()
     rows = {r["id"]: r for r in read_rows(url, scan_id)}
     order = [int(i) for i in re.findall(r'<tr class="row row-[a-z]+" data-id="(\d+)"', html)]

@@ -301,7 +301,10 @@ def build_spoof_dataset(
     elapsed_s = time.perf_counter() - started
     logger.info(
         "Built %d real and %d fake clips for %d speakers in %.1f s (families: %s)",
-        totals[REAL_FAMILY_KEY], sum(totals.values()) - totals[REAL_FAMILY_KEY], len(jobs), elapsed_s,
+        totals[REAL_FAMILY_KEY],
+        sum(totals.values()) - totals[REAL_FAMILY_KEY],
+        len(jobs),
+        elapsed_s,
         ", ".join(available) or "none",
-    )  # fmt: skip
+    )
     return {REAL_FAMILY_KEY: totals[REAL_FAMILY_KEY], **{f: totals[f] for f in dict.fromkeys(families)}}

@@ -48,9 +48,13 @@ def resynth_griffin_lim(signal: np.ndarray, *, n_iter: int = 32, seed: int = 0) 
     _check_resynth_length(x)
     magnitude = np.abs(librosa.stft(x, n_fft=GRIFFIN_LIM_N_FFT, hop_length=GRIFFIN_LIM_HOP))
     y = librosa.griffinlim(
-        magnitude, n_iter=n_iter, hop_length=GRIFFIN_LIM_HOP, n_fft=GRIFFIN_LIM_N_FFT,
-        length=x.shape[0], random_state=seed,
-    )  # fmt: skip
+        magnitude,
+        n_iter=n_iter,
+        hop_length=GRIFFIN_LIM_HOP,
+        n_fft=GRIFFIN_LIM_N_FFT,
+        length=x.shape[0],
+        random_state=seed,
+    )
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
@@ -118,8 +122,11 @@ def resynth_lpc(signal: np.ndarray, *, seed: int = 0) -> np.ndarray:
     voiced = f0_per_sample > 0
     phase = np.cumsum(np.where(voiced, f0_per_sample, 0.0)) / SAMPLE_RATE_HZ
     pulses = np.diff(np.floor(phase), prepend=0.0) > 0
-    excitation = np.where(voiced, pulses * np.sqrt(np.maximum(SAMPLE_RATE_HZ / np.maximum(f0_per_sample, 1.0), 1.0)),
-                          rng.standard_normal(x.size))  # fmt: skip
+    excitation = np.where(
+        voiced,
+        pulses * np.sqrt(np.maximum(SAMPLE_RATE_HZ / np.maximum(f0_per_sample, 1.0), 1.0)),
+        rng.standard_normal(x.size),
+    )
     window = np.hanning(LPC_FRAME + 1)[:-1]  # periodic Hann: frames at half overlap sum to one
     padded_x = np.pad(x, (LPC_HOP, LPC_FRAME))
     padded_e = np.pad(excitation, (LPC_HOP, LPC_FRAME))
