@@ -18,8 +18,10 @@ import datetime as dt
 import io
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,10 +73,16 @@ def make_chain() -> TestChain:
 
     def usage(*, sign: bool, ca: bool) -> x509.KeyUsage:
         return x509.KeyUsage(
-            digital_signature=sign, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-            encipher_only=False, decipher_only=False,
-        )  # fmt: skip
+            digital_signature=sign,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=ca,
+            crl_sign=ca,
+            encipher_only=False,
+            decipher_only=False,
+        )
 
     root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     root = (
@@ -240,6 +248,41 @@ def xmp_packet(source_type: str, creator_tool: str = "") -> str:
 
 
 # -- the set ------------------------------------------------------------------------------------------------
+
+# What each fixture gives: (label decided by provenance?, summary, verified, credentials), with the test root
+# as the trust anchor. detect, the API and the distributed scan are held to the same table.
+EXPECTED_PROVENANCE = {
+    "c2pa_ai.jpg": (True, "ai", True, "trusted"),
+    "c2pa_camera.jpg": (False, "camera", True, "trusted"),
+    "c2pa_tampered.jpg": (False, "none", False, "invalid"),
+    "c2pa_ai.mp4": (True, "ai", True, "trusted"),
+    "c2pa_camera.mp4": (False, "camera", True, "trusted"),
+    "c2pa_tampered.mp4": (False, "ai", False, "invalid"),
+    "sd_webui.png": (False, "ai", False, "absent"),
+    "comfyui.png": (False, "ai", False, "absent"),
+    "xmp_ai.jpg": (False, "ai", False, "absent"),
+    "exif_camera.jpg": (False, "camera", False, "absent"),
+    "watermarked.png": (False, "ai", False, "absent"),
+    "unmarked.png": (False, "none", False, "absent"),
+    "plain.jpg": (False, "none", False, "absent"),
+}
+
+
+def assert_provenance(name: str, result: Mapping[str, Any]) -> None:
+    """A result of fixture ``name`` (fresh, or a stored row in the same JSON shape) as the table says."""
+    decided, summary, verified, credentials = EXPECTED_PROVENANCE[name]
+    provenance, details = result["provenance"], result["details"]
+    assert result["status"] == "ok", (name, result["reason"])
+    found = (provenance["summary"], provenance["verified"], provenance["credentials"])
+    assert found == (summary, verified, credentials), name
+    if decided:
+        assert (result["label"], result["fake_probability"]) == ("fake", 1.0), name
+        assert details["verdict_driven_by"] == "provenance", name
+        assert 0.0 <= details["detector_fake_probability"] <= 1.0, name
+    else:
+        assert details.get("verdict_driven_by") != "provenance", name
+        assert "detector_fake_probability" not in details, name
+
 
 VIDEO_DURATION_S = 2
 

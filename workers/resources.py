@@ -67,6 +67,12 @@ def load_pack(models: str | Path | None = None) -> ModelPack:
         raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
 
 
+@lru_cache(maxsize=2)
+def shared_pack(directory: Path) -> ModelPack:
+    """The pack in ``directory``, loaded once per process and shared by its threads (the web app's jobs)."""
+    return load_pack(directory)
+
+
 def provenance_options(settings: Settings | None = None) -> ProvenanceOptions:
     """The provenance policy and the C2PA trust anchors (the PEM text of ``DEEPSCAN_C2PA_TRUST_ANCHORS``)."""
     settings = settings or get_settings()

@@ -19,10 +19,12 @@ from fastapi.testclient import TestClient
 
 from pipeline.analyze import Analyzer, MediaResult
 from tests.conftest import REPO
+from tests.provenance_media import EXPECTED_PROVENANCE, assert_provenance
 from workers.cli.web import is_loopback
+from workers.resources import shared_pack
 from workers.settings import DEFAULT_EXPLAIN_SAMPLES, Settings
 from workers.web.app import create_app, decode_cursor, encode_cursor, safe_filename
-from workers.web.jobs import loaded_pack
+from workers.web.figures import video_caption
 
 JOB_TIMEOUT_S = 120
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,7 +94,7 @@ def test_an_uploaded_image_gets_the_json_of_deepscan_detect(
     assert job["status"] == "done", job
     result = job["result"]
     assert list(result) == [f.name for f in dataclasses.fields(MediaResult)]
-    expected = Analyzer(loaded_pack(random_pack)).analyze_file(samples / "face.jpg").to_dict()
+    expected = Analyzer(shared_pack(random_pack)).analyze_file(samples / "face.jpg").to_dict()
     assert result["path"] == "face.jpg"  # the client's name, not the generated one on the server
     for key in ("media_type", "status", "label", "fake_probability", "confidence", "faces", "model"):
         assert result[key] == expected[key], key
@@ -141,6 +143,24 @@ def test_several_files_give_one_job_each_in_upload_order(client: TestClient, sam
     assert list(client.app.state.uploads.iterdir()) == []  # type: ignore[attr-defined]
 
 
+def test_uploads_carry_their_provenance_under_the_configured_policy(
+    make_client: Callable[..., TestClient], provenance_media: dict[str, Path]
+) -> None:
+    """The server reads provenance with the settings' trust anchors and policy, as ``detect`` does; the
+    results API filters by it."""
+    client = make_client(c2pa_trust_anchors=provenance_media["anchors.pem"])
+    created = upload(client, *(provenance_media[name] for name in EXPECTED_PROVENANCE)).json()
+    for name, job in zip(EXPECTED_PROVENANCE, created, strict=True):
+        done = wait_job(client, job["url"])
+        assert done["status"] == "done", done
+        assert_provenance(name, done["result"])
+    for summary in ("ai", "camera", "none"):
+        found = client.get("/api/v1/results", params={"provenance": summary}).json()["items"]
+        expected = sorted(n for n, (_, s, _, _) in EXPECTED_PROVENANCE.items() if s == summary)
+        assert sorted(r["path"] for r in found) == expected, summary
+    assert client.get("/api/v1/results", params={"provenance": "maybe"}).status_code == 422
+
+
 def test_unknown_jobs_and_bad_requests(client: TestClient, samples: Path) -> None:
     assert client.get("/api/v1/jobs/nope").status_code == 404
     assert client.post("/api/v1/jobs").status_code == 422  # no file
@@ -180,6 +200,7 @@ def test_stored_results_scans_and_pagination(client: TestClient, samples: Path) 
     video = next(r for r in page["items"] if r["media_type"] == "video")
     one = client.get(f"/api/v1/results/{video['id']}").json()
     assert one["timeline"] and one["uri"] == video["uri"]  # a stored row in the shape of a fresh result
+    assert f"audio: {one['audio']['label']} " in video_caption(one)  # its plot reads the stored soundtrack
     assert client.get(f"/api/v1/results/{video['id']}/timeline.png").content.startswith(PNG_MAGIC)
     image = next(r for r in page["items"] if r["media_type"] == "image")
     assert client.get(f"/api/v1/results/{image['id']}/timeline.png").status_code == 404
@@ -262,9 +283,16 @@ def test_helpers() -> None:
     assert safe_filename("../../etc/passwd") == "passwd" and safe_filename("C:\\x\\a.jpg") == "a.jpg"
     assert safe_filename("") == "upload" and safe_filename("a\x00b.png") == "a_b.png"
     assert decode_cursor(encode_cursor(41)) == 41
-    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.2", "example.org")] == [
-        True, True, True, False, False, False,
-    ]  # fmt: skip
+    assert [
+        is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.2", "example.org")
+    ] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
     from pipeline.explain import LIME_SAMPLES
 
     assert DEFAULT_EXPLAIN_SAMPLES == LIME_SAMPLES

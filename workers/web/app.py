@@ -36,7 +36,7 @@ from db.session import session_scope
 from workers import metrics
 from workers.celery_app import GPU_QUEUE, LIGHT_QUEUE
 from workers.errors import ScanError, UsageError
-from workers.resources import open_sessions
+from workers.resources import open_sessions, provenance_options
 from workers.settings import Settings
 from workers.web.explanations import seconds_of
 from workers.web.figures import timeline_png
@@ -235,9 +235,10 @@ def authorised(
         return
     if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
         raise HTTPException(
-            401, "a valid bearer token is required (Authorization: Bearer ...)",
+            401,
+            "a valid bearer token is required (Authorization: Bearer ...)",
             headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
+        )
 
 
 def pool(request: Request) -> JobPool:
@@ -283,6 +284,7 @@ def create_app(settings: Settings) -> FastAPI:
                 queue_max=settings.web_queue_max,
                 explain_samples=settings.explain_samples,
                 score_soundtrack=settings.score_soundtrack,
+                provenance=provenance_options(settings),
                 sessions=sessions,
             )
             app.state.pool, app.state.sessions, app.state.uploads = pool, sessions, Path(uploads)
@@ -408,15 +410,24 @@ def create_app(settings: Settings) -> FastAPI:
         label: Literal["fake", "real"] | None = None,
         status: Annotated[str | None, Query(description="ok, no_face, decode_error, ...")] = None,
         min_probability: Annotated[float | None, Query(ge=0, le=1)] = None,
+        provenance: Annotated[
+            Literal["ai", "camera", "none"] | None, Query(description="what the file says of its origin")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX)] = PAGE_SIZE_DEFAULT,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> ResultsPage:
         """Stored results with the filters of `deepscan results`, in id order, a page at a time."""
         with session_scope(db) as session:
             rows = queries.list_results(
-                session, scan_id=scan, label=label, status=status, min_probability=min_probability,
-                after_id=decode_cursor(cursor) if cursor else None, limit=limit + 1,
-            )  # fmt: skip
+                session,
+                scan_id=scan,
+                label=label,
+                status=status,
+                min_probability=min_probability,
+                provenance=provenance,
+                after_id=decode_cursor(cursor) if cursor else None,
+                limit=limit + 1,
+            )
             items = [queries.result_to_dict(r) for r in rows[:limit]]
         return ResultsPage(
             items=items, next_cursor=encode_cursor(items[-1]["id"]) if len(rows) > limit else None
@@ -442,13 +453,7 @@ def create_app(settings: Settings) -> FastAPI:
         seconds = seconds_of(row)
         if not seconds:
             raise HTTPException(404, f"result {result_id} has no timeline: it is not a decoded video")
-        data = timeline_png(
-            seconds,
-            threshold=jobs.image_threshold,
-            audio=(row.get("details") or {}).get("audio"),
-            verdict=row if row.get("label") else None,
-        )
-        return Response(data, media_type="image/png")
+        return Response(timeline_png(row, threshold=jobs.image_threshold), media_type="image/png")
 
     @api.get("/scans", tags=["scans"])
     def list_scans(db: Annotated[sessionmaker[Session], Depends(sessions)]) -> list[dict[str, Any]]:
@@ -464,8 +469,13 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(404, f"no scan {scan_id}")
         return _jsonable(rows[0])
 
-    @api.post("/scans", status_code=202, response_model=ScanStarted, tags=["scans"],
-              responses={503: {"description": "no broker configured, or it is unreachable"}})  # fmt: skip
+    @api.post(
+        "/scans",
+        status_code=202,
+        response_model=ScanStarted,
+        tags=["scans"],
+        responses={503: {"description": "no broker configured, or it is unreachable"}},
+    )
     def create_scan(
         body: ScanRequest, db: Annotated[sessionmaker[Session], Depends(sessions)]
     ) -> ScanStarted:

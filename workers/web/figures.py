@@ -98,20 +98,16 @@ def explanation_png(explanation: FaceExplanation, *, threshold: float, title: st
     return _png(figure)
 
 
-def timeline_png(
-    timeline: Sequence[Mapping[str, Any]],
-    *,
-    threshold: float,
-    audio: Mapping[str, Any] | None = None,
-    verdict: Mapping[str, Any] | None = None,
-) -> bytes:
-    """P(fake) per sampled second of a video, the threshold, and the soundtrack's verdict.
+def timeline_png(result: Mapping[str, Any], *, threshold: float) -> bytes:
+    """P(fake) per sampled second of a video result, the threshold, and the soundtrack's verdict.
 
-    ``timeline`` entries have ``second`` and ``fake_probability`` (None: no face that second), as in
-    ``MediaResult.timeline`` (of a fresh result or a stored row); ``verdict`` has ``label`` and ``fake_probability``.
+    ``result`` is a video's result in the one JSON shape of a fresh result and a stored row: ``timeline``
+    entries have ``second`` and ``fake_probability`` (None: no face that second), ``audio`` is the
+    soundtrack's verdict, ``label`` and ``fake_probability`` the video's.
     """
     from matplotlib.figure import Figure
 
+    timeline = result.get("timeline") or []
     seconds = np.array([int(e["second"]) for e in timeline], dtype=np.int64)
     probabilities = np.array(
         [np.nan if e.get("fake_probability") is None else float(e["fake_probability"]) for e in timeline]
@@ -120,31 +116,45 @@ def timeline_png(
     axis = figure.subplots()
     axis.axhspan(threshold, 1.0, color=FAKE_COLOUR, alpha=0.07)
     axis.axhline(threshold, color="0.4", linestyle="--", linewidth=1)
-    axis.text(0.0, threshold, f" threshold {threshold:.2f}", va="bottom", fontsize=8, color="0.3",
-              transform=axis.get_yaxis_transform())  # fmt: skip
+    axis.text(
+        0.0,
+        threshold,
+        f" threshold {threshold:.2f}",
+        va="bottom",
+        fontsize=8,
+        color="0.3",
+        transform=axis.get_yaxis_transform(),
+    )
     axis.plot(seconds, probabilities, color="0.25", linewidth=1.2, zorder=2)
     scored = ~np.isnan(probabilities)
     colours = [FAKE_COLOUR if p >= threshold else REAL_COLOUR for p in probabilities[scored]]
     axis.scatter(seconds[scored], probabilities[scored], c=colours, s=28, zorder=3, label="faces")
     if (~scored).any():
-        axis.scatter(seconds[~scored], np.zeros((~scored).sum()), marker="x", color=NO_FACE_COLOUR,
-                     s=24, zorder=3, label="no face")  # fmt: skip
+        axis.scatter(
+            seconds[~scored],
+            np.zeros((~scored).sum()),
+            marker="x",
+            color=NO_FACE_COLOUR,
+            s=24,
+            zorder=3,
+            label="no face",
+        )
         axis.legend(loc="upper right", fontsize=8, frameon=False)
     axis.set_ylim(-0.03, 1.03)
     axis.set_xlim(-0.5, max(int(seconds.max()) if len(seconds) else 0, 1) + 0.5)
     axis.set_xlabel("second")
     axis.set_ylabel("P(fake) of the frame")
     axis.grid(alpha=0.25)
-    axis.set_title(_video_caption(verdict, audio), fontsize=10)
+    axis.set_title(video_caption(result), fontsize=10)
     return _png(figure)
 
 
-def _video_caption(verdict: Mapping[str, Any] | None, audio: Mapping[str, Any] | None) -> str:
+def video_caption(result: Mapping[str, Any]) -> str:
     """Two lines: the video's verdict (and which stream drove it); the faces' vote and the soundtrack's."""
-    details = (verdict or {}).get("details") or {}
+    details = result.get("details") or {}
     first = "no verdict"
-    if verdict and verdict.get("label"):
-        first = f"verdict: {verdict['label']}, P(fake) {verdict['fake_probability']:.3f}"
+    if result.get("label"):
+        first = f"verdict: {result['label']}, P(fake) {result['fake_probability']:.3f}"
         if details.get("verdict_driven_by"):
             first += f", driven by the {details['verdict_driven_by']}"
     faces = details.get("faces_verdict")
@@ -154,7 +164,7 @@ def _video_caption(verdict: Mapping[str, Any] | None, audio: Mapping[str, Any] |
         seen += f" ({votes.get('fake', 0)} of {faces.get('seconds_with_faces', '?')} seconds fake)"
     else:
         seen = "faces: no verdict"
-    return f"{first}\n{seen}   {_audio_caption(audio)}"
+    return f"{first}\n{seen}   {_audio_caption(result.get('audio'))}"
 
 
 def _audio_caption(audio: Mapping[str, Any] | None) -> str:
@@ -169,8 +179,9 @@ def thumbnail_png(frame: np.ndarray, *, side_px: int = THUMBNAIL_SIDE_PX) -> byt
     """An RGB uint8 frame (H, W, 3) shrunk to fit a ``side_px`` square, as PNG."""
     height, width = frame.shape[:2]
     scale = min(1.0, side_px / max(height, width))
-    small = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_AREA)  # fmt: skip
+    small = cv2.resize(
+        frame, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+    )
     ok, data = cv2.imencode(".png", cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ValueError("OpenCV could not encode the thumbnail")

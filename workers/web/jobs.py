@@ -1,6 +1,6 @@
 """The embedded job pool of ``deepscan serve``: uploads analysed in this process, a bounded few at a time.
 
-The pack is loaded once per process (``loaded_pack``), in the pool's first thread, as the server starts;
+The pack is loaded once per process (``resources.shared_pack``), in the pool's first thread, as the server starts;
 each pool thread gets an ``Analyzer`` of its own (its own face detector) over that one pack. At most ``workers`` analyses
 run at once and at most ``queue_max`` more wait: an upload beyond that is refused (``PoolBusyError``),
 not queued without end. Each upload is deleted as soon as it has been analysed; what an explanation
@@ -22,7 +22,6 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,8 +36,9 @@ from pipeline.analyze import Analyzer, MediaResult
 from pipeline.errors import DeepscanError, ResultStatus
 from pipeline.media import sha256_file
 from pipeline.pack import PREDICT_BATCH, ModelPack, read_manifest
+from pipeline.provenance import ProvenanceOptions
 from workers import rows
-from workers.resources import load_pack
+from workers.resources import shared_pack
 from workers.storage import ObjectRef
 from workers.web.explanations import ExplainTarget, driving_face, frame_at
 from workers.web.figures import explanation_png, timeline_png
@@ -47,12 +47,6 @@ logger = logging.getLogger(__name__)
 
 JOBS_KEPT = 256  # finished jobs remembered; each holds its result and at most a 256 px crop
 WARMUP_CROP_PX = 128  # blank crops through every member trace the graphs at start-up (see warm_up)
-
-
-@lru_cache(maxsize=2)
-def loaded_pack(models_dir: Path) -> ModelPack:
-    """The pack in ``models_dir``, loaded once per process and shared by every pool (and app) in it."""
-    return load_pack(models_dir)
 
 
 def warm_up(pack: ModelPack, batch_sizes: tuple[int, ...]) -> None:
@@ -167,6 +161,7 @@ class JobPool:
         queue_max: int = 32,
         explain_samples: int = 128,
         score_soundtrack: bool = True,
+        provenance: ProvenanceOptions | None = None,
         sessions: sessionmaker[Session] | None = None,
         jobs_kept: int = JOBS_KEPT,
     ) -> None:
@@ -175,6 +170,7 @@ class JobPool:
         self.workers, self.queue_max, self.jobs_kept = workers, queue_max, jobs_kept
         self.explain_samples = explain_samples
         self.score_soundtrack = score_soundtrack
+        self.provenance = provenance or ProvenanceOptions()
         self.sessions = sessions
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepscan-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -186,7 +182,7 @@ class JobPool:
 
     def _load(self) -> ModelPack:
         started = time.perf_counter()
-        pack = loaded_pack(self.models_dir)
+        pack = shared_pack(self.models_dir)
         # an image's verdict scores one face; LIME scores its neighbourhood in one batch, padded to a power
         # of two up to PREDICT_BATCH
         warm_up(pack, (1, min(PREDICT_BATCH, 1 << (self.explain_samples - 1).bit_length())))
@@ -204,7 +200,9 @@ class JobPool:
     def _analyzer(self) -> Analyzer:
         analyzer: Analyzer | None = getattr(self._local, "analyzer", None)
         if analyzer is None:
-            analyzer = Analyzer(self._pack.result(), score_soundtrack=self.score_soundtrack)
+            analyzer = Analyzer(
+                self._pack.result(), score_soundtrack=self.score_soundtrack, provenance=self.provenance
+            )
             self._local.analyzer = analyzer
         return analyzer
 
@@ -362,12 +360,7 @@ class JobPool:
         if not result.get("timeline"):
             raise LookupError("no timeline: the job is not a decoded video")
         if job.timeline is None:
-            job.timeline = timeline_png(
-                result["timeline"],
-                threshold=self.image_threshold,
-                audio=result.get("audio"),
-                verdict=result if result.get("label") else None,
-            )
+            job.timeline = timeline_png(result, threshold=self.image_threshold)
         return job.timeline
 
     def close(self) -> None:

@@ -131,14 +131,7 @@ def write_report(
             seconds = seconds_of(row)
             if seconds:
                 name = f"{row['id']}_timeline.png"
-                (assets / name).write_bytes(
-                    timeline_png(
-                        seconds,
-                        threshold=threshold,
-                        audio=(row.get("details") or {}).get("audio"),
-                        verdict=row if row.get("label") else None,
-                    )  # fmt: skip
-                )
+                (assets / name).write_bytes(timeline_png(row, threshold=threshold))
                 item.timeline = f"{ASSETS}/{name}"
             if row["media_type"] not in ("image", "video"):
                 continue
