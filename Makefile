@@ -12,10 +12,13 @@ DEMO_DIR := build/samples
 system-deps:
 	@bash .ci/system-deps.sh
 
-$(BIN)/.installed: pyproject.toml
+# invisible-watermark is the reference the watermark decoder is tested against, installed without its
+# dependencies (torch, onnxruntime, opencv-python): the test loads only its numpy/OpenCV/PyWavelets module.
+$(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps invisible-watermark==0.2.0
 	@touch $@
 
 venv: system-deps $(BIN)/.installed
