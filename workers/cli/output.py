@@ -1,4 +1,5 @@
-"""What the ``deepscan`` commands print: result rows as JSON lines, CSV or a table, and scan progress."""
+"""What the ``deepscan`` commands print: result rows as JSON lines, CSV or a table, scan progress, the
+scans table, ``doctor``'s checks and a pack's members."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pipeline.pack import Manifest
+    from workers.checks import Check
     from workers.producer import ScanProgress
 
 CSV_FIELDS = (
@@ -130,3 +134,37 @@ SCAN_COLUMNS = ("id", "uri", "kind", "status", "total", "skipped", "done", "ok",
 def format_scans(scans: Sequence[dict[str, Any]]) -> str:
     """``deepscan scans --format table``: one line per scan, its counts."""
     return _columns(SCAN_COLUMNS, [[_shorten(str(scan[c]), 48) for c in SCAN_COLUMNS] for scan in scans])
+
+
+def format_checks(checks: Sequence[Check]) -> str:
+    """``deepscan doctor``: one line per check, its state (ok, MISSING when required, else warning)."""
+    width = max(len(check.name) for check in checks)
+    lines = []
+    for check in checks:
+        mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
+        lines.append(f"{check.name.ljust(width)}  {mark:<7}  {check.detail}")
+    return "\n".join(lines)
+
+
+def format_pack(manifest: Manifest, directory: Path) -> str:
+    """``deepscan models list``: the pack, its aggregation and thresholds, one line per member."""
+    body = []
+    for m in manifest.members:
+        path = directory / m.file
+        auc = m.metrics.get("test_auc")
+        body.append(
+            (
+                m.name,
+                m.kind,
+                m.architecture,
+                f"{m.input_size[0]}x{m.input_size[1]}",
+                f"{path.stat().st_size / 1e6:.1f} MB" if path.exists() else "missing",
+                "-" if auc is None else f"{auc:.3f}",
+            )
+        )
+    headers = ("member", "kind", "architecture", "input", "size", "test AUC")
+    return (
+        f"{manifest.label}  ({directory})\n"
+        f"aggregation: {manifest.aggregation.method}   thresholds: {dict(manifest.thresholds)}\n"
+        + _columns(headers, body)
+    )

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from workers.cli.helpers import EXIT_OK, Subparsers
+from workers.cli.output import format_pack
 from workers.errors import UsageError
 
 logger = logging.getLogger("deepscan")
@@ -238,15 +239,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         manifest = compact_pack(directory) if args.action == "compact" else read_manifest(directory)
     except ModelPackError as e:
         raise UsageError(e.reason) from e
-    print(f"{manifest.label}  ({directory})")
-    print(f"aggregation: {manifest.aggregation.method}   thresholds: {dict(manifest.thresholds)}")
-    for m in manifest.members:
-        size_mb = (directory / m.file).stat().st_size / 1e6 if (directory / m.file).exists() else float("nan")
-        auc = m.metrics.get("test_auc")
-        print(
-            f"  {m.name:<14} {m.kind:<6} {m.architecture:<14} input {m.input_size[0]}x{m.input_size[1]:<5} "
-            f"{size_mb:6.1f} MB  test AUC {'-' if auc is None else f'{auc:.3f}'}"
-        )
+    print(format_pack(manifest, directory))
     return EXIT_OK
 
 

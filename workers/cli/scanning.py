@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workers.cli.helpers import EXIT_INCOMPLETE, EXIT_OK, Subparsers
-from workers.cli.output import ScanProgressReport, Writer, format_scans
+from workers.cli.output import ScanProgressReport, Writer, format_checks, format_scans
 from workers.errors import UsageError
 
 if TYPE_CHECKING:
@@ -173,10 +173,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     import_backend_quietly()
     checks = doctor(get_settings())
-    width = max(len(check.name) for check in checks)
-    for check in checks:
-        mark = "ok" if check.ok else ("MISSING" if check.required else "warning")
-        print(f"{check.name.ljust(width)}  {mark:<7}  {check.detail}")
+    print(format_checks(checks))
     return EXIT_OK if all(check.ok or not check.required for check in checks) else EXIT_INCOMPLETE
 
 
