@@ -133,7 +133,8 @@ def test_models_path_and_list(random_pack: Path) -> None:
 def test_default_database_is_sqlite_in_the_working_directory(
     samples: Path, random_pack: Path, tmp_path: Path
 ) -> None:
-    env_free = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSCAN_")}
+    # a newcomer's shell: no deepscan settings, and nothing that quiets TensorFlow's C++ logging
+    env_free = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPSCAN_", "TF_CPP_"))}
     proc = subprocess.run(
         [
             sys.executable,
@@ -152,6 +153,7 @@ def test_default_database_is_sqlite_in_the_working_directory(
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no TensorFlow banner, no warning: a plain detect prints its results only
     assert len(rows(f"sqlite:///{tmp_path / 'deepscan.db'}")) == 1
 
 
@@ -176,8 +178,16 @@ def test_train_spoofs_makes_the_named_families(samples: Path, tmp_path: Path) ->
     real = tmp_path / "real"
     real.mkdir()
     shutil.copy(samples / "speech.wav", real / "19-198-0001.wav")
-    out = deepscan("train", "spoofs", "--real", str(real), "--out", str(tmp_path / "corpus"),
-                   "--families", "phase_vocoder,lpc")  # fmt: skip
+    out = deepscan(
+        "train",
+        "spoofs",
+        "--real",
+        str(real),
+        "--out",
+        str(tmp_path / "corpus"),
+        "--families",
+        "phase_vocoder,lpc",
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"real": 1, "phase_vocoder": 1, "lpc": 1}
     assert sorted(p.name for p in (tmp_path / "corpus" / "fake").iterdir()) == ["lpc", "phase_vocoder"]
