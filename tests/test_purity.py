@@ -3,7 +3,8 @@
 - ``pipeline/`` is pure inference: it never imports the distributed side (celery, boto3, redis, kombu,
   sqlalchemy, ``workers``, ``db``) nor ``training``.
 - ``training/`` is pure compute too: it may use ``pipeline``, never the distributed side.
-- No import cycle between the project's modules (``python -m tools.imports --cycles``, which this runs).
+- No import cycle between the project's modules (``python -m tests.imports`` lists any; this runs the same
+  check).
 """
 
 from __future__ import annotations
