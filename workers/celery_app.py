@@ -115,7 +115,7 @@ def make_app(settings: Settings) -> Celery:
     app.conf.update(
         # no broker: tasks run eagerly in the caller; the in-memory transport is never used, and keeps kombu
         # from looking for a default AMQP host
-        broker_url=settings.broker_url or "memory://",
+        broker_url=settings.broker_url or "memory://localhost/",
         # Chords count their parts in the result backend: it must exist and keep results.
         result_backend=settings.result_backend or settings.broker_url,
         result_expires=settings.result_expires_s,
