@@ -6,6 +6,8 @@ One engine per process (``make_engine``), sessions from ``session_factory``, uni
 
 from __future__ import annotations
 
+import fcntl
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,12 +15,15 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30  # how long a writer waits for another writer's lock before "database is locked"
+# The PostgreSQL advisory lock that serialises migrations: one per database, whatever the schema, so two
+# deepscan databases on one server (or two test schemas) migrate one after the other, never together.
+MIGRATION_LOCK_KEY = zlib.crc32(b"deepscan.db.migrate")
 
 
 def normalise_url(url: str) -> str:
@@ -68,8 +73,40 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema (``alembic upgrade head``); a no-op when current."""
+    """Bring the database at ``url`` to the newest schema (``alembic upgrade head``); a no-op when current.
+
+    Safe to run from several processes at once (workers and a producer starting on a fresh database):
+    the migration environment holds ``migration_lock`` while it reads the revision and upgrades, so the
+    first process migrates and the others then find the schema at head.
+    """
     command.upgrade(alembic_config(url), "head")
+
+
+@contextmanager
+def sqlite_migration_lock(url: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<database>.migrate.lock`` for a SQLite file database (nothing for
+    ``:memory:``, which no other process can see).
+
+    SQLite's own locks do not help: Alembic reads the revision and creates tables in separate
+    statements, and pysqlite does not run DDL inside the transaction that read it.
+    """
+    database = make_url(normalise_url(url)).database
+    if database in (None, "", ":memory:"):
+        yield
+        return
+    lock_path = Path(f"{database}.migrate.lock")
+    with lock_path.open("a") as lock_file:  # the file stays: deleting it would let two holders coexist
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def lock_postgresql_migrations(connection: Connection) -> None:
+    """Take the migration advisory lock in ``connection``'s transaction; it is released at commit or
+    rollback, after the new revision is visible to the next holder."""
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -7,6 +7,7 @@ else ``DEEPSCAN_DATABASE_URL``, else ``sqlite:///deepscan.db``.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from logging.config import fileConfig
 from typing import Any, Literal
 
@@ -14,7 +15,12 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from db import models
-from db.session import normalise_url
+from db.session import (
+    SQLITE_BUSY_TIMEOUT_S,
+    lock_postgresql_migrations,
+    normalise_url,
+    sqlite_migration_lock,
+)
 
 config = context.config
 # Only the alembic CLI has an ini file with logging sections; programmatic runs keep the app's logging.
@@ -57,12 +63,20 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    """Run the migrations over a connection of their own."""
+    """Run the migrations over a connection of their own, one process at a time.
+
+    Several processes may start on a fresh database together: each reads the current revision only once
+    it holds the migration lock (a file lock on SQLite, an advisory lock in the migration transaction on
+    PostgreSQL), so whoever comes second finds the first one's tables and has nothing to do.
+    """
+    url = database_url()
+    sqlite = url.startswith("sqlite")
     # A plain engine, not make_engine: SQLite batch migrations recreate tables, and with foreign keys on,
     # dropping the old parent table would cascade-delete the child rows.
-    engine = create_engine(database_url(), poolclass=pool.NullPool)
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S} if sqlite else {}
+    engine = create_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     try:
-        with engine.connect() as connection:
+        with sqlite_migration_lock(url) if sqlite else nullcontext(), engine.connect() as connection:
             context.configure(
                 connection=connection,
                 target_metadata=target_metadata,
@@ -70,6 +84,8 @@ def run_migrations_online() -> None:
                 render_item=render_item,
             )
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    lock_postgresql_migrations(connection)
                 context.run_migrations()
     finally:
         engine.dispose()
