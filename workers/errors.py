@@ -47,3 +47,7 @@ class AnalysisTimeoutError(DeepscanError):
     """An analysis that ran past its task time limit: stopped, and the worker went on with the next task."""
 
     status = ResultStatus.TIMEOUT
+
+
+class PoisonMessageError(DeepscanError):
+    """A task handed out ``max_deliveries`` times whose worker process died every time: given up."""

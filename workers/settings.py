@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # How long task results (chord parts among them) live in the backend: the longest a video may wait.
     result_expires_s: int = Field(default=WEEK_S, ge=60)
     video_segment_s: int = Field(default=DEFAULT_VIDEO_SEGMENT_S, ge=1)
+    # A task handed out this many times without finishing (its process died each time: a poison
+    # message) is given up: the object gets an error row instead of crashing workers for ever.
+    max_deliveries: int = Field(default=3, ge=1)
     # JSON list of ScheduleSpec, e.g. [{"uri": "s3://media/uploads/", "every_s": 3600}].
     schedules: list[ScheduleSpec] = Field(default_factory=list)
     log_level: str = "WARNING"

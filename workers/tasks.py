@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import asdict
 from typing import Any
@@ -30,13 +31,13 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from pipeline.analyze import AudioVerdict, MediaResult, TimelineSecond
-from pipeline.errors import DeepscanError, UnsupportedMediaError
+from pipeline.errors import DeepscanError, ResultStatus, UnsupportedMediaError
 from pipeline.media import MediaType, VideoInfo, detect_media_type, probe_video, sha256_file
 from pipeline.provenance import Provenance
 from workers import resources, rows
 from workers.archives import list_members
 from workers.celery_app import app, retry_delay_cap_s
-from workers.errors import AnalysisTimeoutError, StorageUnavailableError
+from workers.errors import AnalysisTimeoutError, PoisonMessageError, StorageUnavailableError
 from workers.settings import get_settings
 from workers.storage import ObjectRef
 
@@ -48,9 +49,60 @@ RETRYING: dict[str, Any] = {
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": 2,  # seconds before the first retry, doubling each time
     "retry_backoff_max": retry_delay_cap_s(get_settings().visibility_timeout_s),
-    "retry_jitter": True,
-    "max_retries": 6,  # 2+4+8+...: about two minutes of outage with the default cap
+    # RetryingTask spreads the delays itself, over [half, all] of each one: Celery's full jitter draws
+    # from [0, all], and six retries could then be spent in seconds on a brief S3 or database outage.
+    "retry_jitter": False,
+    # 2+4+...+256 s capped at 600: at least about four minutes of outage (half of 510 s) is ridden out
+    # with the default visibility timeout, about 20 s with a visibility timeout of 20 s (delays of 5 s)
+    "max_retries": 8,
 }
+RETRY_JITTER_FLOOR = 0.5  # each retry waits between this fraction of its backoff and all of it
+
+
+DELIVERIES_KEY = "deepscan-deliveries-{task_id}-{retries}"  # in the result backend's Redis
+
+
+def count_delivery(request: Any) -> int | None:
+    """How many times this try of the task (its id and retry number) has been handed out, this one
+    included; None where nothing redelivers (eager mode) or the backend is not Redis.
+
+    The count survives the death of the process that runs the task, which is the point: Celery hands a
+    task whose process died straight back to the queue (``task_reject_on_worker_lost``), and a message
+    that kills its process every time would otherwise go round for ever.
+    """
+    if request.is_eager or request.id is None:
+        return None
+    client = getattr(app.backend, "client", None)  # a redis.Redis for the Redis backend
+    if client is None:
+        return None
+    key = DELIVERIES_KEY.format(task_id=request.id, retries=request.retries)
+    with client.pipeline() as pipe:
+        pipe.incr(key)
+        pipe.expire(key, get_settings().result_expires_s)
+        count, _ = pipe.execute()
+    return int(count)
+
+
+class RetryingTask(Task):
+    """A task whose automatic retries wait a jittered backoff that never drops below half of itself, and
+    which is given up (``PoisonMessageError``) once handed out more than ``max_deliveries`` times."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        limit = get_settings().max_deliveries
+        count = count_delivery(self.request)
+        if count is not None and count > limit:
+            # raised before the task runs, so no autoretry: on_failure (objects) or the chord's error
+            # callback (video parts) writes the row
+            raise PoisonMessageError(
+                f"given up after {limit} deliver{'y' if limit == 1 else 'ies'}: "
+                "the worker process running it died each time"
+            )
+        return super().__call__(*args, **kwargs)
+
+    def retry(self, *args: Any, countdown: float | None = None, **options: Any) -> Any:
+        if countdown is not None:
+            countdown = countdown * random.uniform(RETRY_JITTER_FLOOR, 1.0)
+        return super().retry(*args, countdown=countdown, **options)
 
 
 def timed_out(exc: BaseException, what: str) -> AnalysisTimeoutError | None:
@@ -68,7 +120,7 @@ def timed_out(exc: BaseException, what: str) -> AnalysisTimeoutError | None:
     return error
 
 
-class ObjectTask(Task):
+class ObjectTask(RetryingTask):
     """A task that owns an object's row: when it fails for good, the object gets an error row."""
 
     media_type = "unknown"
@@ -174,7 +226,7 @@ def video_chord(
     return chord(header, body)
 
 
-@app.task(name="deepscan.score_segment", bind=True, ignore_result=False, **RETRYING)
+@app.task(name="deepscan.score_segment", base=RetryingTask, bind=True, ignore_result=False, **RETRYING)
 def score_segment(
     self: Task, *, ref: dict[str, Any], info: dict[str, Any], start_s: float, duration_s: float
 ) -> dict[str, Any]:
@@ -196,7 +248,7 @@ def score_segment(
     }
 
 
-@app.task(name="deepscan.score_soundtrack", bind=True, ignore_result=False, **RETRYING)
+@app.task(name="deepscan.score_soundtrack", base=RetryingTask, bind=True, ignore_result=False, **RETRYING)
 def score_soundtrack(self: Task, *, ref: dict[str, Any]) -> dict[str, Any]:
     """Chord part: the audio verdict of a video's soundtrack (unscored, with the reason, when it cannot be)."""
     path = resources.local_copies().path(ObjectRef.from_dict(ref))
@@ -244,12 +296,36 @@ def video_failed(
 ) -> None:
     """Chord error callback: a part (or the aggregation) failed for good, so the video gets an error row.
 
-    Celery calls it in the worker that saw the failure, with the failed request and the exception.
+    Celery calls it in the worker that saw the failure, with the failed request and the exception, and
+    never again: when the row cannot be written now (the database is what failed), ``record_failure``
+    writes it later, with retries, or the scan would wait for ever for a video whose chord is over.
     """
     error = timed_out(exc, "a part of the video analysis") or DeepscanError(
         f"a part of the video analysis failed: {exc}"
     )
-    rows.write_failure(ObjectRef.from_dict(ref), scan_id, error, media_type="video")
+    try:
+        rows.write_failure(ObjectRef.from_dict(ref), scan_id, error, media_type="video")
+    except Exception:
+        logger.exception("could not record the failure of %s now: queued for later", ref.get("uri"))
+        record_failure.apply_async(
+            kwargs={
+                "ref": ref,
+                "scan_id": scan_id,
+                "status": error.status.value,
+                "reason": error.reason,
+                "media_type": "video",
+            }
+        )
+
+
+@app.task(name="deepscan.record_failure", base=RetryingTask, bind=True, ignore_result=True, **RETRYING)
+def record_failure(
+    self: Task, *, ref: dict[str, Any], scan_id: int | None, status: str, reason: str, media_type: str
+) -> None:
+    """The error row of an object whose analysis is over, written with retries (see ``video_failed``)."""
+    error = DeepscanError(reason)
+    error.status = ResultStatus(status)
+    rows.write_failure(ObjectRef.from_dict(ref), scan_id, error, media_type=media_type)
 
 
 @object_task("deepscan.expand_archive", media_type="archive")

@@ -17,6 +17,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -165,6 +166,77 @@ class StallingProxy:
             readable, _, _ = select.select([client], [], [], self.POLL_S)
             if readable and not client.recv(65536):
                 return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()
+
+
+class FaultyProxy:
+    """A TCP relay on loopback in front of the S3 server that fails the first ``faults`` GETs whose
+    request line contains ``marker``: ``mode="slowdown"`` answers 503 SlowDown (S3 shedding load),
+    ``mode="reset"`` resets the connection (a dropped link). ``faults=None`` fails every such GET.
+
+    ``failed`` and ``passed`` list the request lines of matching GETs, in order.
+    """
+
+    POLL_S = 0.2
+    SLOWDOWN = (
+        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+
+    def __init__(self, target_url: str, marker: str, *, faults: int | None, mode: str = "slowdown") -> None:
+        assert mode in ("slowdown", "reset")
+        parts = urlsplit(target_url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._marker, self._faults, self._mode = marker.encode(), faults, mode
+        self._lock = threading.Lock()
+        self.failed: list[str] = []
+        self.passed: list[str] = []
+        self._stop = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _should_fail(self, line: bytes) -> bool:
+        with self._lock:
+            fail = self._faults is None or len(self.failed) < self._faults
+            (self.failed if fail else self.passed).append(line.decode(errors="replace"))
+            return fail
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.create_connection(self._target) as upstream:
+            while not self._stop.is_set():
+                readable, _, _ = select.select([client, upstream], [], [], self.POLL_S)
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    line = data.split(b"\r\n", 1)[0]
+                    matching = source is client and line.startswith(b"GET ") and self._marker in line
+                    if matching and self._should_fail(line):
+                        self._fail(client)
+                        return
+                    (upstream if source is client else client).sendall(data)
+
+    def _fail(self, client: socket.socket) -> None:
+        if self._mode == "reset":  # linger 0: close sends RST, the client sees "connection reset by peer"
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        head = (
+            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(self.SLOWDOWN)}\r\nConnection: close\r\n\r\n"
+        )
+        client.sendall(head.encode() + self.SLOWDOWN)
 
     def close(self) -> None:
         self._stop.set()

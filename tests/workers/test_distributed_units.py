@@ -319,3 +319,49 @@ def test_an_object_over_its_time_limit_gets_a_timeout_row(
     assert timed_out(ValueError("not a time limit"), "the analysis") is None
     with session_scope(sessions) as session:
         assert session.get_one(queries.Scan, scan_id).status == "complete"
+
+
+def test_a_chord_failure_that_cannot_be_written_now_is_written_later(
+    worker_env: None, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chord's error callback runs once: a database error then must not lose the video's row."""
+    from celery.exceptions import TimeLimitExceeded
+    from sqlalchemy.exc import OperationalError
+
+    from workers import rows, tasks
+
+    scan_id = new_scan(sessions, total=1)
+    ref = ObjectRef(uri="s3://media/clip.mp4", etag="e1")
+    write_failure, attempts = rows.write_failure, []
+
+    def database_down_once(*args: Any, **kwargs: Any) -> None:
+        attempts.append(args)
+        if len(attempts) == 1:
+            raise OperationalError("INSERT INTO results", {}, Exception("connection refused"))
+        write_failure(*args, **kwargs)
+
+    queued: list[dict[str, Any]] = []
+    monkeypatch.setattr(rows, "write_failure", database_down_once)
+    monkeypatch.setattr(tasks.record_failure, "apply_async", lambda kwargs: queued.append(kwargs))
+    tasks.video_failed(None, TimeLimitExceeded(9), None, ref=ref.to_dict(), scan_id=scan_id)
+    assert len(queued) == 1 and queued[0]["status"] == "timeout"
+
+    tasks.record_failure.apply(kwargs=queued[0])
+    with session_scope(sessions) as session:
+        row = queries.find_result(session, uri=ref.uri)
+        assert row is not None and (row.status, row.media_type) == ("timeout", "video")
+        assert "hard time limit" in (row.reason or "")
+        assert session.get_one(queries.Scan, scan_id).status == "complete"
+
+
+def test_retries_wait_at_least_half_their_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery import Task
+
+    from workers.tasks import RETRY_JITTER_FLOOR, RETRYING, score_segment
+
+    waited: list[float] = []
+    monkeypatch.setattr(Task, "retry", lambda self, *a, countdown=None, **o: waited.append(countdown))
+    for _ in range(200):
+        score_segment.retry(exc=RuntimeError(), countdown=8.0)
+    assert min(waited) >= RETRY_JITTER_FLOOR * 8.0 and max(waited) <= 8.0
+    assert RETRYING["retry_jitter"] is False  # Celery's own full jitter would draw from [0, 8]
