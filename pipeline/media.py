@@ -30,6 +30,18 @@ SAMPLE_RATE_HZ = 16_000  # every audio member works at 16 kHz mono, the rate of 
 FRAME_INTERVAL_S = 1.0  # videos are judged on one frame per second
 PROBE_TIMEOUT_S = 30.0
 HASH_BLOCK_BYTES = 1 << 20  # read 1 MiB at a time: bounded memory for any file size
+# A decoded image costs 3 bytes a pixel, twice over while BGR becomes RGB: 100 megapixels (a 10000 x 10000
+# scan) is 600 MB. PNG, BMP and JPEG headers are checked before decoding (``declared_image_size``); for
+# the other formats OpenCV's own guard applies, OPENCV_IO_MAX_IMAGE_PIXELS (default 2**30 pixels, 6 GB;
+# read when cv2 is loaded, so it is set in the worker's environment, not here: see SECURITY.md).
+MAX_IMAGE_PIXELS = 100_000_000
+# A video frame is read whole from ffmpeg's pipe: 8192 x 8192 (past 8K UHD) is 200 MB of RGB.
+MAX_VIDEO_PIXELS = 8192 * 8192
+# One chord part per segment: a header claiming years would queue millions. 12 h is past any film.
+MAX_VIDEO_DURATION_S = 12 * 3600.0
+_JPEG_MAX_SEGMENTS = 256  # markers walked before the frame header; real files have a handful
+# JPEG start-of-frame markers (baseline, progressive, lossless...): every C0-CF but DHT, JPG and DAC.
+_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 # Leading bytes of the still-image formats OpenCV decodes. Checked before ffprobe because it is free.
 _IMAGE_SIGNATURES: tuple[tuple[int, bytes], ...] = (
@@ -124,8 +136,44 @@ def load_image(path: str | Path) -> np.ndarray:
     return decode_image_bytes(read_file(path))
 
 
-def decode_image_bytes(data: bytes) -> np.ndarray:
-    """Decode encoded image bytes. Returns RGB uint8, shape (H, W, 3)."""
+def declared_image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as a PNG, BMP or JPEG header states it, read without decoding; None for other
+    formats and for headers too damaged to say (the decoder then finds out)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"BM" and len(data) >= 26:
+        width = int.from_bytes(data[18:22], "little", signed=True)
+        return abs(width), abs(int.from_bytes(data[22:26], "little", signed=True))  # negative: top-down
+    if data[:2] != b"\xff\xd8":
+        return None
+    position = 2
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        if position + 4 > len(data) or data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_SOF_MARKERS and position + 9 <= len(data):
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            return int.from_bytes(data[position + 7 : position + 9], "big"), height
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
+            return None
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
+def decode_image_bytes(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes. Returns RGB uint8, shape (H, W, 3).
+
+    Raises ``UnsupportedMediaError`` for a header that claims more than ``max_pixels`` (a decompression
+    bomb: a few bytes that would inflate to gigabytes), before anything is decoded.
+    """
+    size = declared_image_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise UnsupportedMediaError(
+            f"the image header claims {size[0]} x {size[1]} pixels, more than the {max_pixels} decoded here"
+        )
     try:
         bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:  # raised rather than returned for an empty buffer, and for some corrupt ones
@@ -135,8 +183,15 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def probe_video(path: str | Path) -> VideoInfo:
-    """Duration, display size (rotation applied), frame rate and whether a soundtrack exists."""
+def probe_video(
+    path: str | Path, *, max_pixels: int = MAX_VIDEO_PIXELS, max_duration_s: float = MAX_VIDEO_DURATION_S
+) -> VideoInfo:
+    """Duration, display size (rotation applied), frame rate and whether a soundtrack exists.
+
+    Raises ``UnsupportedMediaError`` for a frame size over ``max_pixels`` or a duration over
+    ``max_duration_s``: a header may claim anything, and frames are read whole, segments queued per
+    stretch of the duration.
+    """
     info = _ffprobe(Path(path))
     streams = info.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video"), None)
@@ -150,6 +205,14 @@ def probe_video(path: str | Path) -> VideoInfo:
     duration = _first_float(video.get("duration"), info.get("format", {}).get("duration"))
     if duration is None or duration <= 0:
         raise MediaDecodeError("the video has no readable duration")
+    if width * height > max_pixels:
+        raise UnsupportedMediaError(
+            f"the video claims {width} x {height} pixels a frame, more than the {max_pixels} decoded here"
+        )
+    if duration > max_duration_s:
+        raise UnsupportedMediaError(
+            f"the video claims {duration:.0f} s, longer than the {max_duration_s:.0f} s analysed here"
+        )
     num, _, den = str(video.get("avg_frame_rate", "0/1")).partition("/")
     fps = float(num) / float(den) if den and float(den) else 0.0
     has_audio = any(s.get("codec_type") == "audio" for s in streams)

@@ -157,3 +157,44 @@ def test_load_audio_resamples_mp3(generated: dict[str, Path]) -> None:
 def test_load_audio_of_non_audio_raises(samples: Path) -> None:
     with pytest.raises(MediaDecodeError):
         load_audio(samples / "notes.txt")
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid 1 x 1 PNG whose IHDR is rewritten (CRC included) to claim ``width`` x ``height``."""
+    import struct
+    import zlib
+
+    import cv2
+
+    png = cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes()
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+def test_header_sizes_are_read_without_decoding_and_bombs_refused() -> None:
+    import cv2
+
+    from pipeline.media import MAX_IMAGE_PIXELS, declared_image_size, decode_image_bytes
+
+    image = np.zeros((3, 5, 3), np.uint8)
+    for extension in (".png", ".jpg", ".bmp"):
+        assert declared_image_size(cv2.imencode(extension, image)[1].tobytes()) == (5, 3), extension
+    assert declared_image_size(b"\xff\xd8\xff\xe0\x00") is None  # truncated: the decoder decides
+    with pytest.raises(UnsupportedMediaError, match="40000 x 40000"):
+        decode_image_bytes(png_claiming(40_000, 40_000))
+    assert MAX_IMAGE_PIXELS < 40_000 * 40_000
+
+
+@pytest.mark.parametrize(
+    ("stream", "match"),
+    [({"width": 40_000, "height": 40_000, "duration": "2"}, "pixels"), ({"duration": "1e9"}, "longer")],
+)
+def test_video_headers_claiming_absurd_sizes_are_refused(
+    monkeypatch: pytest.MonkeyPatch, stream: dict[str, object], match: str
+) -> None:
+    from pipeline import media
+
+    video = {"codec_type": "video", "width": 64, "height": 48, "avg_frame_rate": "25/1", **stream}
+    monkeypatch.setattr(media, "_ffprobe", lambda path: {"streams": [video], "format": {}})
+    with pytest.raises(UnsupportedMediaError, match=match):
+        media.probe_video("clip.mp4")
