@@ -3,17 +3,24 @@ refused serialisations, secrets. Every time the scan completes with exactly one 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import tarfile
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.workers.conftest import FaultyProxy, Stack, wait_for
+from tests.workers.conftest import FaultyProxy, Stack, wait_for, zip_bytes
 from tests.workers.test_distributed import SEND_STALE_CHORD, details
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -113,3 +120,203 @@ def test_a_poison_message_is_given_up_after_max_deliveries(
     assert (poison["status"], poison["fake_probability"], face["status"]) == ("error", None, "ok")
     assert "given up after 1 delivery" in poison["reason"]
     assert stack.log("worker").count("exited with 'exitcode 70'") == 1  # killed once, then never run again
+
+
+# -- a corpus of bad inputs --------------------------------------------------------------------------------
+
+PEAK_RSS_LIMIT_KB = 3 * 2**20  # 3 GiB, in the kilobytes getrusage and /proc report
+CORPUS_SCAN_LIMIT_S = 420  # generous: two shared cores; the scan itself takes about a minute alone
+MEASURED_CLI = """
+import json, resource, sys
+from workers.cli import main
+code = main(sys.argv[1:])
+peaks = {who: resource.getrusage(getattr(resource, who)).ru_maxrss for who in ("RUSAGE_SELF", "RUSAGE_CHILDREN")}
+print(json.dumps(peaks), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args], check=True, timeout=120)
+
+
+def wav_header(n_samples: int, rate_hz: int = 16_000) -> bytes:
+    data_bytes = 2 * n_samples
+    return (
+        b"RIFF"
+        + (36 + data_bytes).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + struct.pack("<HHIIHH", 1, 1, rate_hz, 2 * rate_hz, 2, 16)
+        + b"data"
+        + data_bytes.to_bytes(4, "little")
+    )
+
+
+def claim_absurd_duration(mp4: bytes) -> bytes:
+    """Rewrite every mvhd/mdhd duration (version 0 boxes) to 2**32 - 1 ticks: days of claimed video."""
+    data = bytearray(mp4)
+    for box in (b"mvhd", b"mdhd"):
+        start = 0
+        while (at := data.find(box, start)) != -1:
+            if data[at + 4] == 0:  # version 0: 4-byte times, timescale, duration
+                data[at + 20 : at + 24] = b"\xff\xff\xff\xff"
+            start = at + 4
+    return bytes(data)
+
+
+def deflated_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def tar_bytes(entries: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:  # type: ignore[call-overload]
+        for info, data in entries:
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def tar_entry(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE, target: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.linkname = size, kind, target
+    return info
+
+
+def write_bad_inputs(folder: Path, samples: Path) -> list[Path]:
+    """Files that must each end with one row, a non-ok status and a reason. Returns them."""
+    from tests.pipeline.test_media import png_claiming
+
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    jpeg, png = (samples / "face.jpg").read_bytes(), (samples / "no_face.png").read_bytes()
+    mp4, wav = (samples / "talking_face.mp4").read_bytes(), (samples / "speech.wav").read_bytes()
+    files: dict[str, bytes] = {
+        "empty.jpg": b"",
+        "empty.mp4": b"",
+        "random.bin": rng.bytes(65536),
+        "random.mp4": rng.bytes(65536),
+        "text.jpg": b"this is not a photo\n" * 50,
+        "text.wav": b"nor a recording\n" * 50,
+        "text.mp4": b"nor a film\n" * 50,
+        "truncated.jpg": jpeg[: len(jpeg) // 3],
+        "truncated.png": png[: len(png) // 3],
+        "truncated.mp4": mp4[: len(mp4) // 3],
+        "truncated.wav": wav[:30],
+        "header_only.wav": wav_header(0),
+        "50ms.wav": wav_header(800) + (0.3 * 32767 * np.sin(np.arange(800) / 5)).astype("<i2").tobytes(),
+        "silent.wav": wav_header(48_000) + bytes(96_000),
+        "one_pixel.png": cv2.imencode(".png", np.full((1, 1, 3), 128, np.uint8))[1].tobytes(),
+        "bomb_40000x40000.png": png_claiming(40_000, 40_000),
+        "absurd_duration.mp4": claim_absurd_duration(mp4),
+        "zip_bomb.zip": deflated_zip({"zeros.jpg": bytes(64 * 2**20)}),
+        "tar_bomb.tar.gz": tar_bytes([(tar_entry("zeros.jpg", 64 * 2**20), bytes(64 * 2**20))], "w:gz"),
+        "escapes.zip": zip_bytes({"../escape.jpg": jpeg, "/etc/absolute.jpg": jpeg}),
+        "escapes.tar": tar_bytes(
+            [
+                (tar_entry("../escape.jpg", len(jpeg)), jpeg),
+                (tar_entry("/etc/absolute.jpg", len(jpeg)), jpeg),
+                (tar_entry("link.jpg", kind=tarfile.SYMTYPE, target="/etc/passwd"), None),
+                (tar_entry("hard.jpg", kind=tarfile.LNKTYPE, target="/etc/shadow"), None),
+            ]
+        ),
+        "nested.zip": zip_bytes({"inner.zip": zip_bytes({"bad.jpg": b"not a jpeg"})}),
+        "control\x07chars\n\x1b[31m.jpg": rng.bytes(1024),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / "face.jpg").symlink_to(samples / "face.jpg")  # a link in the folder: never followed
+    ffmpeg(
+        "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", str(folder / "audio_only.mp4")
+    )
+    ffmpeg("-f", "lavfi", "-i", "testsrc=duration=0.2:size=64x48:rate=25", str(folder / "0.2s.mp4"))
+    return sorted(path for path in folder.iterdir() if not path.is_symlink())
+
+
+# Two files of the corpus are readable after all, and must be read right: an MP4 holding only a second
+# of tone is audio by its content, and scored; the MP4 whose movie header claims 49 days has streams of
+# 6 s, which is what probe_video trusts (3 segments, not two million).
+READABLE = {"audio_only.mp4": ("audio", "ok"), "absurd_duration.mp4": ("video", "ok")}
+
+
+def assert_one_bad_row_each(stack: Stack, folder: Path, files: list[Path]) -> dict[str, dict[str, Any]]:
+    rows = stack.rows(folder.as_uri() + "/")
+    containers = {uri.split("#")[0] for uri in rows}
+    assert containers == {path.as_uri() for path in files}  # one row each (plus members), the link none
+    for uri, row in rows.items():
+        name = Path(uri.removeprefix(folder.as_uri() + "/")).name
+        if name in READABLE:
+            assert (row["media_type"], row["status"]) == READABLE[name], (uri, row)
+            continue
+        assert row["status"] != "ok" and row["fake_probability"] is None and row["reason"], (uri, row)
+    assert stack.frames((folder / "absurd_duration.mp4").as_uri()) == [0, 1, 2, 3, 4, 5]
+    return rows
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path, samples: Path) -> tuple[Path, list[Path]]:
+    folder = tmp_path / "bad"
+    return folder, write_bad_inputs(folder, samples)
+
+
+def test_bad_inputs_in_process_each_get_a_row_in_bounded_memory(
+    stack_factory: Any, tmp_path: Path, bad_inputs: tuple[Path, list[Path]]
+) -> None:
+    """``deepscan scan DIR`` without a broker: the same tasks, in the scanning process."""
+    folder, files = bad_inputs
+    stack = stack_factory(f"sqlite:///{tmp_path / 'bad.db'}")
+    env = {k: v for k, v in stack.env.items() if k != "DEEPSCAN_BROKER_URL"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURED_CLI, "scan", str(folder)],
+        env=env,
+        cwd=stack.work,
+        capture_output=True,
+        text=True,
+        timeout=CORPUS_SCAN_LIMIT_S,
+        check=False,
+    )
+    elapsed_s = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    final = json.loads(proc.stdout.splitlines()[-1])
+    assert final["status"] == "complete" and final["total"] == final["done"], final
+    rows = assert_one_bad_row_each(stack, folder, files)
+    peaks = json.loads(proc.stderr.strip().splitlines()[-1])
+    print(f"in process: {len(files)} files, {len(rows)} rows, {elapsed_s:.0f} s, peak RSS {peaks} kB")
+    assert max(peaks.values()) < PEAK_RSS_LIMIT_KB, peaks
+
+
+def test_bad_inputs_on_a_worker_each_get_a_row_in_bounded_memory(
+    stack_factory: Any, tmp_path: Path, bad_inputs: tuple[Path, list[Path]]
+) -> None:
+    folder, files = bad_inputs
+    stack = stack_factory(f"sqlite:///{tmp_path / 'bad.db'}")
+    worker = stack.worker()
+    proc = stack.cli(
+        "scan",
+        str(folder),
+        "--wait",
+        "--timeout",
+        str(CORPUS_SCAN_LIMIT_S),
+        timeout_s=CORPUS_SCAN_LIMIT_S + 60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + stack.log("worker")[-3000:]
+    final = json.loads(proc.stdout.splitlines()[-1])
+    assert final["status"] == "complete" and final["total"] == final["done"], final
+    rows = assert_one_bad_row_each(stack, folder, files)
+    peaks = {pid: peak_rss_kb(pid) for pid in [worker.pid, *stack.pool_children(worker)]}
+    print(f"on a worker: {len(files)} files, {len(rows)} rows, peak RSS {peaks} kB")
+    assert max(peaks.values()) < PEAK_RSS_LIMIT_KB, peaks
+    assert worker.poll() is None and "exited with" not in stack.log("worker")  # no pool process died
+
+
+def peak_rss_kb(pid: int) -> int:
+    """VmHWM, the high-water mark of a live process's resident memory, in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
