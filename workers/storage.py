@@ -39,6 +39,8 @@ TRANSIENT_S3_CODES = frozenset(
 MISSING_S3_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
 CHANGED_S3_CODES = frozenset({"PreconditionFailed", "412"})
 S3_MAX_ATTEMPTS = 5  # botocore's own retries (standard mode) before a task-level retry takes over
+S3_MAX_KEY_BYTES = 1024  # S3's own limit on a key's UTF-8 length
+_REF_FIELDS = {"uri": str, "etag": str, "sha256": str, "size_bytes": int, "member": str}
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,35 @@ class ObjectRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ObjectRef:
+        """The ref a task carries, checked: it comes off the broker, so it is input like any other.
+
+        Raises ``UsageError`` for unknown fields or wrong types, a URI that is neither ``s3://bucket/key``
+        (key within S3's 1024 bytes) nor an absolute ``file://`` path, a NUL byte, or a member name that
+        is absolute or climbs out of its archive (``workers.archives.member_name``).
+        """
+        from workers.archives import member_name
+
+        if not isinstance(data, dict) or set(data) - set(_REF_FIELDS) or "uri" not in data:
+            raise UsageError(f"not an object reference: {data!r:.200}")
+        for field, kind in _REF_FIELDS.items():
+            value = data.get(field)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise UsageError(f"object reference field {field!r} is not a {kind.__name__}")
+        uri, member = data["uri"], data.get("member")
+        if "\x00" in uri or (member is not None and "\x00" in member):
+            raise UsageError("NUL byte in an object reference")
+        if uri.startswith("s3://"):
+            _, key = split_s3_uri(uri)
+            if not key or len(key.encode()) > S3_MAX_KEY_BYTES:
+                raise UsageError(f"not an S3 object key: {uri!r:.200}")
+        elif not uri.startswith("file:///"):
+            raise UsageError(f"not an s3:// or file:/// object URI: {uri!r:.200}")
+        if member is not None:
+            try:
+                if member_name(member) != member:
+                    raise ValueError("name not in normal form")
+            except ValueError as e:
+                raise UsageError(f"unsafe archive member name {member!r:.200}: {e}") from e
         return cls(**data)
 
 

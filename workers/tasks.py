@@ -37,7 +37,7 @@ from pipeline.provenance import Provenance
 from workers import resources, rows
 from workers.archives import list_members
 from workers.celery_app import app, retry_delay_cap_s
-from workers.errors import AnalysisTimeoutError, PoisonMessageError, StorageUnavailableError
+from workers.errors import AnalysisTimeoutError, PoisonMessageError, StorageUnavailableError, UsageError
 from workers.settings import get_settings
 from workers.storage import ObjectRef
 
@@ -128,7 +128,11 @@ class ObjectTask(RetryingTask):
     def on_failure(
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: Any
     ) -> None:
-        ref = ObjectRef.from_dict(kwargs["ref"])
+        try:
+            ref = ObjectRef.from_dict(kwargs.get("ref"))  # type: ignore[arg-type]
+        except UsageError:  # a message no producer of ours sent: there is no row to name
+            logger.error("refused task %s: %s", task_id, exc)
+            return
         error = timed_out(exc, "the analysis") or exc
         try:
             rows.write_failure(ref, kwargs.get("scan_id"), error, media_type=self.media_type)

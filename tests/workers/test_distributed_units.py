@@ -365,3 +365,31 @@ def test_retries_wait_at_least_half_their_backoff(monkeypatch: pytest.MonkeyPatc
         score_segment.retry(exc=RuntimeError(), countdown=8.0)
     assert min(waited) >= RETRY_JITTER_FLOOR * 8.0 and max(waited) <= 8.0
     assert RETRYING["retry_jitter"] is False  # Celery's own full jitter would draw from [0, 8]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"uri": "http://example.com/a.jpg"},
+        {"uri": "file://host/etc/passwd"},
+        {"uri": "s3://bucket/"},
+        {"uri": "s3://bucket/" + "k" * 1025},
+        {"uri": "s3://bucket/a\x00.jpg"},
+        {"uri": "s3://bucket/a.zip", "member": "../../etc/passwd"},
+        {"uri": "s3://bucket/a.zip", "member": "/etc/passwd"},
+        {"uri": "s3://bucket/a.jpg", "size_bytes": "12"},
+        {"uri": "s3://bucket/a.jpg", "command": "rm -rf /"},
+        {"etag": "e"},
+    ],
+)
+def test_refs_off_the_broker_are_validated(data: dict[str, Any]) -> None:
+    with pytest.raises(UsageError):
+        ObjectRef.from_dict(data)
+
+
+def test_valid_refs_pass_validation() -> None:
+    for ref in (
+        ObjectRef(uri="s3://bucket/dir/a b.zip", etag="e", size_bytes=3, member="inner/c.jpg"),
+        ObjectRef(uri="file:///srv/media/x.jpg", sha256="0" * 64),
+    ):
+        assert ObjectRef.from_dict(ref.to_dict()) == ref
