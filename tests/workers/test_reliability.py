@@ -320,3 +320,68 @@ def peak_rss_kb(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmHWM for {pid}")
+
+
+# -- security ----------------------------------------------------------------------------------------------
+
+SEND_PICKLE = """
+import os, sys
+from workers.celery_app import GPU_QUEUE, app
+
+class Payload:  # unpickling it would create the marker directory: proof that pickle was accepted
+    def __reduce__(self):
+        return (os.mkdir, (sys.argv[1],))
+
+ref = {"uri": sys.argv[2]}
+app.send_task(
+    "deepscan.analyze_object", kwargs={"ref": ref, "scan_id": None, "payload": Payload()},
+    serializer="pickle", queue=GPU_QUEUE,
+)
+"""
+AWS_SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzzSECRETzz"
+DB_PASSWORD = "pg-Pa55word-that-must-not-leak"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_pickle_is_refused_and_secrets_never_logged_or_stored(
+    db_url: str, stack_factory: Any, tmp_path: Path, samples: Path
+) -> None:
+    """A pickled message on the queue is refused and nothing runs; the AWS secret key and the database
+    password appear in no log, no CLI output and no row. (The test server trusts loopback connections,
+    so the password in the URL is carried everywhere but never checked.)"""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url).set(password=DB_PASSWORD).render_as_string(hide_password=False)
+    stack = stack_factory(url)
+    stack.env.update(AWS_SECRET_ACCESS_KEY=AWS_SECRET, DEEPSCAN_LOG_LEVEL="DEBUG")
+    stack.put("media/face.jpg", samples / "face.jpg")
+    stack.put("media/corrupt.jpg", samples / "corrupt.jpg")
+    worker = stack.worker()
+
+    marker, target = tmp_path / "unpickled", stack.uri("media/face.jpg")
+    sent = subprocess.run(
+        [sys.executable, "-c", SEND_PICKLE, str(marker), target],
+        env=stack.env,
+        cwd=stack.work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stderr[-3000:]
+    wait_for(lambda: "untrusted content" in stack.log("worker"), timeout_s=SCAN_TIMEOUT_S, what="refusal")
+    assert not marker.exists() and stack.rows() == {}  # nothing unpickled, nothing ran
+
+    # the worker is still up and takes JSON tasks; a missing object gives an error row on the way
+    proc = stack.cli("scan", stack.uri("media/"), "--wait", "--timeout", str(SCAN_TIMEOUT_S))
+    assert proc.returncode == 0, proc.stderr[-3000:] + stack.log("worker")[-3000:]
+    assert worker.poll() is None
+    assert {row["status"] for row in stack.rows().values()} == {"ok", "decode_error"}
+
+    texts = {path.name: path.read_text(errors="replace") for path in stack.work.glob("*.log")}
+    texts["cli stdout"], texts["cli stderr"] = proc.stdout, proc.stderr
+    texts["results"] = repr(stack.query("SELECT * FROM results"))
+    texts["frames"] = repr(stack.query("SELECT * FROM frame_results"))
+    texts["scans"] = repr(stack.query("SELECT * FROM scans"))
+    for where, text in texts.items():
+        assert AWS_SECRET not in text and DB_PASSWORD not in text, where
