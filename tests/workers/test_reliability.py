@@ -385,3 +385,60 @@ def test_pickle_is_refused_and_secrets_never_logged_or_stored(
     texts["scans"] = repr(stack.query("SELECT * FROM scans"))
     for where, text in texts.items():
         assert AWS_SECRET not in text and DB_PASSWORD not in text, where
+
+
+# -- duplicate delivery --------------------------------------------------------------------------------
+
+SEND_TWICE = """
+import sys
+from db import queries
+from db.session import session_scope
+from workers.resources import open_sessions
+from workers.storage import ObjectRef
+from workers.tasks import analyze_object, split_video
+
+image, video = (ObjectRef(uri=uri, etag=etag) for uri, etag in (sys.argv[1:3], sys.argv[3:5]))
+with session_scope(open_sessions()) as session:
+    scan_id = queries.create_scan(
+        session, uri="s3://dup/", kind="scan", model_name="test-pack", model_version="0.0.1", total=2
+    ).id
+for _ in range(2):  # every message delivered twice, as at-least-once delivery allows
+    analyze_object.apply_async(kwargs={"ref": image.to_dict(), "scan_id": scan_id})
+    split_video.apply_async(kwargs={"ref": video.to_dict(), "scan_id": scan_id})
+print(scan_id)
+"""
+
+
+def test_duplicate_deliveries_leave_one_row_per_object_and_no_temp_files(
+    stack_factory: Any, tmp_path: Path, samples: Path
+) -> None:
+    stack = stack_factory(f"sqlite:///{tmp_path / 'dup.db'}")
+    image_etag = stack.put("media/face.jpg", samples / "face.jpg")
+    video_etag = stack.put("media/clip.mp4", samples / "talking_face.mp4")
+    worker_tmp = tmp_path / "worker-tmp"
+    worker_tmp.mkdir()
+    worker = stack.worker(TMPDIR=str(worker_tmp))
+    image, video = stack.uri("media/face.jpg"), stack.uri("media/clip.mp4")
+    proc = subprocess.run(
+        [sys.executable, "-c", SEND_TWICE, image, image_etag, video, video_etag],
+        env=stack.env,
+        cwd=stack.work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scan_id = int(proc.stdout.split()[-1])
+    wait_for(lambda: stack.scan(scan_id)["status"] == "complete", timeout_s=SCAN_TIMEOUT_S, what="scan")
+    # let the duplicates drain: both chords of the video finish, each writing the same row
+    wait_for(
+        lambda: stack.log("worker").count("finish_video[") >= 4, timeout_s=SCAN_TIMEOUT_S, what="two chords"
+    )
+    rows = stack.rows()
+    assert sorted(rows) == [video, image] and {r["status"] for r in rows.values()} == {"ok"}
+    assert stack.frames(video) == [0, 1, 2, 3, 4, 5]  # each second once, not twice
+    assert stack.scan(scan_id)["total"] == 2
+    assert stack.query("SELECT COUNT(*) AS n FROM scans WHERE status = 'running'")[0]["n"] == 0
+    stack.stop(worker)
+    assert list(worker_tmp.iterdir()) == []  # the fetched copies went with the pool process
