@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
@@ -222,26 +223,32 @@ def wait_for_scan(
     """Wait until every queued object of the scan has its row; return the final counts.
 
     Completes the scan itself when all rows are there (a task that wrote the last row but died before
-    completing it leaves that to us). Raises ScanError on timeout, when the broker stops answering, or
-    when the scan failed.
+    completing it leaves that to us). A database that stops answering is waited for, as the workers'
+    retries wait for it. Raises ScanError on timeout, when the broker stops answering, or when the scan
+    failed.
     """
     sessions = sessions or resources.process_sessions()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last_broker_check = time.monotonic()
+    progress: ScanProgress | None = None
     while True:
-        rows.complete_if_done(scan_id, sessions=sessions)
-        progress = scan_progress(scan_id, sessions=sessions)
-        if on_progress is not None:
-            on_progress(progress)
-        if progress.status == ScanStatus.COMPLETE:
-            return progress
-        if progress.status == ScanStatus.FAILED:
-            raise ScanError(f"scan {scan_id} failed: {progress.error}")
+        try:
+            rows.complete_if_done(scan_id, sessions=sessions)
+            progress = scan_progress(scan_id, sessions=sessions)
+        except (OperationalError, InterfaceError) as e:  # the database is away: the workers retry, so do we
+            logger.warning("scan %d: the database does not answer (%s); still waiting", scan_id, e.orig)
+        else:
+            if on_progress is not None:
+                on_progress(progress)
+            if progress.status == ScanStatus.COMPLETE:
+                return progress
+            if progress.status == ScanStatus.FAILED:
+                raise ScanError(f"scan {scan_id} failed: {progress.error}")
         now = time.monotonic()
         if deadline is not None and now > deadline:
+            counts = f"{progress.done} of {progress.total}" if progress else "how many"
             raise ScanError(
-                f"scan {scan_id} did not finish within {timeout_s:.0f} s: "
-                f"{progress.done} of {progress.total} objects have a result"
+                f"scan {scan_id} did not finish within {timeout_s:.0f} s: {counts} objects have a result"
             )
         if now - last_broker_check > BROKER_CHECK_INTERVAL_S:
             check_broker()

@@ -243,6 +243,57 @@ class FaultyProxy:
         self._server.close()
 
 
+class OutageProxy:
+    """A TCP relay on loopback in front of a server (PostgreSQL) that can go down: ``down()`` cuts every
+    relayed connection and refuses new ones (accepted, then reset) until ``up()``. The server itself is
+    never touched."""
+
+    POLL_S = 0.2
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._down = threading.Event()
+        self._stop = threading.Event()
+        self.refused = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def down(self) -> None:
+        self._down.set()
+
+    def up(self) -> None:
+        self._down.clear()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            if self._down.is_set():
+                self.refused += 1
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        with client, socket.create_connection(self._target) as upstream:
+            while not self._stop.is_set() and not self._down.is_set():
+                readable, _, _ = select.select([client, upstream], [], [], self.POLL_S)
+                for source in readable:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (upstream if source is client else client).sendall(data)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()
+
+
 class Stack:
     """A bucket, a database, a Redis database, and the worker / beat / CLI processes that use them."""
 

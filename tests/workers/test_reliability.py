@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.workers.conftest import FaultyProxy, Stack, wait_for, zip_bytes
+from tests.workers.conftest import FaultyProxy, OutageProxy, Stack, wait_for, zip_bytes
 from tests.workers.test_distributed import SEND_STALE_CHORD, details
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -442,3 +442,47 @@ def test_duplicate_deliveries_leave_one_row_per_object_and_no_temp_files(
     assert stack.query("SELECT COUNT(*) AS n FROM scans WHERE status = 'running'")[0]["n"] == 0
     stack.stop(worker)
     assert list(worker_tmp.iterdir()) == []  # the fetched copies went with the pool process
+
+
+# -- the database away -----------------------------------------------------------------------------------
+
+OUTAGE_S = 30
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_database_outage_mid_scan_loses_nothing(
+    db_url: str, stack_factory: Any, tmp_path: Path, samples: Path
+) -> None:
+    """PostgreSQL stops answering for 30 s mid-scan (a proxy in front of it cuts and refuses connections;
+    the shared server is never stopped): the workers' retries and the waiting producer ride it out, and
+    the scan completes with one row per object."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    proxy = OutageProxy(url.host or "127.0.0.1", url.port or 5432)
+    try:
+        stack = stack_factory(
+            url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        )
+        keys = ["media/a-clip.mp4", "media/b-clip.mp4"] + [f"media/face{i}.jpg" for i in range(6)]
+        for key in keys:
+            stack.put(key, samples / ("talking_face.mp4" if key.endswith(".mp4") else "face.jpg"))
+        stack.worker()
+        waiting = stack.cli_in_background("scan", stack.uri("media/"), "--wait", "--timeout", "400")
+        # the first task done: the pack is loaded and the rest of the scan still to come
+        wait_for(lambda: "succeeded in" in stack.log("worker"), timeout_s=SCAN_TIMEOUT_S, what="a task")
+        proxy.down()
+        time.sleep(OUTAGE_S)
+        proxy.up()
+        out, err = waiting.communicate(timeout=460)
+        assert waiting.returncode == 0, err[-3000:] + stack.log("worker")[-3000:]
+        assert proxy.refused > 0  # someone knocked while it was down
+        final = json.loads(out.splitlines()[-1])
+        assert final["status"] == "complete" and final["total"] == final["done"] == len(keys)
+        rows = stack.rows()
+        assert sorted(rows) == sorted(stack.uri(key) for key in keys)
+        assert {row["status"] for row in rows.values()} == {"ok"}
+        assert stack.query("SELECT COUNT(*) AS n FROM scans WHERE status = 'running'")[0]["n"] == 0
+        print(f"database away {OUTAGE_S} s: {proxy.refused} connections refused, {len(rows)} rows")
+    finally:
+        proxy.close()
