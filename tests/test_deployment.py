@@ -177,6 +177,8 @@ def test_images_run_as_a_non_root_user_with_the_pack_and_ffmpeg() -> None:
         text = dockerfile.read_text()
         assert re.search(r"^USER\s+10001", text, re.MULTILINE), dockerfile
         assert "ffmpeg" in text and "COPY pipeline/weights pipeline/weights" in text, dockerfile
+        # the weights are one layer: the code layers after it copy pipeline/ without them
+        assert "COPY pipeline pipeline" not in text and "COPY pipeline/*.py pipeline/" in text, dockerfile
         assert "--require-hashes" in text and "KERAS_BACKEND=tensorflow" in text, dockerfile
     api = (REPO / "docker" / "Dockerfile").read_text().split("AS api", 1)[1]
     assert "serve --host 0.0.0.0" in api and "DEEPSCAN_API_TOKEN:?" in api
