@@ -99,6 +99,25 @@ class Settings(BaseSettings):
     web_workers: int = Field(default=1, ge=1)
     # Jobs waiting for the pool beyond those running; an upload that would exceed it gets a 503.
     web_queue_max: int = Field(default=32, ge=1)
+    # With a broker, where deepscan serve puts uploads for the workers to analyse: s3://bucket/prefix/, or
+    # a folder on a disk the server and the workers share. Each is removed once its row is in. Unset: the
+    # server analyses uploads itself, broker or not.
+    upload_uri: str | None = None
+
+    @field_validator("upload_uri", mode="before")
+    @classmethod
+    def _upload_location(cls, value: object) -> object:
+        if value in (None, ""):
+            return None
+        text = str(value)
+        if text.startswith("s3://"):
+            return text.rstrip("/") + "/"
+        path = Path(text.removeprefix("file://"))
+        if not path.is_absolute():
+            raise ValueError(
+                f"DEEPSCAN_UPLOAD_URI must be s3://bucket/prefix/ or an absolute folder: {text!r}"
+            )
+        return path.as_uri().rstrip("/") + "/"
 
 
 @lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ objects of a worker process, so the segments of one video or the members of one 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -261,6 +262,42 @@ def download_s3(ref: ObjectRef, destination: Path, *, endpoint_url: str | None) 
     except (BotoCoreError, ClientError) as e:
         raise _s3_error(e, ref.uri) from e
     return str(response["ETag"]).strip('"')
+
+
+def store_file(path: Path, uri: str, *, endpoint_url: str | None) -> ObjectRef:
+    """Put a local file at ``uri`` (``s3://bucket/key``, or ``file:///path`` on a disk the workers share)
+    and return its ref, versioned as a listing would see it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if uri.startswith("s3://"):
+        bucket, key = split_s3_uri(uri)
+        try:
+            with path.open("rb") as body:
+                response = s3_client(endpoint_url).put_object(Bucket=bucket, Key=key, Body=body)
+        except (BotoCoreError, ClientError) as e:
+            raise _s3_error(e, uri) from e
+        return ObjectRef(uri=uri, etag=str(response["ETag"]).strip('"'), size_bytes=path.stat().st_size)
+    target = local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    return ObjectRef.for_local_file(target)
+
+
+def remove_stored(ref: ObjectRef, *, endpoint_url: str | None) -> None:
+    """Delete what ``store_file`` put (an S3 object, or a file and its folder when that is left empty)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if ref.is_s3:
+        bucket, key = split_s3_uri(ref.uri)
+        try:
+            s3_client(endpoint_url).delete_object(Bucket=bucket, Key=key)
+        except (BotoCoreError, ClientError) as e:
+            raise _s3_error(e, ref.uri) from e
+        return
+    path = local_path(ref.uri)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty, or gone: either way nothing of ours is left
+        path.parent.rmdir()
 
 
 # -- local folders ------------------------------------------------------------------------------------------

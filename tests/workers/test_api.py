@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -71,7 +72,7 @@ def upload(client: TestClient, *paths: Path, explain: str = "never", **kwargs: A
     return client.post("/api/v1/jobs", files=files, data={"explain": explain}, **kwargs)
 
 
-def wait_job(client: TestClient, url: str, **kwargs: Any) -> dict[str, Any]:
+def wait_job(client: httpx.Client, url: str, **kwargs: Any) -> dict[str, Any]:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while True:
         job: dict[str, Any] = client.get(url, **kwargs).json()
@@ -343,3 +344,56 @@ def test_a_scan_started_through_the_api_is_done_by_the_workers(
         rows = api.get("/api/v1/results", params={"scan": started["scan_id"]}).json()["items"]
         assert sorted(r["uri"] for r in rows) == [stack.uri("media/face.jpg"), stack.uri("media/notes.txt")]
         assert api.post("/api/v1/scans", json={"uri": "ftp://nowhere"}).status_code == 400
+
+
+def test_with_a_broker_and_an_upload_bucket_the_workers_analyse_uploads(
+    stack_factory: Any, samples: Path, tmp_path: Path
+) -> None:
+    """Uploads go to the bucket, a real worker analyses them, the API reads its rows: the same JSON as
+    the server's own analysis; the stored uploads are gone once their rows are in."""
+    from tests.workers.serving import serve
+
+    stack = stack_factory(f"sqlite:///{tmp_path / 'uploads.db'}")
+    worker = stack.worker()
+    env = {**stack.env, "DEEPSCAN_UPLOAD_URI": stack.uri("uploads/")}
+    names = ["face.jpg", "talking_face.mp4", "notes.txt"]
+    with serve(env, stack.work) as base:
+        api = httpx.Client(base_url=base, timeout=60)
+        assert api.get("/healthz").json()["analysed_by"] == "workers"
+        files = [("file", (n, (samples / n).read_bytes(), "application/octet-stream")) for n in names]
+        created = api.post("/api/v1/jobs", files=files, data={"explain": "never"}).json()
+        jobs = {j["filename"]: wait_job(api, j["url"]) for j in created}
+        assert {n: j["status"] for n, j in jobs.items()} == dict.fromkeys(names, "done"), jobs
+        timeline = api.get(jobs["talking_face.mp4"]["timeline_url"])
+        assert timeline.status_code == 200 and timeline.content.startswith(PNG_MAGIC)
+        assert api.get(jobs["face.jpg"]["explanation_url"]).content.startswith(PNG_MAGIC)  # by the server
+
+    rows = stack.rows(stack.uri("uploads/"))
+    for name in names:
+        result = jobs[name]["result"]
+        assert list(result) == [f.name for f in dataclasses.fields(MediaResult)]
+        (row,) = (r for uri, r in rows.items() if uri.endswith(f"/{name}"))  # written by the worker
+        assert (result["path"], result["status"], result["fake_probability"]) == (
+            name,
+            row["status"],
+            row["fake_probability"],
+        )
+    assert [(n, jobs[n]["result"]["status"]) for n in names] == [
+        ("face.jpg", "ok"),
+        ("talking_face.mp4", "ok"),
+        ("notes.txt", "unsupported"),
+    ]
+    assert jobs["talking_face.mp4"]["result"]["timeline"]  # the chord's seconds, through the row
+    assert "analyze_object" in stack.log("worker") and worker.poll() is None
+    assert stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="uploads/")["KeyCount"] == 0
+
+
+def test_the_upload_location_is_an_s3_prefix_or_an_absolute_folder() -> None:
+    from pydantic import ValidationError
+
+    assert Settings(upload_uri="s3://media/uploads").upload_uri == "s3://media/uploads/"
+    assert Settings(upload_uri="/srv/deepscan/uploads/").upload_uri == "file:///srv/deepscan/uploads/"
+    assert Settings(upload_uri="file:///srv/up").upload_uri == "file:///srv/up/"
+    assert Settings(upload_uri="").upload_uri is None
+    with pytest.raises(ValidationError, match="absolute folder"):
+        Settings(upload_uri="uploads")

@@ -40,7 +40,15 @@ from workers.resources import open_sessions, provenance_options
 from workers.settings import Settings
 from workers.web.explanations import seconds_of
 from workers.web.figures import timeline_png
-from workers.web.jobs import ExplainPolicy, ExplanationStatus, Job, JobPool, PoolBusyError, Upload
+from workers.web.jobs import (
+    ExplainPolicy,
+    ExplanationStatus,
+    Job,
+    JobPool,
+    PoolBusyError,
+    Upload,
+    WorkerHandoff,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +276,21 @@ def result_or_404(session: Session, result_id: int) -> Result:
 # -- the app --------------------------------------------------------------------------------------------
 
 
+def worker_handoff(settings: Settings) -> WorkerHandoff | None:
+    """Where uploads go when the workers analyse them: a broker and ``DEEPSCAN_UPLOAD_URI`` both set."""
+    if settings.broker_url is None:
+        return None
+    if settings.upload_uri is None:
+        logger.warning(
+            "DEEPSCAN_UPLOAD_URI is not set: uploads are analysed in this server, not by the workers"
+        )
+        return None
+    # a job waits for its row through a worker's hard time limit and one redelivery at most
+    return WorkerHandoff(
+        settings.upload_uri, settings.s3_endpoint_url, timeout_s=2.0 * settings.visibility_timeout_s
+    )
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI app for ``settings``. Its lifespan migrates the database and starts the job pool."""
     token = settings.api_token.get_secret_value() if settings.api_token else ""
@@ -286,6 +309,7 @@ def create_app(settings: Settings) -> FastAPI:
                 score_soundtrack=settings.score_soundtrack,
                 provenance=provenance_options(settings),
                 sessions=sessions,
+                handoff=worker_handoff(settings),
             )
             app.state.pool, app.state.sessions, app.state.uploads = pool, sessions, Path(uploads)
             try:
@@ -326,6 +350,7 @@ def create_app(settings: Settings) -> FastAPI:
             "status": "ok",
             "model": jobs.manifest.label,
             "ready": jobs.ready,
+            "analysed_by": "workers" if jobs.handoff else "server",
             "active_jobs": jobs.active(),
         }
 

@@ -10,6 +10,11 @@ result is also upserted into the results table (uri ``upload://JOB/NAME``), unde
 
 Jobs live in memory: the newest ``JOBS_KEPT`` finished ones are kept, older ones are forgotten (their
 rows stay in the database).
+
+With a broker and an upload location (``WorkerHandoff``), the workers analyse the uploads instead: each
+is stored where they can read it, queued as an ``analyze_object`` task of the request's scan, and its
+result is the row a worker writes, read back from the database by one collector thread. The server still
+loads the pack, for the explanations it computes on request.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -39,12 +44,13 @@ from pipeline.pack import PREDICT_BATCH, ModelPack, read_manifest
 from pipeline.provenance import ProvenanceOptions
 from workers import rows
 from workers.resources import shared_pack
-from workers.storage import ObjectRef
+from workers.storage import ObjectRef, remove_stored, store_file
 from workers.web.explanations import ExplainTarget, driving_face, frame_at
 from workers.web.figures import explanation_png, timeline_png
 
 logger = logging.getLogger(__name__)
 
+MEDIA_RESULT_FIELDS = tuple(f.name for f in fields(MediaResult))  # a job's result: what detect prints
 JOBS_KEPT = 256  # finished jobs remembered; each holds its result and at most a 256 px crop
 WARMUP_CROP_PX = 128  # blank crops through every member trace the graphs at start-up (see warm_up)
 
@@ -150,8 +156,31 @@ class Upload:
     size_bytes: int
 
 
+@dataclass(frozen=True)
+class WorkerHandoff:
+    """Where uploads go for the distributed workers (``DEEPSCAN_UPLOAD_URI``), and how long a job waits for
+    its row before it fails (a worker's hard time limit and a redelivery, at most)."""
+
+    upload_uri: str  # s3://bucket/prefix/ or file:///folder/, with the trailing slash
+    endpoint_url: str | None
+    timeout_s: float
+    poll_s: float = 0.5
+
+    def send(self, job: Job) -> ObjectRef:
+        """Store the job's upload under ``upload_uri`` and queue its analysis in the job's scan."""
+        from workers.tasks import analyze_object
+
+        assert job.upload is not None
+        ref = store_file(
+            job.upload, f"{self.upload_uri}{job.id}/{job.filename}", endpoint_url=self.endpoint_url
+        )
+        analyze_object.apply_async(kwargs={"ref": ref.to_dict(), "scan_id": job.scan_id})
+        return ref
+
+
 class JobPool:
-    """Analyses uploads on a bounded pool of threads; see the module docstring."""
+    """Analyses uploads on a bounded pool of threads (or hands them to the workers); see the module
+    docstring."""
 
     def __init__(
         self,
@@ -164,7 +193,10 @@ class JobPool:
         provenance: ProvenanceOptions | None = None,
         sessions: sessionmaker[Session] | None = None,
         jobs_kept: int = JOBS_KEPT,
+        handoff: WorkerHandoff | None = None,
     ) -> None:
+        if handoff is not None and sessions is None:
+            raise ValueError("jobs handed to the workers are read back from the database: sessions needed")
         self.models_dir = models_dir
         self.manifest = read_manifest(models_dir)
         self.workers, self.queue_max, self.jobs_kept = workers, queue_max, jobs_kept
@@ -177,6 +209,10 @@ class JobPool:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._pack: Future[ModelPack] = self._executor.submit(self._load)
+        self.handoff = handoff
+        self._sent: dict[str, tuple[Job, ObjectRef, float]] = {}  # job id -> (job, stored ref, when sent)
+        self._closing = threading.Event()
+        self._collector: threading.Thread | None = None
 
     # -- the pack -----------------------------------------------------------------------------------------
 
@@ -248,18 +284,25 @@ class JobPool:
     def _run(self, job: Job) -> None:
         job.status, job.started_at = JobStatus.RUNNING, time.time()
         assert job.upload is not None
+        if self.handoff is not None:
+            self._hand_off(job, self.handoff)
+            return
         status, result, error = JobStatus.FAILED, None, None
         try:
             analyzer = self._analyzer()
             analysed = analyzer.analyze_file(job.upload)
             analysed.path = job.filename
-            self._keep_explain_target(job, analyzer, analysed)
+            self._keep_explain_target(job, analyzer, analysed.to_dict())
             self._record(job, analysed, analyzer)
             status, result = JobStatus.DONE, analysed.to_dict()
         except Exception as e:  # analyze_file records bad media itself: this is a failure of ours
             logger.exception("job %s (%s) failed", job.id, job.filename)
             error = f"{type(e).__name__}: {e}"
-        finally:
+        self._finish(job, status, result, error)
+
+    def _finish(self, job: Job, status: JobStatus, result: dict[str, Any] | None, error: str | None) -> None:
+        """Remove the upload, then publish the outcome; explain it when the job's policy says so."""
+        if job.upload is not None:
             job.upload.unlink(missing_ok=True)
             job.upload = None
         # the status goes last: a client that sees the job finished sees its result and timings too
@@ -271,13 +314,71 @@ class JobPool:
         ):
             self.request_explanation(job)
 
-    def _keep_explain_target(self, job: Job, analyzer: Analyzer, result: MediaResult) -> None:
+    # -- jobs the workers analyse ---------------------------------------------------------------------------
+
+    def _hand_off(self, job: Job, handoff: WorkerHandoff) -> None:
+        try:
+            ref = handoff.send(job)
+        except Exception as e:  # the store or the broker is down: the server's failure, not the media's
+            logger.exception("job %s (%s) could not be handed to the workers", job.id, job.filename)
+            self._finish(job, JobStatus.FAILED, None, f"{type(e).__name__}: {e}")
+            return
+        with self._lock:
+            self._sent[job.id] = (job, ref, time.monotonic())
+            if self._collector is None:
+                self._collector = threading.Thread(target=self._collect, name="deepscan-collect", daemon=True)
+                self._collector.start()
+
+    def _collect(self) -> None:
+        """Read back the rows of the jobs the workers have, until the pool closes."""
+        assert self.handoff is not None and self.sessions is not None
+        while not self._closing.wait(self.handoff.poll_s):
+            with self._lock:
+                sent = list(self._sent.values())
+            for job, ref, since in sent:
+                try:
+                    self._collect_one(job, ref, since, self.handoff, self.sessions)
+                except Exception as e:
+                    logger.exception("job %s (%s): reading its row failed", job.id, job.filename)
+                    self._done_with(job, ref, JobStatus.FAILED, None, f"{type(e).__name__}: {e}")
+
+    def _collect_one(
+        self, job: Job, ref: ObjectRef, since: float, handoff: WorkerHandoff, sessions: sessionmaker[Session]
+    ) -> None:
+        with session_scope(sessions) as session:
+            row = queries.find_result(session, uri=ref.result_uri)
+            stored = queries.result_to_dict(row) if row is not None and row.scan_id == job.scan_id else None
+        if stored is None:
+            if time.monotonic() - since > handoff.timeout_s:
+                why = f"no result from the workers within {handoff.timeout_s:g} s"
+                self._done_with(job, ref, JobStatus.FAILED, None, why)
+            return
+        result = {name: stored[name] for name in MEDIA_RESULT_FIELDS}  # the JSON shape of detect
+        result["path"] = job.filename
+        self._keep_explain_target(job, self._analyzer(), result)
+        self._done_with(job, ref, JobStatus.DONE, result, None)
+
+    def _done_with(
+        self, job: Job, ref: ObjectRef, status: JobStatus, result: dict[str, Any] | None, error: str | None
+    ) -> None:
+        assert self.handoff is not None
+        with self._lock:
+            self._sent.pop(job.id, None)
+        try:
+            remove_stored(ref, endpoint_url=self.handoff.endpoint_url)
+        except DeepscanError as e:
+            logger.warning("job %s: the stored upload %s stays: %s", job.id, ref.uri, e.reason)
+        self._finish(job, status, result, error)
+
+    # -- explanations ---------------------------------------------------------------------------------------
+
+    def _keep_explain_target(self, job: Job, analyzer: Analyzer, result: dict[str, Any]) -> None:
         """Cut the face that drove the verdict out of the upload while it is still there."""
-        target = driving_face(result.to_dict()) if result.status == "ok" else None
+        target = driving_face(result) if result["status"] == "ok" else None
         if target is None or job.upload is None:
             return
         try:
-            frame = frame_at(job.upload, result.media_type, target.t_s)
+            frame = frame_at(job.upload, result["media_type"], target.t_s)
         except DeepscanError as e:
             logger.warning("no frame to explain for job %s: %s", job.id, e.reason)
             return
@@ -365,4 +466,5 @@ class JobPool:
 
     def close(self) -> None:
         """Stop taking work; cancel what waits; uploads of cancelled jobs are the caller's to remove."""
+        self._closing.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
