@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR := build/samples
 
-.PHONY: demo test lint lock system-deps services venv clean
+.PHONY: demo test lint audit lock system-deps services venv clean
 
 # Debian packages the pipeline and the tests call: ffmpeg (video/audio decoding), espeak-ng, flite, festival (speech
 # fixtures and spoofs), sox (audio checks), chromium and chromium-driver (browser tests of the web app).
@@ -48,6 +48,10 @@ lock: $(BIN)/.installed
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -o docker/requirements.lock
 	$(BIN)/uv pip compile pyproject.toml --extra gpu --no-emit-package tensorflow-cpu $(LOCK_FLAGS) \
 		-o docker/requirements-gpu.lock
+
+# known vulnerabilities in the installed dependencies; skipped, with the reason, when the service is unreachable
+audit: venv
+	BIN=$(BIN) bash .ci/audit.sh
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
