@@ -173,21 +173,29 @@ class StallingProxy:
 
 
 class FaultyProxy:
-    """A TCP relay on loopback in front of the S3 server that fails the first ``faults`` GETs whose
+    """A TCP relay on loopback in front of the S3 server that faults the first ``faults`` GETs whose
     request line contains ``marker``: ``mode="slowdown"`` answers 503 SlowDown (S3 shedding load),
-    ``mode="reset"`` resets the connection (a dropped link). ``faults=None`` fails every such GET.
+    ``"error500"`` 500 InternalError, ``"reset"`` resets the connection (a dropped link), and ``"slow"``
+    passes the request but drips the response, ``SLOW_CHUNK`` bytes every ``SLOW_PAUSE_S``.
+    ``faults=None`` faults every such GET.
 
-    ``failed`` and ``passed`` list the request lines of matching GETs, in order.
+    ``failed`` and ``passed`` list the request lines of matching GETs, in order (``failed``: faulted).
     """
 
     POLL_S = 0.2
+    MODES = ("slowdown", "error500", "reset", "slow")
+    SLOW_CHUNK, SLOW_PAUSE_S = 8192, 0.1  # the sample video (279 kB) then takes about 3.5 s
     SLOWDOWN = (
         b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
         b"<Message>Please reduce your request rate.</Message></Error>"
     )
+    INTERNAL = (
+        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
+        b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+    )
 
     def __init__(self, target_url: str, marker: str, *, faults: int | None, mode: str = "slowdown") -> None:
-        assert mode in ("slowdown", "reset")
+        assert mode in self.MODES, mode
         parts = urlsplit(target_url)
         self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._marker, self._faults, self._mode = marker.encode(), faults, mode
@@ -214,6 +222,7 @@ class FaultyProxy:
             return fail
 
     def _relay(self, client: socket.socket) -> None:
+        slow = False  # this connection's responses drip (mode "slow", once a matching GET came through)
         with client, socket.create_connection(self._target) as upstream:
             while not self._stop.is_set():
                 readable, _, _ = select.select([client, upstream], [], [], self.POLL_S)
@@ -224,19 +233,32 @@ class FaultyProxy:
                     line = data.split(b"\r\n", 1)[0]
                     matching = source is client and line.startswith(b"GET ") and self._marker in line
                     if matching and self._should_fail(line):
-                        self._fail(client)
-                        return
-                    (upstream if source is client else client).sendall(data)
+                        if self._mode != "slow":
+                            self._fail(client)
+                            return
+                        slow = True
+                    if slow and source is upstream:
+                        self._drip(client, data)
+                    else:
+                        (upstream if source is client else client).sendall(data)
+
+    def _drip(self, client: socket.socket, data: bytes) -> None:
+        for start in range(0, len(data), self.SLOW_CHUNK):
+            client.sendall(data[start : start + self.SLOW_CHUNK])
+            time.sleep(self.SLOW_PAUSE_S)
 
     def _fail(self, client: socket.socket) -> None:
         if self._mode == "reset":  # linger 0: close sends RST, the client sees "connection reset by peer"
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return
-        head = (
-            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-            f"Content-Length: {len(self.SLOWDOWN)}\r\nConnection: close\r\n\r\n"
+        status, body = (
+            ("503 Slow Down", self.SLOWDOWN) if self._mode == "slowdown" else ("500", self.INTERNAL)
         )
-        client.sendall(head.encode() + self.SLOWDOWN)
+        head = (
+            f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        client.sendall(head.encode() + body)
 
     def close(self) -> None:
         self._stop.set()

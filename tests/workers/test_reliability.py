@@ -46,17 +46,20 @@ def send_video_chord(stack: Stack, key: str, video: Path) -> tuple[str, int]:
     return uri, int(proc.stdout.split()[-1])
 
 
-@pytest.mark.parametrize(("mode", "faults"), [("slowdown", 8), ("reset", 8)])
+@pytest.mark.parametrize(("mode", "faults"), [("slowdown", 8), ("error500", 8), ("reset", 8), ("slow", None)])
 def test_a_chord_part_retries_through_transient_s3_faults(
-    stack_factory: Any, tmp_path: Path, samples: Path, mode: str, faults: int
+    stack_factory: Any, tmp_path: Path, samples: Path, mode: str, faults: int | None
 ) -> None:
     """More faults than botocore's own attempts (5): the part fails once at task level, retries with
-    backoff inside the chord, and the video ends with a verdict."""
+    backoff inside the chord, and the video ends with a verdict. A body that drips (every download slow)
+    just takes longer."""
     stack = stack_factory(f"sqlite:///{tmp_path / 'faults.db'}")
     proxy = FaultyProxy(stack.s3_endpoint, marker="clip.mp4", faults=faults, mode=mode)
     try:
-        # visibility 20 s: retry delays capped at 5 s, so the test waits seconds, not minutes
-        stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="20", DEEPSCAN_S3_ENDPOINT_URL=proxy.url)
+        # visibility 60 s: retry delays capped at 15 s, so the test waits seconds, not minutes; the soft
+        # time limit (48 s) leaves room for botocore's own backoff on 503 SlowDown (up to 1+2+4+8 s
+        # within one try: at 20 s, a soft limit of 16 s, it was met once)
+        stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="60", DEEPSCAN_S3_ENDPOINT_URL=proxy.url)
         stack.worker()
         uri, scan_id = send_video_chord(stack, "media/clip.mp4", samples / "talking_face.mp4")
         wait_for(lambda: stack.scan(scan_id)["status"] == "complete", timeout_s=SCAN_TIMEOUT_S, what="scan")
@@ -66,8 +69,11 @@ def test_a_chord_part_retries_through_transient_s3_faults(
     assert list(rows) == [uri] and rows[uri]["status"] == "ok", rows[uri]["reason"]
     assert stack.frames(uri) == [0, 1, 2, 3, 4, 5]
     assert details(rows[uri])["parts"]["failed_segments"] == []
-    assert len(proxy.failed) == faults and proxy.passed  # every fault was met, then the download passed
-    assert "Retry in" in stack.log("worker")
+    if faults is None:  # slowed, never failed: nothing to retry
+        assert proxy.failed and not proxy.passed and "Retry in" not in stack.log("worker")
+    else:
+        assert len(proxy.failed) == faults and proxy.passed  # every fault was met, then the download passed
+        assert "Retry in" in stack.log("worker")
 
 
 def test_a_chord_part_that_never_reaches_s3_gives_the_video_an_error_row(
