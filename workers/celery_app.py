@@ -45,6 +45,9 @@ RETRY_DELAY_FRACTION, RETRY_DELAY_CAP_S = 0.25, 600
 RESTORE_SWEEPS_PER_TIMEOUT, RESTORE_SWEEP_CAP_S = 4, 60
 # A child loads TensorFlow and the pack before taking tasks; Celery's default (4 s) would reap it as hung.
 PROCESS_START_TIMEOUT_S = 300.0
+# Tries of a result write (a chord part's) while the backend is unreachable: with Celery's backoff (10 ms,
+# doubling, at most 10 s apart) about two minutes.
+RESULT_STORE_RETRIES = 20
 
 
 def time_limits(visibility_timeout_s: int) -> tuple[float, float]:
@@ -126,7 +129,12 @@ def make_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A task running when the broker goes away finishes and writes its row (redelivered later, it is
+        # idempotent); cancelled, it was lost whenever the broker restarted before its restore.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # A chord part that finishes while Redis is away keeps trying to store its result until it is back.
+        result_backend_always_retry=True,
+        result_backend_max_retries=RESULT_STORE_RETRIES,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": visibility_s,

@@ -316,6 +316,72 @@ class OutageProxy:
         self._server.close()
 
 
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port, persisting every write (AOF, fsync
+    always) as a broker that must survive a restart should: ``restart`` kills it (SIGKILL) and starts it
+    again on the same port and files. The shared server is never touched."""
+
+    START_TIMEOUT_S = 15
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.restarts = 0
+        self._process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        import redis
+
+        process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=(self.directory / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"redis-server did not start: {self.directory / 'redis.log'}"
+                    ) from None
+                time.sleep(0.1)
+        client.close()
+        return process
+
+    def restart(self, down_s: float) -> None:
+        self._process.kill()
+        self._process.wait(timeout=10)
+        time.sleep(down_s)
+        self._process = self._start()
+        self.restarts += 1
+
+    def stop(self) -> None:
+        self._process.kill()
+        self._process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        missing_service("redis-server is not installed (make test installs it with the services)")
+    server = PrivateRedis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 class Stack:
     """A bucket, a database, a Redis database, and the worker / beat / CLI processes that use them."""
 
@@ -504,12 +570,13 @@ def stack_factory(
     """Make stacks on a database URL; every process they started is stopped at the end of the test."""
     stacks: list[Stack] = []
 
-    def make(database_url: str, *, models_dir: Path | None = None) -> Stack:
+    def make(database_url: str, *, models_dir: Path | None = None, redis_url: str | None = None) -> Stack:
+        """A stack on ``database_url``; on a Redis database of the shared server unless ``redis_url``."""
         work = tmp_path / f"stack{len(stacks)}"
         work.mkdir()
         stack = Stack(
             database_url=database_url,
-            redis_url=f"{redis_base}/{next(REDIS_DBS)}",
+            redis_url=redis_url or f"{redis_base}/{next(REDIS_DBS)}",
             s3_endpoint=s3_endpoint,
             models_dir=models_dir or random_pack,
             work=work,

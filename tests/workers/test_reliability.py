@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.workers.conftest import FaultyProxy, OutageProxy, Stack, wait_for, zip_bytes
-from tests.workers.test_distributed import SEND_STALE_CHORD, details
+from tests.workers.conftest import FaultyProxy, OutageProxy, PrivateRedis, Stack, wait_for, zip_bytes
+from tests.workers.test_distributed import SEND_STALE_CHORD, details, mixed_bucket
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -492,3 +492,45 @@ def test_a_database_outage_mid_scan_loses_nothing(
         print(f"database away {OUTAGE_S} s: {proxy.refused} connections refused, {len(rows)} rows")
     finally:
         proxy.close()
+
+
+# -- the broker away -------------------------------------------------------------------------------------
+
+REDIS_DOWN_S = 5
+
+
+def test_a_redis_restart_mid_scan_loses_nothing(
+    private_redis: PrivateRedis, stack_factory: Any, tmp_path: Path, samples: Path
+) -> None:
+    """The broker and result backend (a Redis of the test's own, persisting as a broker should) is killed
+    mid-scan and comes back 5 s later: the worker reconnects, what it held is handed out again, and the
+    scan completes with one row per object, the video's chord included."""
+    stack = stack_factory(f"sqlite:///{tmp_path / 'restart.db'}", redis_url=private_redis.url)
+    stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="30", DEEPSCAN_VIDEO_SEGMENT_S="1")
+    mixed_bucket(stack, samples)
+    worker = stack.worker()
+    waiting = stack.cli_in_background("scan", stack.uri("media/"), "--wait", "--timeout", str(SCAN_TIMEOUT_S))
+    # killed with the video's chord under way: a segment taken, parts of the chord stored in Redis
+    wait_for(
+        lambda: "score_segment[" in stack.log("worker"),
+        timeout_s=SCAN_TIMEOUT_S,
+        poll_s=0.05,
+        what="the chord",
+    )
+    private_redis.restart(down_s=REDIS_DOWN_S)
+    out, err = waiting.communicate(timeout=SCAN_TIMEOUT_S + 30)
+    assert waiting.returncode == 0, err[-3000:] + stack.log("worker")[-3000:]
+    final = json.loads(out.splitlines()[-1])
+    assert final["status"] == "complete" and final["total"] == final["done"] == 7, final
+    rows = stack.rows()
+    assert len(rows) == 7 and {row["status"] for row in rows.values()} == {
+        "ok",
+        "decode_error",
+        "expanded",
+        "no_face",
+    }
+    video = stack.uri("media/talking_face.mp4")
+    assert rows[video]["status"] == "ok" and stack.frames(video) == [0, 1, 2, 3, 4, 5]
+    assert stack.query("SELECT COUNT(*) AS n FROM scans WHERE status = 'running'")[0]["n"] == 0
+    assert worker.poll() is None  # it rode the outage out
+    print(f"Redis killed and back after {REDIS_DOWN_S} s: {len(rows)} rows, one per object")
