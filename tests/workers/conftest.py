@@ -118,23 +118,19 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-class StallingProxy:
-    """A TCP relay on loopback in front of the S3 server that holds, unanswered, every GET whose request
-    line contains ``marker``: an object download that hangs, as over a dead connection.
-
-    ``stalled`` lists the request lines it held, in order. Everything else passes through unchanged.
-    """
+class LoopbackRelay:
+    """A TCP relay on a free loopback port in front of ``target`` (host, port): each connection it
+    accepts goes to ``_relay`` on a thread of its own, until ``close``. Subclasses set what ``_relay``
+    reads before calling ``__init__``, which starts accepting."""
 
     POLL_S = 0.2
 
-    def __init__(self, target_url: str, marker: str) -> None:
-        parts = urlsplit(target_url)
-        self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
-        self._marker = marker.encode()
-        self.stalled: list[str] = []
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
         self._stop = threading.Event()
         self._server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self.port = self._server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -143,7 +139,35 @@ class StallingProxy:
                 client, _ = self._server.accept()
             except OSError:  # closed
                 return
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+            self._handle(client)
+
+    def _handle(self, client: socket.socket) -> None:
+        threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 80
+
+
+class StallingProxy(LoopbackRelay):
+    """A TCP relay on loopback in front of the S3 server that holds, unanswered, every GET whose request
+    line contains ``marker``: an object download that hangs, as over a dead connection.
+
+    ``stalled`` lists the request lines it held, in order. Everything else passes through unchanged.
+    """
+
+    def __init__(self, target_url: str, marker: str) -> None:
+        self._marker = marker.encode()
+        self.stalled: list[str] = []
+        super().__init__(_host_and_port(target_url))
 
     def _relay(self, client: socket.socket) -> None:
         with client, socket.create_connection(self._target) as upstream:
@@ -167,12 +191,8 @@ class StallingProxy:
             if readable and not client.recv(65536):
                 return
 
-    def close(self) -> None:
-        self._stop.set()
-        self._server.close()
 
-
-class FaultyProxy:
+class FaultyProxy(LoopbackRelay):
     """A TCP relay on loopback in front of the S3 server that faults the first ``faults`` GETs whose
     request line contains ``marker``: ``mode="slowdown"`` answers 503 SlowDown (S3 shedding load),
     ``"error500"`` 500 InternalError, ``"reset"`` resets the connection (a dropped link), and ``"slow"``
@@ -182,7 +202,6 @@ class FaultyProxy:
     ``failed`` and ``passed`` list the request lines of matching GETs, in order (``failed``: faulted).
     """
 
-    POLL_S = 0.2
     MODES = ("slowdown", "error500", "reset", "slow")
     SLOW_CHUNK, SLOW_PAUSE_S = 8192, 0.1  # the sample video (279 kB) then takes about 3.5 s
     SLOWDOWN = (
@@ -196,24 +215,11 @@ class FaultyProxy:
 
     def __init__(self, target_url: str, marker: str, *, faults: int | None, mode: str = "slowdown") -> None:
         assert mode in self.MODES, mode
-        parts = urlsplit(target_url)
-        self._target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self._marker, self._faults, self._mode = marker.encode(), faults, mode
         self._lock = threading.Lock()
         self.failed: list[str] = []
         self.passed: list[str] = []
-        self._stop = threading.Event()
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._server.accept()
-            except OSError:  # closed
-                return
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+        super().__init__(_host_and_port(target_url))
 
     def _should_fail(self, line: bytes) -> bool:
         with self._lock:
@@ -260,26 +266,16 @@ class FaultyProxy:
         )
         client.sendall(head.encode() + body)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._server.close()
 
-
-class OutageProxy:
+class OutageProxy(LoopbackRelay):
     """A TCP relay on loopback in front of a server (PostgreSQL) that can go down: ``down()`` cuts every
     relayed connection and refuses new ones (accepted, then reset) until ``up()``. The server itself is
     never touched."""
 
-    POLL_S = 0.2
-
     def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
         self._down = threading.Event()
-        self._stop = threading.Event()
         self.refused = 0
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__((host, port))
 
     def down(self) -> None:
         self._down.set()
@@ -287,18 +283,13 @@ class OutageProxy:
     def up(self) -> None:
         self._down.clear()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._server.accept()
-            except OSError:  # closed
-                return
-            if self._down.is_set():
-                self.refused += 1
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                client.close()
-                continue
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+    def _handle(self, client: socket.socket) -> None:
+        if self._down.is_set():
+            self.refused += 1
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+            return
+        super()._handle(client)
 
     def _relay(self, client: socket.socket) -> None:
         with client, socket.create_connection(self._target) as upstream:
@@ -310,10 +301,6 @@ class OutageProxy:
                         return
                     (upstream if source is client else client).sendall(data)
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._server.close()
 
 
 class PrivateRedis:

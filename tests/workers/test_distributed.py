@@ -281,6 +281,22 @@ print(scan_id)
 """
 
 
+def queue_video_chord(stack: Stack, uri: str, etag: str, video: Path) -> int:
+    """Queue the chord of the object at ``uri`` (version ``etag``; probed from the local copy ``video``)
+    straight away: no analyze_object, no split_video. Returns the scan id."""
+    proc = subprocess.run(
+        [sys.executable, "-c", SEND_STALE_CHORD, uri, etag, str(video.stat().st_size), str(video)],
+        env=stack.env,
+        cwd=stack.work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return int(proc.stdout.split()[-1])
+
+
 def test_a_failed_chord_part_gives_the_video_an_error_row(
     stack_factory: Any, tmp_path: Path, samples: Path
 ) -> None:
@@ -292,17 +308,7 @@ def test_a_failed_chord_part_gives_the_video_an_error_row(
     stack.put("media/clip.mp4", samples / "face.jpg")
     stack.worker()
     uri = stack.uri("media/clip.mp4")
-    proc = subprocess.run(
-        [sys.executable, "-c", SEND_STALE_CHORD, uri, etag, str(video.stat().st_size), str(video)],
-        env=stack.env,
-        cwd=stack.work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    scan_id = int(proc.stdout.split()[-1])
+    scan_id = queue_video_chord(stack, uri, etag, video)
 
     wait_for(lambda: stack.scan(scan_id)["status"] == "complete", timeout_s=SCAN_TIMEOUT_S, what="the scan")
     row = stack.rows()[uri]

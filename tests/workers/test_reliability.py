@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.workers.conftest import FaultyProxy, OutageProxy, PrivateRedis, Stack, wait_for, zip_bytes
-from tests.workers.test_distributed import SEND_STALE_CHORD, details, mixed_bucket
+from tests.workers.test_distributed import details, mixed_bucket, queue_video_chord
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -33,17 +33,7 @@ def send_video_chord(stack: Stack, key: str, video: Path) -> tuple[str, int]:
     every GET of the object is then a chord part's). Returns (uri, scan id)."""
     etag = stack.put(key, video)
     uri = stack.uri(key)
-    proc = subprocess.run(
-        [sys.executable, "-c", SEND_STALE_CHORD, uri, etag, str(video.stat().st_size), str(video)],
-        env=stack.env,
-        cwd=stack.work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return uri, int(proc.stdout.split()[-1])
+    return uri, queue_video_chord(stack, uri, etag, video)
 
 
 @pytest.mark.parametrize(("mode", "faults"), [("slowdown", 8), ("error500", 8), ("reset", 8), ("slow", None)])
