@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 500  # objects checked against the results table and queued per transaction
 BROKER_CONNECT_RETRIES = 2
 BROKER_CHECK_INTERVAL_S = 10.0  # how often a waiting producer makes sure the broker still answers
+# How long a waiting producer rides out a broker that does not answer (a restart) before it gives up.
+BROKER_OUTAGE_GRACE_S = 120.0
 # A queuing or running scan older than this is taken for abandoned: a scheduled run no longer waits on it.
 ACTIVE_SCAN_MAX_AGE = timedelta(hours=24)
 
@@ -224,12 +226,12 @@ def wait_for_scan(
 
     Completes the scan itself when all rows are there (a task that wrote the last row but died before
     completing it leaves that to us). A database that stops answering is waited for, as the workers'
-    retries wait for it. Raises ScanError on timeout, when the broker stops answering, or when the scan
-    failed.
+    retries wait for it; so is a broker that stops answering, for ``BROKER_OUTAGE_GRACE_S``. Raises
+    ScanError on timeout, when the broker has been away longer than that, or when the scan failed.
     """
     sessions = sessions or resources.process_sessions()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    last_broker_check = time.monotonic()
+    last_broker_check = broker_answered = time.monotonic()
     progress: ScanProgress | None = None
     while True:
         try:
@@ -251,6 +253,12 @@ def wait_for_scan(
                 f"scan {scan_id} did not finish within {timeout_s:.0f} s: {counts} objects have a result"
             )
         if now - last_broker_check > BROKER_CHECK_INTERVAL_S:
-            check_broker()
             last_broker_check = now
+            try:
+                check_broker()
+                broker_answered = now
+            except ScanError as e:
+                if now - broker_answered > BROKER_OUTAGE_GRACE_S:
+                    raise
+                logger.warning("scan %d: %s; still waiting", scan_id, e.reason)
         time.sleep(poll_s)
