@@ -473,9 +473,26 @@ class Stack:
     ) -> subprocess.CompletedProcess[str]:
         """``deepscan ARGS...`` run to completion, with this stack's settings (``env`` over them, the
         variables in ``unset`` removed: ``DEEPSCAN_BROKER_URL`` for the embedded default)."""
+        return self._run(["-m", "workers.cli", *args], env=env, unset=unset, timeout_s=timeout_s)
+
+    def python(
+        self, code: str, *args: str, unset: tuple[str, ...] = (), timeout_s: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """``python -c CODE ARGS...`` run to completion with this stack's settings: a snippet that queues
+        tasks as a producer would, or runs the CLI under a measurement."""
+        return self._run(["-c", code, *args], unset=unset, timeout_s=timeout_s)
+
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        unset: tuple[str, ...] = (),
+        timeout_s: float,
+    ) -> subprocess.CompletedProcess[str]:
         merged = {**self.env, **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "workers.cli", *args],
+            [sys.executable, *argv],
             env={k: v for k, v in merged.items() if k not in unset},
             cwd=self.work,
             capture_output=True,

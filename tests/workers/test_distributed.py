@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -284,15 +282,7 @@ print(scan_id)
 def queue_video_chord(stack: Stack, uri: str, etag: str, video: Path) -> int:
     """Queue the chord of the object at ``uri`` (version ``etag``; probed from the local copy ``video``)
     straight away: no analyze_object, no split_video. Returns the scan id."""
-    proc = subprocess.run(
-        [sys.executable, "-c", SEND_STALE_CHORD, uri, etag, str(video.stat().st_size), str(video)],
-        env=stack.env,
-        cwd=stack.work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = stack.python(SEND_STALE_CHORD, uri, etag, str(video.stat().st_size), str(video))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return int(proc.stdout.split()[-1])
 

@@ -8,7 +8,6 @@ import json
 import os
 import struct
 import subprocess
-import sys
 import tarfile
 import time
 import zipfile
@@ -36,6 +35,19 @@ def send_video_chord(stack: Stack, key: str, video: Path) -> tuple[str, int]:
     return uri, queue_video_chord(stack, uri, etag, video)
 
 
+def scan_video_through(stack: Stack, proxy: FaultyProxy, video: Path, *, visibility_s: int) -> str:
+    """A worker whose S3 is behind ``proxy`` scores ``video`` as a chord queued straight away; returns its
+    URI once the scan is complete, and closes the proxy however it ends."""
+    try:
+        stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S=str(visibility_s), DEEPSCAN_S3_ENDPOINT_URL=proxy.url)
+        stack.worker()
+        uri, scan_id = send_video_chord(stack, "media/clip.mp4", video)
+        wait_for(lambda: stack.scan(scan_id)["status"] == "complete", timeout_s=SCAN_TIMEOUT_S, what="scan")
+    finally:
+        proxy.close()
+    return uri
+
+
 @pytest.mark.parametrize(("mode", "faults"), [("slowdown", 8), ("error500", 8), ("reset", 8), ("slow", None)])
 def test_a_chord_part_retries_through_transient_s3_faults(
     stack_factory: Any, tmp_path: Path, samples: Path, mode: str, faults: int | None
@@ -45,16 +57,10 @@ def test_a_chord_part_retries_through_transient_s3_faults(
     just takes longer."""
     stack = stack_factory(f"sqlite:///{tmp_path / 'faults.db'}")
     proxy = FaultyProxy(stack.s3_endpoint, marker="clip.mp4", faults=faults, mode=mode)
-    try:
-        # visibility 60 s: retry delays capped at 15 s, so the test waits seconds, not minutes; the soft
-        # time limit (48 s) leaves room for botocore's own backoff on 503 SlowDown (up to 1+2+4+8 s
-        # within one try: at 20 s, a soft limit of 16 s, it was met once)
-        stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="60", DEEPSCAN_S3_ENDPOINT_URL=proxy.url)
-        stack.worker()
-        uri, scan_id = send_video_chord(stack, "media/clip.mp4", samples / "talking_face.mp4")
-        wait_for(lambda: stack.scan(scan_id)["status"] == "complete", timeout_s=SCAN_TIMEOUT_S, what="scan")
-    finally:
-        proxy.close()
+    # visibility 60 s: retry delays capped at 15 s, so the test waits seconds, not minutes; the soft time
+    # limit (48 s) leaves room for botocore's own backoff on 503 SlowDown (up to 1+2+4+8 s within one
+    # try: at 20 s, a soft limit of 16 s, it was met once)
+    uri = scan_video_through(stack, proxy, samples / "talking_face.mp4", visibility_s=60)
     rows = stack.rows()
     assert list(rows) == [uri] and rows[uri]["status"] == "ok", rows[uri]["reason"]
     assert stack.frames(uri) == [0, 1, 2, 3, 4, 5]
@@ -73,13 +79,7 @@ def test_a_chord_part_that_never_reaches_s3_gives_the_video_an_error_row(
     the video's error row, and the scan completes instead of waiting for the missing parts."""
     stack = stack_factory(f"sqlite:///{tmp_path / 'outage.db'}")
     proxy = FaultyProxy(stack.s3_endpoint, marker="clip.mp4", faults=None, mode="reset")
-    try:
-        stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="20", DEEPSCAN_S3_ENDPOINT_URL=proxy.url)
-        stack.worker()
-        uri, scan_id = send_video_chord(stack, "media/clip.mp4", samples / "talking_face.mp4")
-        wait_for(lambda: stack.scan(scan_id)["status"] == "complete", timeout_s=SCAN_TIMEOUT_S, what="scan")
-    finally:
-        proxy.close()
+    uri = scan_video_through(stack, proxy, samples / "talking_face.mp4", visibility_s=20)
     rows = stack.rows()
     assert list(rows) == [uri]
     assert (rows[uri]["status"], rows[uri]["fake_probability"]) == ("error", None)
@@ -269,16 +269,9 @@ def test_bad_inputs_in_process_each_get_a_row_in_bounded_memory(
     """``deepscan scan DIR`` without a broker: the same tasks, in the scanning process."""
     folder, files = bad_inputs
     stack = stack_factory(f"sqlite:///{tmp_path / 'bad.db'}")
-    env = {k: v for k, v in stack.env.items() if k != "DEEPSCAN_BROKER_URL"}
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", MEASURED_CLI, "scan", str(folder)],
-        env=env,
-        cwd=stack.work,
-        capture_output=True,
-        text=True,
-        timeout=CORPUS_SCAN_LIMIT_S,
-        check=False,
+    proc = stack.python(
+        MEASURED_CLI, "scan", str(folder), unset=("DEEPSCAN_BROKER_URL",), timeout_s=CORPUS_SCAN_LIMIT_S
     )
     elapsed_s = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -359,15 +352,7 @@ def test_pickle_is_refused_and_secrets_never_logged_or_stored(
     worker = stack.worker()
 
     marker, target = tmp_path / "unpickled", stack.uri("media/face.jpg")
-    sent = subprocess.run(
-        [sys.executable, "-c", SEND_PICKLE, str(marker), target],
-        env=stack.env,
-        cwd=stack.work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    sent = stack.python(SEND_PICKLE, str(marker), target)
     assert sent.returncode == 0, sent.stderr[-3000:]
     wait_for(lambda: "untrusted content" in stack.log("worker"), timeout_s=SCAN_TIMEOUT_S, what="refusal")
     assert not marker.exists() and stack.rows() == {}  # nothing unpickled, nothing ran
@@ -419,15 +404,7 @@ def test_duplicate_deliveries_leave_one_row_per_object_and_no_temp_files(
     worker_tmp.mkdir()
     worker = stack.worker(TMPDIR=str(worker_tmp))
     image, video = stack.uri("media/face.jpg"), stack.uri("media/clip.mp4")
-    proc = subprocess.run(
-        [sys.executable, "-c", SEND_TWICE, image, image_etag, video, video_etag],
-        env=stack.env,
-        cwd=stack.work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = stack.python(SEND_TWICE, image, image_etag, video, video_etag)
     assert proc.returncode == 0, proc.stderr[-3000:]
     scan_id = int(proc.stdout.split()[-1])
     wait_for(lambda: stack.scan(scan_id)["status"] == "complete", timeout_s=SCAN_TIMEOUT_S, what="scan")
