@@ -31,7 +31,7 @@ from workers import resources, rows
 from workers.errors import ScanError, UsageError
 from workers.settings import get_settings
 from workers.storage import ObjectRef, canonical_source, list_objects
-from workers.tasks import analyze_object
+from workers.tasks import queue_object
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def start_scan(
                     session, scan_id=scan_id, queued=len(fresh), skipped=len(page) - len(fresh)
                 )
             for ref in fresh:
-                analyze_object.apply_async(kwargs={"ref": ref.to_dict(), "scan_id": scan_id})
+                queue_object(ref, scan_id)
                 if on_progress is not None:
                     on_progress(scan_progress(scan_id, sessions=sessions))
             queued, skipped = queued + len(fresh), skipped + len(page) - len(fresh)

@@ -175,6 +175,12 @@ def analyze_object(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> N
         rows.write_row(obj, scan_id, result, content_sha256=sha256_file(path))
 
 
+def queue_object(ref: ObjectRef, scan_id: int | None) -> None:
+    """Hand one object of a scan to the workers (without a broker: analyse it here, now). Every object
+    enters this way: listed by the producer, expanded from an archive, or uploaded to deepscan serve."""
+    analyze_object.apply_async(kwargs={"ref": ref.to_dict(), "scan_id": scan_id})
+
+
 @object_task("deepscan.split_video", media_type="video")
 def split_video(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None:
     """Probe a video, read its provenance, and fan it out: one chord part per segment (and the
@@ -348,4 +354,4 @@ def expand_archive(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> N
     members = [obj.for_member(m.name, m.size_bytes) for m in listing.members]
     rows.record_expansion(obj, scan_id, listing, content_sha256=sha256_file(path))
     for member in members:
-        analyze_object.apply_async(kwargs={"ref": member.to_dict(), "scan_id": scan_id})
+        queue_object(member, scan_id)

@@ -168,13 +168,13 @@ class WorkerHandoff:
 
     def send(self, job: Job) -> ObjectRef:
         """Store the job's upload under ``upload_uri`` and queue its analysis in the job's scan."""
-        from workers.tasks import analyze_object
+        from workers.tasks import queue_object
 
         assert job.upload is not None
         ref = store_file(
             job.upload, f"{self.upload_uri}{job.id}/{job.filename}", endpoint_url=self.endpoint_url
         )
-        analyze_object.apply_async(kwargs={"ref": ref.to_dict(), "scan_id": job.scan_id})
+        queue_object(ref, job.scan_id)
         return ref
 
 
