@@ -1,4 +1,5 @@
-"""Declarative models: one ``Scan`` per run, one current ``Result`` per object, ``FrameResult`` per second.
+"""Declarative models: one ``Scan`` per run, one current ``Result`` per object, ``FrameResult`` per second,
+and ``ScanObject`` linking a scan to each object it accounted for.
 
 Portable across SQLite and PostgreSQL: ``sqlalchemy.JSON`` for documents, bounded ``String`` for indexed
 columns, and ``UTCDateTime`` so both backends hand back timezone-aware UTC datetimes.
@@ -118,6 +119,20 @@ class Scan(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     results: Mapped[list[Result]] = relationship(back_populates="scan")
+
+
+class ScanObject(Base):
+    """An object a scan accounted for: written with the object's row, once per scan and object.
+
+    A row carries the scan of its last writer; two scans of one prefix at once each count their own
+    links, so both complete, and a redelivered task adds no second link.
+    """
+
+    __tablename__ = "scan_objects"
+
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(URI_LENGTH), primary_key=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Result(Base):

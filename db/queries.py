@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, CursorResult, case, delete, func, insert, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import FrameResult, Result, Scan, ScanKind, ScanStatus, utcnow
+from db.models import FrameResult, Result, Scan, ScanKind, ScanObject, ScanStatus, utcnow
 from pipeline.errors import ResultStatus
 
 # Columns a caller may set through upsert_result; id, uri and the timestamps belong to the store.
@@ -94,13 +94,13 @@ def mark_scan_running(session: Session, *, scan_id: int) -> None:
 
 
 def complete_scan_if_done(session: Session, *, scan_id: int) -> bool:
-    """Mark a 'running' scan complete when it has at least ``total`` result rows. True if this call did.
+    """Mark a 'running' scan complete when it accounts for at least ``total`` objects. True if this call did.
 
     One conditional UPDATE: of several callers racing (the last tasks, a waiting producer), exactly one
     sees a row changed. Call it in a transaction of its own, after committing the row just written, so
     that the last writer always counts every row.
     """
-    rows = select(func.count(Result.id)).where(Result.scan_id == scan_id).scalar_subquery()
+    rows = select(func.count()).where(ScanObject.scan_id == scan_id).scalar_subquery()
     stmt = (
         update(Scan)
         .where(Scan.id == scan_id, Scan.status == ScanStatus.RUNNING, Scan.total <= rows)
@@ -126,14 +126,28 @@ def active_scan(session: Session, *, uri: str, since: datetime) -> Scan | None:
     return session.execute(stmt).scalar_one_or_none()
 
 
-def _upsert_statement(session: Session) -> postgresql.Insert | sqlite.Insert:
+def _upsert_statement(
+    session: Session, table: type[Result | ScanObject]
+) -> postgresql.Insert | sqlite.Insert:
     """The dialect's ``insert`` that knows ``ON CONFLICT`` (PostgreSQL and SQLite share the syntax)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(Result)
+        return postgresql.insert(table)
     if dialect == "sqlite":
-        return sqlite.insert(Result)
+        return sqlite.insert(table)
     raise NotImplementedError(f"upsert_result supports PostgreSQL and SQLite, not {dialect}")
+
+
+def scan_has_object(session: Session, *, scan_id: int, uri: str) -> bool:
+    """Whether scan ``scan_id`` has already accounted for ``uri`` (a row was written for it in this scan)."""
+    stmt = select(ScanObject.uri).where(ScanObject.scan_id == scan_id, ScanObject.uri == uri)
+    return session.execute(stmt).first() is not None
+
+
+def _link_to_scan(session: Session, *, scan_id: int, uri: str) -> None:
+    """Record that scan ``scan_id`` accounted for ``uri``; a second call for the pair changes nothing."""
+    stmt = _upsert_statement(session, ScanObject).values(scan_id=scan_id, uri=uri, recorded_at=utcnow())
+    session.execute(stmt.on_conflict_do_nothing(index_elements=[ScanObject.scan_id, ScanObject.uri]))
 
 
 def upsert_result(
@@ -145,7 +159,9 @@ def upsert_result(
     so a stale score or reason never survives a re-analysis; ``created_at`` is kept. ``frames`` (dicts of
     FrameResult columns: second, t_s, n_faces, ...) replace the previous per-second rows; None means none.
     Safe to run twice and under concurrent writers: a single ``INSERT ... ON CONFLICT (uri) DO UPDATE``,
-    whose row lock serialises the frame replacement too. Raises ``ValueError`` for unknown columns.
+    whose row lock serialises the frame replacement too. A ``scan_id`` in ``fields`` also links the object
+    to that scan (``ScanObject``), which is what the scan's completion counts. Raises ``ValueError`` for
+    unknown columns.
     """
     unknown = set(fields) - VERDICT_COLUMNS
     if unknown:
@@ -156,7 +172,7 @@ def upsert_result(
     values.update(fields)
     values.update(updated_at=now)
 
-    stmt = _upsert_statement(session).values(uri=uri, created_at=now, **values)
+    stmt = _upsert_statement(session, Result).values(uri=uri, created_at=now, **values)
     stmt = stmt.on_conflict_do_update(
         index_elements=[Result.uri], set_={column: stmt.excluded[column] for column in values}
     )
@@ -165,6 +181,8 @@ def upsert_result(
     session.execute(delete(FrameResult).where(FrameResult.result_id == result_id))
     if frames:
         session.execute(insert(FrameResult), [{**frame, "result_id": result_id} for frame in frames])
+    if values["scan_id"] is not None:
+        _link_to_scan(session, scan_id=values["scan_id"], uri=uri)
     # populate_existing: a Result of this id already in the session must show what was just written.
     return session.get_one(Result, result_id, populate_existing=True)
 
@@ -223,8 +241,8 @@ def list_results(
     stmt = select(Result).order_by(Result.id)
     if after_id is not None:
         stmt = stmt.where(Result.id > after_id)
-    if scan_id is not None:
-        stmt = stmt.where(Result.scan_id == scan_id)
+    if scan_id is not None:  # every object the scan accounted for, whichever scan wrote its row last
+        stmt = stmt.where(Result.uri.in_(select(ScanObject.uri).where(ScanObject.scan_id == scan_id)))
     if label is not None:
         stmt = stmt.where(Result.label == label)
     if status is not None:
@@ -242,8 +260,8 @@ def scan_counts(session: Session, *, scan_id: int | None = None) -> list[dict[st
     """Progress of every run (or only of ``scan_id``), in id order.
 
     Each dict has id, uri, kind, status, created_at, finished_at, total (objects queued), skipped (listed
-    but already analysed), done (result rows of the scan), ok, fake, real and errors (rows whose status
-    is not 'ok').
+    but already analysed), done (objects the scan accounted for), and of their current rows ok, fake, real
+    and errors (status not 'ok').
     """
 
     def count_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
@@ -259,13 +277,14 @@ def scan_counts(session: Session, *, scan_id: int | None = None) -> list[dict[st
             Scan.finished_at,
             Scan.total,
             Scan.skipped,
-            func.count(Result.id).label("done"),
+            func.count(ScanObject.uri).label("done"),
             count_where(Result.status == ResultStatus.OK).label("ok"),
             count_where(Result.label == "fake").label("fake"),
             count_where(Result.label == "real").label("real"),
             count_where(Result.status != ResultStatus.OK).label("errors"),
         )
-        .outerjoin(Result, Result.scan_id == Scan.id)
+        .outerjoin(ScanObject, ScanObject.scan_id == Scan.id)
+        .outerjoin(Result, Result.uri == ScanObject.uri)
         .group_by(Scan.id)
         .order_by(Scan.id)
     )

@@ -157,7 +157,8 @@ def record_expansion(
         current = queries.find_result(session, uri=ref.result_uri)
         counted = (
             current is not None
-            and current.scan_id == scan_id
+            and scan_id is not None
+            and queries.scan_has_object(session, scan_id=scan_id, uri=ref.result_uri)
             and current.status == ResultStatus.EXPANDED
             and (current.etag, current.content_sha256) == (ref.etag, content_sha256)
         )

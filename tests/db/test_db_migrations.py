@@ -13,7 +13,7 @@ from sqlalchemy import Engine, inspect, text
 from db.models import Base
 from db.session import alembic_config, make_engine, migrate
 
-TABLES = {"scans", "results", "frame_results"}
+TABLES = {"scans", "results", "frame_results", "scan_objects"}
 
 
 def _revision(engine: Engine) -> str | None:
@@ -70,6 +70,40 @@ def test_rows_from_before_provenance_keep_a_null_provenance(db_url: str) -> None
         assert "ix_results_provenance" in {i["name"] for i in inspect(engine).get_indexes("results")}
         command.downgrade(config, "0002")
         assert "provenance" not in {c["name"] for c in inspect(engine).get_columns("results")}
+    finally:
+        engine.dispose()
+    migrate(db_url)
+
+
+def test_rows_from_before_scan_objects_link_to_the_scan_that_wrote_them(db_url: str) -> None:
+    config = alembic_config(db_url)
+    command.upgrade(config, "0003")
+    engine = make_engine(db_url)
+    now = {"now": datetime.now(timezone.utc)}
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO scans (uri, kind, status, model_name, model_version, total, created_at) "
+                    "VALUES ('s3://media/', 'scan', 'running', 'm', 'v1', 2, :now)"
+                ),
+                now,
+            )
+            scan_id = connection.execute(text("SELECT id FROM scans")).scalar_one()
+            for uri, scan in (("s3://media/a.jpg", scan_id), ("s3://media/b.jpg", None)):
+                connection.execute(
+                    text(
+                        "INSERT INTO results (uri, scan_id, media_type, status, details, created_at, "
+                        "updated_at) VALUES (:uri, :scan, 'image', 'ok', '{}', :now, :now)"
+                    ),
+                    {"uri": uri, "scan": scan, **now},
+                )
+        migrate(db_url)
+        with engine.connect() as connection:
+            links = connection.execute(text("SELECT scan_id, uri FROM scan_objects")).all()
+        assert [tuple(link) for link in links] == [(scan_id, "s3://media/a.jpg")]
+        command.downgrade(config, "0003")
+        assert "scan_objects" not in inspect(engine).get_table_names()
     finally:
         engine.dispose()
     migrate(db_url)

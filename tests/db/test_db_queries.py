@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import FrameResult, Result
 from db.queries import (
     already_analysed,
+    complete_scan_if_done,
     create_scan,
     find_result,
     finish_scan,
@@ -224,6 +225,28 @@ def test_scan_counts(session: Session) -> None:
     assert (counts[empty.id]["done"], counts[empty.id]["errors"]) == (0, 0)
     with pytest.raises(LookupError):
         finish_scan(session, scan_id=10_000)
+
+
+def test_overlapping_scans_each_count_the_objects_they_accounted_for(session: Session) -> None:
+    first, second = (
+        create_scan(session, uri="s3://media/", kind="scan", model_name="m", model_version="v1", total=2)
+        for _ in range(2)
+    )
+    for scan in (first, second, first):  # the second scan rewrites both rows; the first's task redelivered
+        for name in ("a.jpg", "b.jpg"):
+            upsert_result(session, uri=f"s3://media/{name}", fields={"status": "ok", "scan_id": scan.id})
+    session.commit()
+
+    assert complete_scan_if_done(session, scan_id=first.id)
+    assert complete_scan_if_done(session, scan_id=second.id)
+    counts = {c["id"]: c for c in scan_counts(session)}
+    assert [(counts[s.id]["done"], counts[s.id]["ok"]) for s in (first, second)] == [(2, 2), (2, 2)]
+    for scan in (first, second):  # a scan's results are its objects, whichever scan wrote them last
+        assert [r.uri for r in list_results(session, scan_id=scan.id)] == [
+            "s3://media/a.jpg",
+            "s3://media/b.jpg",
+        ]
+    assert {r.scan_id for r in list_results(session)} == {first.id}
 
 
 def test_already_analysed(session: Session) -> None:

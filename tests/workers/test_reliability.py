@@ -506,3 +506,27 @@ def test_a_redis_restart_mid_scan_loses_nothing(
     assert stack.query("SELECT COUNT(*) AS n FROM scans WHERE status = 'running'")[0]["n"] == 0
     assert worker.poll() is None  # it rode the outage out
     print(f"Redis killed and back after {REDIS_DOWN_S} s: {len(rows)} rows, one per object")
+
+
+def test_overlapping_scans_of_one_prefix_both_complete_with_one_row_per_object(
+    stack_factory: Any, tmp_path: Path, samples: Path
+) -> None:
+    """Two `deepscan scan` of the same prefix at once: each queues what it listed, the rows are upserted
+    once per object, and neither scan is left running."""
+    stack = stack_factory(f"sqlite:///{tmp_path / 'overlap.db'}")
+    etags = mixed_bucket(stack, samples)
+    stack.worker()
+    scans = [
+        stack.cli_in_background("scan", stack.uri("media/"), "--wait", "--timeout", str(SCAN_TIMEOUT_S))
+        for _ in range(2)
+    ]
+    finals = []
+    for waiting in scans:
+        out, err = waiting.communicate(timeout=SCAN_TIMEOUT_S + 30)
+        assert waiting.returncode == 0, err[-3000:] + stack.log("worker")[-3000:]
+        finals.append(json.loads(out.splitlines()[-1]))
+    assert all(final["status"] == "complete" for final in finals), finals
+    rows = stack.rows()
+    assert len(rows) == 7 and {uri.split("#")[0] for uri in rows} == {stack.uri(key) for key in etags}
+    assert stack.frames(stack.uri("media/talking_face.mp4")) == [0, 1, 2, 3, 4, 5]  # each second once
+    assert stack.query("SELECT COUNT(*) AS n FROM scans WHERE status != 'complete'")[0]["n"] == 0
