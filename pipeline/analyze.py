@@ -10,9 +10,10 @@ in ``details``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import split_windows
-from pipeline.batching import batched
+from pipeline.batching import CoalescingBatcher, batched, prefetched
 from pipeline.ensemble import Verdict, aggregate, vote
 from pipeline.errors import DeepscanError, MediaDecodeError, NoFaceError, ResultStatus, UnsupportedMediaError
 from pipeline.explain import LIME_SAMPLES, FaceExplanation, explain_crop
@@ -35,7 +36,7 @@ from pipeline.media import (
     probe_video,
     read_file,
 )
-from pipeline.pack import ModelPack
+from pipeline.pack import PREDICT_BATCH, ModelPack
 from pipeline.provenance import (
     Provenance,
     ProvenanceOptions,
@@ -70,6 +71,15 @@ class FrameScore:
     def fake_probability(self) -> float | None:
         # One manipulated face makes the frame manipulated: the frame takes its most suspicious face.
         return float(self.face_probabilities.max()) if len(self.face_probabilities) else None
+
+
+@dataclass(frozen=True)
+class FoundFaces:
+    """The faces detected in one frame and their crops, ready to be scored with other frames' faces."""
+
+    t_s: float
+    boxes: list[FaceBox]
+    crops: list[np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,28 @@ class MediaResult:
         return out
 
 
+class PackBatcher:
+    """One forward pass per member for the faces (and audio windows) of many threads of one process: the
+    analyzers of a threaded worker share one pack and one ``PackBatcher``. ``max_wait_s`` bounds what a
+    caller waits for others; a batch takes at most ``max_items`` before it goes without waiting."""
+
+    def __init__(self, pack: ModelPack, *, max_wait_s: float, max_items: int = PREDICT_BATCH) -> None:
+        self.faces = CoalescingBatcher(pack.score_faces, max_items=max_items, max_wait_s=max_wait_s)
+        self.windows = CoalescingBatcher(
+            lambda windows: pack.score_audio_windows(np.stack(windows)),
+            max_items=max_items,
+            max_wait_s=max_wait_s,
+        )
+
+    def score_faces(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """``ModelPack.score_faces``, in a pass shared with other threads' crops."""
+        return self.faces.score(crops)
+
+    def score_audio_windows(self, windows: np.ndarray) -> np.ndarray:
+        """``ModelPack.score_audio_windows``, in a pass shared with other threads' windows."""
+        return self.windows.score(list(windows))
+
+
 class Analyzer:
     """Holds a loaded pack and a face detector; analyses files or arrays. One per worker process."""
 
@@ -176,9 +208,13 @@ class Analyzer:
         *,
         score_soundtrack: bool = True,
         provenance: ProvenanceOptions = ProvenanceOptions(),
+        batcher: PackBatcher | None = None,
     ):
         self.pack = pack
         self.detector = detector or FaceDetector()
+        # Analyzers of one process's threads may share a batcher: their faces and windows then go through
+        # the members together (``PackBatcher``); alone, an analyzer calls the pack directly.
+        self.scorer: ModelPack | PackBatcher = batcher or pack
         self.score_soundtrack = score_soundtrack
         self.provenance = provenance
         manifest = pack.manifest
@@ -189,34 +225,38 @@ class Analyzer:
 
     # -- batch-first building blocks ------------------------------------------------------------------
 
+    def find_faces(self, t_s: float, frame: np.ndarray) -> FoundFaces:
+        """Detect the faces of an RGB uint8 frame (H, W, 3) and cut their crops; the frame can go."""
+        boxes = self.detector.detect(frame)
+        return FoundFaces(t_s, boxes, [square_crop(frame, box) for box in boxes])
+
+    def score_found(self, found: Sequence[FoundFaces]) -> list[FrameScore]:
+        """Score the faces of many frames: all their crops in one batch per member."""
+        if not self.pack.manifest.image_members:
+            raise DeepscanError("the model pack has no image members")
+        crops = [crop for frame in found for crop in frame.crops]
+        scores = self.scorer.score_faces(crops)
+        probabilities = aggregate(scores, self.pack.manifest.aggregation) if len(crops) else np.zeros(0)
+        out, start = [], 0
+        for frame in found:
+            end = start + len(frame.boxes)
+            out.append(FrameScore(frame.t_s, frame.boxes, scores[start:end], probabilities[start:end]))
+            start = end
+        return out
+
     def score_frames(
         self, frames: Sequence[np.ndarray], times_s: Sequence[float] | None = None
     ) -> list[FrameScore]:
         """Detect and score every face in RGB uint8 frames (H, W, 3), all faces in one batch per member."""
         times = list(times_s) if times_s is not None else [0.0] * len(frames)
-        boxes = [self.detector.detect(frame) for frame in frames]
-        crops = [
-            square_crop(frame, box)
-            for frame, frame_boxes in zip(frames, boxes, strict=True)
-            for box in frame_boxes
-        ]
-        if not self.pack.manifest.image_members:
-            raise DeepscanError("the model pack has no image members")
-        scores = self.pack.score_faces(crops)
-        probabilities = aggregate(scores, self.pack.manifest.aggregation) if len(crops) else np.zeros(0)
-        out, start = [], 0
-        for t, frame_boxes in zip(times, boxes, strict=True):
-            end = start + len(frame_boxes)
-            out.append(FrameScore(t, frame_boxes, scores[start:end], probabilities[start:end]))
-            start = end
-        return out
+        return self.score_found([self.find_faces(t, frame) for t, frame in zip(times, frames, strict=True)])
 
     def score_audio(self, signal: np.ndarray) -> AudioVerdict:
         """Score a mono signal at the pack's rate (raises on silence or a clip too short)."""
         front_end = self.pack.manifest.audio
         if front_end is None or not self.pack.manifest.audio_members:
             raise UnsupportedMediaError("the model pack has no audio member")
-        scores = self.pack.score_audio_windows(split_windows(signal, front_end))
+        scores = self.scorer.score_audio_windows(split_windows(signal, front_end))
         window_p = aggregate(scores, self.pack.manifest.audio_aggregation)
         verdict = Verdict(float(window_p.mean()), self.audio_threshold)
         return AudioVerdict(
@@ -288,10 +328,19 @@ class Analyzer:
         frames = iter_video_frames(
             path, info, interval_s=FRAME_INTERVAL_S, start_s=start_s, duration_s=duration_s
         )
-        for chunk in batched(frames, VIDEO_CHUNK_FRAMES):
-            scored = self.score_frames([f for _, f in chunk], [t for t, _ in chunk])
+        # Decoding and detection (ffmpeg's pipe, OpenCV: both release the GIL) run a chunk ahead of the
+        # models in a thread of their own; only crops wait in between, so memory does not grow with the
+        # frame size.
+        found = prefetched(self._faces_of(frames), VIDEO_CHUNK_FRAMES)
+        for chunk in batched(found, VIDEO_CHUNK_FRAMES):
+            scored = self.score_found(chunk)
             entries.extend(self._timeline_entry(round(fs.t_s / FRAME_INTERVAL_S), fs) for fs in scored)
         return entries
+
+    def _faces_of(self, frames: Generator[tuple[float, np.ndarray], None, None]) -> Iterator[FoundFaces]:
+        with contextlib.closing(frames):  # stops ffmpeg when the consumer stops early
+            for t_s, frame in frames:
+                yield self.find_faces(t_s, frame)
 
     def score_soundtrack_of(self, path: Path) -> AudioVerdict | None:
         """The audio verdict of a video's soundtrack (unscored, with its reason, when it cannot be scored),

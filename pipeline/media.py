@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -242,7 +242,7 @@ def iter_video_frames(
     interval_s: float = FRAME_INTERVAL_S,
     start_s: float = 0.0,
     duration_s: float | None = None,
-) -> Iterator[tuple[float, np.ndarray]]:
+) -> Generator[tuple[float, np.ndarray], None, None]:
     """Yield ``(t_s, frame)`` for one frame every ``interval_s`` seconds of ``[start_s, start_s+duration_s)``.
 
     Frames are RGB uint8 arrays of shape (H, W, 3) at the display size in ``info``. The fps filter makes

@@ -26,6 +26,10 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA = 1
 DEFAULT_THRESHOLDS = {"image": 0.5, "audio": 0.5, "video_vote": 0.5}
 PREDICT_BATCH = 64  # a power of two (see ModelPack._predict)
+# TensorFlow traces a member's forward pass for the first two batch shapes it sees, then generalises the
+# batch dimension (Keras' reduce_retracing): batches of 1 and 2 leave nothing to trace later (measured: the
+# next sizes up to 64 cost their compute only). JAX compiles every shape: each padded size is warmed.
+TENSORFLOW_WARM_UP_BATCHES = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,24 @@ class ModelPack:
                 np.asarray(model.predict_on_batch(chunk)).reshape(-1)[: min(PREDICT_BATCH, len(batch) - i)]
             )
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def warm_up(self, batch_sizes: Sequence[int] | None = None) -> None:
+        """Run every member on blank inputs of ``batch_sizes`` (default: what the backend needs traced), so
+        that the first object a process scores costs what the hundredth does."""
+        import keras
+
+        if batch_sizes is None:
+            every_padded_size = tuple(1 << k for k in range(PREDICT_BATCH.bit_length()))
+            tensorflow = keras.backend.backend() == "tensorflow"
+            batch_sizes = TENSORFLOW_WARM_UP_BATCHES if tensorflow else every_padded_size
+        blank_face = np.full((64, 64, 3), 128, dtype=np.uint8)
+        noise = np.random.default_rng(0)
+        for n in batch_sizes:
+            self.score_faces([blank_face] * n)
+            for member in self.manifest.audio_members:
+                front_end = self.manifest.front_end_of(member)
+                windows = noise.normal(0.0, 1e-3, size=(n, front_end.window_samples)).astype(np.float32)
+                self._predict(member.name, spectrograms(windows, front_end))
 
     def score_faces(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Score uint8 RGB face crops with every image member.

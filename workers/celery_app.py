@@ -20,6 +20,7 @@ worker. Messages are JSON only: a worker never unpickles what a broker hands it.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -187,13 +188,20 @@ def _note_queues(sender: str, instance: Any, **_: Any) -> None:
     global _consumes_gpu_queue
     consumed = instance.app.amqp.queues.consume_from
     _consumes_gpu_queue = not consumed or GPU_QUEUE in consumed
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    forks = isinstance(instance.pool_cls, type) and issubclass(instance.pool_cls, PreforkPool)
+    if not forks:  # threads or solo: the tasks run in this process, so its models are loaded here
+        _load_models()
 
 
 @signals.worker_process_init.connect
 def _load_models(**_: Any) -> None:
-    """Load the models once per child of a worker that runs inference, before it takes a task.
+    """Load and warm the models once per process of a worker that runs inference, before it takes a task:
+    each child of a prefork pool, or the worker's own process for a threads or solo pool.
 
-    Loading at the first task instead would spend that task's time limit on it.
+    Loading at the first task instead would spend that task's time limit on it; warming (tracing every
+    member's forward pass) makes the first object cost what the hundredth does.
     """
     if not _consumes_gpu_queue:
         return
@@ -201,13 +209,16 @@ def _load_models(**_: Any) -> None:
     from workers import resources
 
     try:
-        resources.analyzer()
+        started = time.perf_counter()
+        resources.analyzer().pack.warm_up()
+        logger.info("models loaded and warmed in %.1f s", time.perf_counter() - started)
     except DeepscanError:  # the tasks record it on each row (status model_error); keep the worker up
         logger.exception("could not load the model pack")
 
 
-@signals.worker_process_shutdown.connect
+@signals.worker_process_shutdown.connect  # a prefork child
+@signals.worker_shutdown.connect  # the worker: its threads' copies, with a threads or solo pool
 def _drop_local_copies(**_: Any) -> None:
     from workers import resources
 
-    resources.local_copies().close()
+    resources.close_local_copies()

@@ -10,16 +10,18 @@ opens its own with ``load_pack`` and ``open_sessions``, which migrate and check 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import make_engine, migrate, session_factory, session_scope
-from pipeline.analyze import Analyzer
+from pipeline.analyze import Analyzer, PackBatcher
 from pipeline.errors import ModelPackError
 from pipeline.pack import ModelPack, read_manifest
 from pipeline.provenance import ProvenanceOptions
@@ -95,18 +97,33 @@ def _trust_anchors(path: Path) -> str:
 
 
 @lru_cache(maxsize=2)
-def _analyzer(directory: Path, score_soundtrack: bool, provenance: ProvenanceOptions) -> Analyzer:
+def _models(directory: Path, batch_wait_ms: int) -> tuple[ModelPack, PackBatcher | None]:
+    """The pack of this process, loaded once, and the batcher its threads share when batching is on."""
     logger.info("loading the model pack in %s", directory)
     started = time.perf_counter()
     pack = ModelPack.load(directory)
     metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
-    return Analyzer(pack, score_soundtrack=score_soundtrack, provenance=provenance)
+    return pack, PackBatcher(pack, max_wait_s=batch_wait_ms / 1000) if batch_wait_ms else None
+
+
+_per_thread = threading.local()
 
 
 def analyzer() -> Analyzer:
-    """The analyzer of this process, its models loaded on first use (inference tasks)."""
+    """The analyzer of this thread over the pack of this process, its models loaded on first use.
+
+    A prefork worker's process runs one task at a time; a threaded worker (``--pool threads``) runs
+    several, each thread with an analyzer (and a face detector) of its own over the one pack, sharing
+    forward passes when ``DEEPSCAN_BATCH_WAIT_MS`` is set.
+    """
     settings = get_settings()
-    return _analyzer(models_dir(), settings.score_soundtrack, provenance_options(settings))
+    key = (models_dir(), settings.score_soundtrack, provenance_options(settings), settings.batch_wait_ms)
+    cached: tuple[tuple[Any, ...], Analyzer] | None = getattr(_per_thread, "analyzer", None)
+    if cached is None or cached[0] != key:
+        pack, batcher = _models(key[0], settings.batch_wait_ms)
+        made = Analyzer(pack, score_soundtrack=key[1], provenance=key[2], batcher=batcher)
+        _per_thread.analyzer = cached = (key, made)
+    return cached[1]
 
 
 @lru_cache(maxsize=2)
@@ -119,7 +136,7 @@ def verdict_analyzer() -> Analyzer:
 
     A worker that already loaded the models uses those.
     """
-    if _analyzer.cache_info().currsize:
+    if _models.cache_info().currsize:
         return analyzer()
     return _verdict_analyzer(models_dir(), provenance_options())
 
@@ -165,6 +182,23 @@ def process_sessions() -> sessionmaker[Session]:
 # -- fetched objects --------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
+_every_copies: list[LocalCopies] = []
+_every_copies_lock = threading.Lock()
+
+
 def local_copies() -> LocalCopies:
-    return LocalCopies(endpoint_url=get_settings().s3_endpoint_url)
+    """The fetched objects of this thread: a threaded worker's threads never evict a file another is
+    reading (a prefork child has one thread, so one cache)."""
+    copies: LocalCopies | None = getattr(_per_thread, "copies", None)
+    if copies is None:
+        copies = _per_thread.copies = LocalCopies(endpoint_url=get_settings().s3_endpoint_url)
+        with _every_copies_lock:
+            _every_copies.append(copies)
+    return copies
+
+
+def close_local_copies() -> None:
+    """Delete the fetched objects of every thread of this process."""
+    with _every_copies_lock:
+        for copies in _every_copies:
+            copies.close()

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # text: one human-readable line per record; json: one JSON object per line, with scan and object ids.
     log_format: Literal["text", "json"] = "text"
     score_soundtrack: bool = True
+    # Cross-task batching (a worker with --pool threads): the faces and audio windows of tasks arriving
+    # within this many milliseconds share one forward pass per member. 0: every task scores its own.
+    batch_wait_ms: int = Field(default=0, ge=0, le=10_000)
     # A pack in S3 (s3://bucket/prefix, as `deepscan models push` leaves it): pulled once per machine into
     # models_cache_dir, every member checked against its sha256, and used instead of models_dir.
     models_uri: str | None = None

@@ -147,3 +147,29 @@ def test_bundled_pack_is_an_ensemble_within_its_size_budget() -> None:
     pack_bytes = sum(p.stat().st_size for p in BUNDLED_PACK.iterdir() if p.is_file())
     assert pack_bytes <= 60_000_000, f"{pack_bytes / 1e6:.1f} MB"
     assert len(read_manifest(BUNDLED_PACK).image_members) >= 3
+
+
+def test_a_warmed_pack_traces_nothing_more_for_any_batch_size(random_pack: Path) -> None:
+    """What makes a worker's first object cost what its hundredth does (``ModelPack.warm_up``)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tracing counts are TensorFlow's; other backends warm every padded size")
+    pack = ModelPack.load(random_pack)
+    pack.warm_up()
+
+    def traces() -> dict[str, int]:
+        return {
+            name: model.predict_function.experimental_get_tracing_count()
+            for name, model in pack.models.items()
+        }
+
+    warmed = traces()
+    assert all(count >= 1 for count in warmed.values()), warmed
+    face = np.full((90, 90, 3), 100, np.uint8)
+    for n in (1, 3, 16, 64, 65):
+        pack.score_faces([face] * n)
+    front_end = pack.manifest.front_end_of(pack.manifest.audio_members[0])
+    for n in (1, 5):
+        pack.score_audio_windows(np.zeros((n, front_end.window_samples), np.float32))
+    assert traces() == warmed

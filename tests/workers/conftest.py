@@ -413,17 +413,12 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def worker(self, name: str = "worker", **env: str) -> subprocess.Popen[bytes]:
-        """A ``deepscan worker`` on both queues with one pool process; its log is ``work/<name>.log``."""
-        args = [
-            "worker",
-            "--queues",
-            "light,gpu",
-            "--concurrency",
-            "1",
-            "--hostname",
-            f"{name}-{uuid.uuid4().hex[:6]}@%h",
-        ]
+    def worker(
+        self, name: str = "worker", *, pool: str = "prefork", concurrency: int = 1, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """A ``deepscan worker`` on both queues (one pool process by default); its log is ``work/<name>.log``."""
+        args = ["worker", "--queues", "light,gpu", "--pool", pool, "--concurrency", str(concurrency),
+                "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h"]  # fmt: skip
         return self._spawn(args, f"{name}.log", env)
 
     def beat(self, schedules: list[dict[str, Any]]) -> subprocess.Popen[bytes]:
@@ -515,7 +510,8 @@ class Stack:
     def on_database(self, database_url: str) -> Stack:
         """The same bucket and Redis with another database: its CLI runs and ``rows`` use that one.
 
-        It starts no process of its own; ``close`` of the original stops everything.
+        Processes it starts write their logs beside the original's; ``close`` of the original stops
+        everything.
         """
         view = copy.copy(self)
         view.database_url = database_url
@@ -528,6 +524,8 @@ class Stack:
 
     def close(self) -> None:
         for view in self._views:
+            for process in view.processes:
+                self.stop(process)
             view._engine.dispose()
         for process in self.processes:
             self.stop(process)

@@ -109,6 +109,44 @@ def test_mixed_bucket_scans_to_one_correct_row_per_object(
     assert {uri: row["updated_at"] for uri, row in stack.rows().items()} == updated
 
 
+def test_a_threaded_worker_shares_forward_passes_across_tasks_and_writes_the_same_rows(
+    stack_factory: Any, tmp_path: Path, samples: Path
+) -> None:
+    """``--pool threads`` with ``DEEPSCAN_BATCH_WAIT_MS``: the faces and windows of concurrent tasks go
+    through the members together, and every row is what a one-task-at-a-time worker writes."""
+    stack = stack_factory(f"sqlite:///{tmp_path / 'threads.db'}")
+    mixed_bucket(stack, samples)
+    for i in range(6):
+        stack.put(f"media/more/face_{i}.jpg", samples / "face.jpg")
+    stack.worker("prefork")
+    scan(stack)
+    alone = stack.rows()
+    stack.stop(stack.processes[-1])
+
+    threaded = stack.on_database(f"sqlite:///{tmp_path / 'threads-batched.db'}")
+    threaded.worker(
+        "threads", pool="threads", concurrency=4, DEEPSCAN_BATCH_WAIT_MS="300", DEEPSCAN_LOG_LEVEL="DEBUG"
+    )
+    scan(threaded)
+    together = threaded.rows()
+
+    def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, tuple[Any, ...]]:
+        return {uri: (r["status"], r["label"], r["fake_probability"]) for uri, r in rows.items()}
+
+    assert verdicts(together).keys() == verdicts(alone).keys(), (
+        verdicts(together),
+        stack.log("threads")[-5000:],
+    )
+    assert len(together) == 13
+    for uri, (status, label, p) in verdicts(together).items():
+        status_alone, label_alone, p_alone = verdicts(alone)[uri]
+        assert (status, label) == (status_alone, label_alone), uri
+        assert p == pytest.approx(p_alone, abs=1e-5), uri  # batch composition changes nothing of weight
+    passes = [line for line in stack.log("threads").splitlines() if "one forward pass for" in line]
+    shared = [line for line in passes if not line.rstrip().endswith("of 1 callers")]
+    assert shared, "no forward pass was shared by two tasks:\n" + "\n".join(passes)
+
+
 def test_a_local_folder_is_scanned_incrementally_and_a_new_model_version_re_analyses(
     stack_factory: Any, tmp_path: Path, samples: Path, random_pack_v2: Path
 ) -> None:

@@ -40,7 +40,7 @@ from db.session import session_scope
 from pipeline.analyze import Analyzer, MediaResult
 from pipeline.errors import DeepscanError, ResultStatus
 from pipeline.media import sha256_file
-from pipeline.pack import PREDICT_BATCH, ModelPack, read_manifest
+from pipeline.pack import ModelPack, read_manifest
 from pipeline.provenance import ProvenanceOptions
 from workers import rows
 from workers.resources import shared_pack
@@ -52,20 +52,6 @@ logger = logging.getLogger(__name__)
 
 MEDIA_RESULT_FIELDS = tuple(f.name for f in fields(MediaResult))  # a job's result: what detect prints
 JOBS_KEPT = 256  # finished jobs remembered; each holds its result and at most a 256 px crop
-WARMUP_CROP_PX = 128  # blank crops through every member trace the graphs at start-up (see warm_up)
-
-
-def warm_up(pack: ModelPack, batch_sizes: tuple[int, ...]) -> None:
-    """Score blank crops in batches of these sizes, so their graphs are traced before the first upload.
-
-    Measured with benchmarks/web_latency.py (bundled pack, 2 busy cores): the first explanation took 53 s
-    against 20-22 s for the next ones, the difference being the batch-of-64 graphs traced on first use.
-    """
-    if not pack.manifest.image_members:
-        return
-    blank = np.zeros((WARMUP_CROP_PX, WARMUP_CROP_PX, 3), np.uint8)
-    for size in batch_sizes:
-        pack.score_faces([blank] * size)
 
 
 class JobStatus(str, Enum):
@@ -219,9 +205,9 @@ class JobPool:
     def _load(self) -> ModelPack:
         started = time.perf_counter()
         pack = shared_pack(self.models_dir)
-        # an image's verdict scores one face; LIME scores its neighbourhood in one batch, padded to a power
-        # of two up to PREDICT_BATCH
-        warm_up(pack, (1, min(PREDICT_BATCH, 1 << (self.explain_samples - 1).bit_length())))
+        # Traced here, not on the first upload: benchmarks/web_latency.py measured a first explanation of
+        # 53 s against 20-22 s for the next ones when its batch of 64 was traced on first use.
+        pack.warm_up()
         logger.info("model pack %s ready in %.1f s", pack.manifest.label, time.perf_counter() - started)
         return pack
 
