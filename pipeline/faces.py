@@ -3,6 +3,11 @@
 The training crops in ``../shared/data/faces`` were made with Haar ``frontalface_default``, a 1.3x square
 margin and INTER_AREA resizing; inference uses the same recipe so that the members see the distribution
 they learned. Every face in a frame is returned, not only the largest.
+
+Faces that fill the frame (tight crops, profile pictures) are what the plain cascade misses: its window
+needs a little room around the face, and histogram equalisation over a frame with a flat border (a padded
+crop) crushes the face's contrast. When the first pass finds nothing, later passes look for one face that
+fills much of the frame (``benchmarks/face_recall.py`` has the figures).
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import cv2
 import numpy as np
 
 HAAR_CASCADE_FILE = "haarcascade_frontalface_default.xml"  # shipped inside opencv-python-headless<5
+PROFILE_CASCADE_FILE = "haarcascade_profileface.xml"  # faces turned to one side; shipped alongside
 CROP_MARGIN = 1.3  # square side = 1.3 x the larger box side, as in the training crops (DFDC winner: +1/3)
 DETECT_MAX_SIDE_PX = 960  # frames are detected at most this large; boxes are mapped back to full size
+BORDER_GREY = 128  # the border of the later passes: mid-grey, what a plain background looks like
 
 
 @dataclass(frozen=True)
@@ -37,23 +44,43 @@ class DetectorOptions:
     min_neighbors: int = 5
     min_face_px: int = 40  # at detection scale; smaller faces carry too few pixels to judge
     max_faces: int = 8  # per frame, largest first: crowds are not what the members were trained on
+    # Second pass, when the first finds nothing: the frame, not equalised, inside a mid-grey border of this
+    # fraction of its larger side; 0 turns the later passes off.
+    border_fraction: float = 0.25
+    # Third pass, when the second finds nothing too: the profile cascade on the bordered frame and on its
+    # mirror image (the cascade finds faces turned one way only).
+    profile: bool = True
+    # The later passes look for a face that fills the frame: their boxes must span at least this fraction
+    # of the frame's shorter side. Smaller finds there were mostly texture (coins, clock faces, cells).
+    fill_fraction: float = 1 / 3
 
 
 class FaceDetector:
-    """Haar-cascade face detector. Construct once per process; ``detect`` is cheap to call."""
+    """Haar-cascade face detector. Construct once per process; ``detect`` is cheap to call.
+
+    Passes run in order and stop at the first that finds a face, so a frame in which the first pass finds
+    a face gets exactly the boxes it always got:
+
+    1. the frontal cascade on the histogram-equalised frame;
+    2. the frontal cascade on the frame as it is (not equalised) inside a mid-grey border;
+    3. the profile cascade on that bordered frame and on its mirror image.
+
+    Passes 2 and 3 keep only boxes of at least ``fill_fraction`` of the frame's shorter side. Boxes are
+    mapped back to frame pixels and cut to the frame.
+    """
 
     def __init__(
         self, options: DetectorOptions | None = None, cascade_path: str | Path | None = None
     ) -> None:
         self.options = options or DetectorOptions()
-        default = Path(cv2.data.haarcascades) / HAAR_CASCADE_FILE  # type: ignore[attr-defined]
-        path = Path(cascade_path) if cascade_path else default
-        self._cascade = cv2.CascadeClassifier(str(path))
-        if self._cascade.empty():
-            raise FileNotFoundError(f"Haar cascade not loadable: {path}")
+        haarcascades = Path(cv2.data.haarcascades)  # type: ignore[attr-defined]
+        self._cascade = _load_cascade(
+            Path(cascade_path) if cascade_path else haarcascades / HAAR_CASCADE_FILE
+        )
+        self._profile = _load_cascade(haarcascades / PROFILE_CASCADE_FILE) if self.options.profile else None
 
     def detect(self, frame: np.ndarray) -> list[FaceBox]:
-        """Find faces in an RGB uint8 frame of shape (H, W, 3); largest first."""
+        """Find faces in an RGB uint8 frame of shape (H, W, 3); largest first, inside the frame."""
         height, width = frame.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE_PX / max(height, width))
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
@@ -61,20 +88,63 @@ class FaceDetector:
             gray = cv2.resize(
                 gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
             )
-        gray = cv2.equalizeHist(gray)
+        found = self._find(self._cascade, cv2.equalizeHist(gray))
         opts = self.options
-        found = self._cascade.detectMultiScale(
-            gray,
+        border = round(opts.border_fraction * max(gray.shape))
+        if not found and border > 0:
+            bordered = _with_border(gray, border)
+            passes = [(self._cascade, False)] + (
+                [(self._profile, False), (self._profile, True)] if self._profile else []
+            )
+            min_side = opts.fill_fraction * min(gray.shape)
+            for cascade, mirrored in passes:
+                image = bordered[:, ::-1] if mirrored else bordered
+                found = [
+                    (bordered.shape[1] - 2 * border - x - w, y, w, h) if mirrored else (x, y, w, h)
+                    for (x, y, w, h) in self._find(cascade, image, offset=border)
+                    if max(w, h) >= min_side
+                ]
+                if found:
+                    break
+        boxes = [_clipped(box, scale, width, height) for box in found]
+        boxes = [box for box in boxes if box.w > 0 and box.h > 0]
+        boxes.sort(key=lambda b: b.w * b.h, reverse=True)
+        return boxes[: opts.max_faces]
+
+    def _find(
+        self, cascade: cv2.CascadeClassifier, gray: np.ndarray, *, offset: int = 0
+    ) -> list[tuple[int, int, int, int]]:
+        """Boxes (x, y, w, h) at detection scale, shifted by ``-offset`` (the border around ``gray``)."""
+        opts = self.options
+        found = cascade.detectMultiScale(
+            np.ascontiguousarray(gray),
             scaleFactor=opts.scale_factor,
             minNeighbors=opts.min_neighbors,
             minSize=(opts.min_face_px, opts.min_face_px),
         )
-        boxes = [
-            FaceBox(round(x / scale), round(y / scale), round(w / scale), round(h / scale))
-            for (x, y, w, h) in (found if len(found) else [])
-        ]
-        boxes.sort(key=lambda b: b.w * b.h, reverse=True)
-        return boxes[: opts.max_faces]
+        return [(int(x) - offset, int(y) - offset, int(w), int(h)) for (x, y, w, h) in found]
+
+
+def _load_cascade(path: Path) -> cv2.CascadeClassifier:
+    cascade = cv2.CascadeClassifier(str(path))
+    if cascade.empty():
+        raise FileNotFoundError(f"Haar cascade not loadable: {path}")
+    return cascade
+
+
+def _with_border(gray: np.ndarray, border: int) -> np.ndarray:
+    """``gray`` inside a border of ``border`` pixels of mid-grey (what a plain background looks like)."""
+    return cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_CONSTANT, value=BORDER_GREY)
+
+
+def _clipped(box: tuple[int, int, int, int], scale: float, width: int, height: int) -> FaceBox:
+    """A box at detection scale mapped back to frame pixels and cut to the frame of size (W, H)."""
+    x, y, w, h = (round(v / scale) for v in box)
+    if x < 0:
+        x, w = 0, w + x
+    if y < 0:
+        y, h = 0, h + y
+    return FaceBox(x, y, min(w, width - x), min(h, height - y))
 
 
 def square_crop(frame: np.ndarray, box: FaceBox, margin: float = CROP_MARGIN) -> np.ndarray:

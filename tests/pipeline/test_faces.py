@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from pipeline.faces import CROP_MARGIN, FaceBox, FaceDetector, square_crop, to_model_input
+from pipeline.faces import CROP_MARGIN, DetectorOptions, FaceBox, FaceDetector, square_crop, to_model_input
 from workers.samples import face_image
 
 
@@ -58,3 +60,75 @@ def test_model_input_is_scaled_float() -> None:
     x = to_model_input(crops, (32, 48))
     assert x.shape == (2, 32, 48, 3) and x.dtype == np.float32
     assert x[0].min() == pytest.approx(1.0) and x[1].max() == 0.0
+
+
+# --- faces that fill the frame: tight crops, padded crops, faces turned aside -------------------------------
+
+# the frontal cascade alone, as deepscan 0.7.0 ran it
+SINGLE_PASS = DetectorOptions(border_fraction=0.0, profile=False)
+
+
+def tight_astronaut(fraction: float = 0.8, side_px: int = 224) -> np.ndarray:
+    """Her face cut tighter than the Haar box (``fraction`` of its side), resized: a DFDC-style face crop."""
+    import cv2
+
+    image = face_image()
+    (box,) = FaceDetector().detect(image)
+    side = round(box.w * fraction)
+    x0, y0 = round(box.x + box.w / 2 - side / 2), round(box.y + box.h / 2 - side / 2)
+    return cv2.resize(
+        image[y0 : y0 + side, x0 : x0 + side], (side_px, side_px), interpolation=cv2.INTER_CUBIC
+    )
+
+
+def grey_canvas(crop: np.ndarray, face_fraction: float) -> tuple[np.ndarray, FaceBox]:
+    side = round(crop.shape[0] / face_fraction)
+    canvas = np.full((side, side, 3), 128, np.uint8)
+    offset = (side - crop.shape[0]) // 2
+    canvas[offset : offset + crop.shape[0], offset : offset + crop.shape[1]] = crop
+    return canvas, FaceBox(offset, offset, crop.shape[1], crop.shape[0])
+
+
+def test_a_tight_crop_is_found_once_the_frame_has_a_border(detector: FaceDetector) -> None:
+    crop = tight_astronaut()
+    assert FaceDetector(SINGLE_PASS).detect(crop) == []  # the cascade's window has no room around the face
+    (box,) = detector.detect(crop)
+    assert box.x >= 0 and box.y >= 0 and box.x + box.w <= 224 and box.y + box.h <= 224  # cut to the frame
+    assert box.w * box.h > 0.8 * 224 * 224
+
+
+def test_a_crop_on_a_grey_canvas_is_found(detector: FaceDetector) -> None:
+    """Equalising a frame that is mostly flat grey crushes the face; the later passes do not equalise."""
+    canvas, pasted = grey_canvas(tight_astronaut(), 0.4)
+    assert FaceDetector(SINGLE_PASS).detect(canvas) == []
+    (box,) = detector.detect(canvas)
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    assert pasted.x < cx < pasted.x + pasted.w and pasted.y < cy < pasted.y + pasted.h
+
+
+def test_a_face_turned_aside_is_found_by_the_profile_pass_in_either_direction(detector: FaceDetector) -> None:
+    import cv2
+    from skimage import data
+
+    camera = np.repeat(data.camera()[..., None], 3, axis=-1)
+    crop = cv2.resize(camera[50:180, 200:330], (224, 224), interpolation=cv2.INTER_CUBIC)  # his head
+    assert FaceDetector(DetectorOptions(profile=False)).detect(crop) == []  # no frontal pass finds it
+    (box,) = detector.detect(crop)
+    assert box.x < 112 and box.y > 80  # the face, low left in the crop, not the camera on the right
+    (mirrored,) = detector.detect(np.ascontiguousarray(crop[:, ::-1]))
+    assert mirrored == FaceBox(224 - box.x - box.w, box.y, box.w, box.h)
+
+
+def test_the_first_pass_keeps_its_boxes(detector: FaceDetector) -> None:
+    image = face_image()
+    assert detector.detect(image) == FaceDetector(SINGLE_PASS).detect(image)
+
+
+def test_the_later_passes_invent_no_face_in_stills_without_one(detector: FaceDetector, samples: Path) -> None:
+    from skimage import data
+
+    from pipeline.media import load_image
+
+    assert detector.detect(load_image(samples / "no_face.png")) == []
+    for still in (data.coffee(), data.chelsea(), data.rocket(), data.astronaut()[300:, :200]):
+        assert detector.detect(np.ascontiguousarray(still)) == []
