@@ -1,8 +1,11 @@
 """Loaders that turn anti-spoofing corpora on disk into one flat list of labelled clips.
 
-Three layouts are read: the ASVspoof 2019 LA countermeasure protocol, In-the-Wild's ``meta.csv``, and
-plain ``real/`` / ``fake/`` folders (what :func:`training.spoofs.build_spoof_dataset` writes). Every loader
-returns :class:`AudioItem` rows and never decodes audio; decoding stays in :mod:`pipeline.media`.
+Five layouts are read: the ASVspoof 2019 LA countermeasure protocol, In-the-Wild's ``meta.csv``, the
+``labels.csv`` of ``../shared/data/audio/neural`` (neural vocoders, codecs and TTS with their recordings),
+plain ``real/`` / ``fake/`` folders (what :func:`training.spoofs.build_spoof_dataset` writes), and a folder
+of bona fide speech inside a ``real/`` directory (LibriSpeech). :func:`load_audio_dataset` tells them
+apart; every loader returns :class:`AudioItem` rows and never decodes audio; decoding stays in
+:mod:`pipeline.media`.
 
 :func:`speaker_disjoint_split` then assigns whole speakers to train / val / test, so a detector is never
 scored on a voice it was trained on.
@@ -28,6 +31,23 @@ FAMILY_UNKNOWN = "unknown"
 
 SOURCE_ASVSPOOF2019_LA = "asvspoof2019_la"
 SOURCE_IN_THE_WILD = "in_the_wild"
+
+# ../shared/data/audio/neural/labels.csv: "path,label,source,system,corpus" (labels real / fake). ``source``
+# is the demo page a clip was taken from, which is also its generator family: the recordings a page's
+# fakes were made from come from the same page.
+NEURAL_LABELS_FILE = "labels.csv"
+_NEURAL_COLUMNS = ("path", "label", "source", "system", "corpus")
+_NEURAL_LABELS = {"real": LABEL_BONAFIDE, "fake": LABEL_SPOOF}
+# Speakers the neural clips' names give away: VCTK (p225 ...), Multilingual LibriSpeech ("cml__LANG__SPEAKER_"),
+# DAPS (f1 ... m10). Elsewhere the speaker is the corpus: LJSpeech is one voice. The HiFi-GAN page mixes
+# LJSpeech and VCTK: its "ms" (multi-speaker) set is VCTK, whose speakers it does not name, and its other
+# sets (single speaker, end-to-end, ablation) are LJSpeech, as in the paper (Kong et al., 2020).
+_NEURAL_SPEAKERS = (
+    re.compile(r"(?:^|_)(?P<speaker>p\d{3})_sample_"),
+    re.compile(r"__cml__(?P<lang>[a-z]{2})__(?P<speaker>\d+)_"),
+    re.compile(r"__daps__(?P<speaker>[fm]\d+)_"),
+)
+_NEURAL_MULTI_SPEAKER_SET = re.compile(r"^(?P<page>[^_]+)_\w*?__ms__")
 
 # ASVspoof 2019 LA CM protocol: "SPEAKER_ID AUDIO_FILE_NAME - SYSTEM_ID KEY" (ASVspoof 2019 evaluation
 # plan, section on protocols); SYSTEM_ID is "-" for bona fide speech and A01..A19 for spoofs.
@@ -61,8 +81,12 @@ class AudioItem:
     """One labelled clip on disk.
 
     ``label`` is 1 for spoof / fake and 0 for bona fide / real. ``family`` names the generator (``A01``
-    for ASVspoof, a folder name for folder datasets) and is ``bonafide`` for real speech. ``source`` names
-    the dataset the clip came from.
+    for ASVspoof, a folder name for folder datasets, the demo page for ``audio/neural``) and is
+    ``bonafide`` for real speech. ``source`` names the dataset the clip came from. ``collection`` names the
+    family whose own recordings a real clip is (``audio/neural``: a demo page's ground truth, and that
+    page's fakes), empty where real clips are shared by every family; holding a family out of training
+    holds out its collection too. ``system`` (the generator within the family) and ``corpus`` (of the
+    recordings) are what ``labels.csv`` says, where a dataset says it.
     """
 
     path: Path
@@ -70,6 +94,9 @@ class AudioItem:
     speaker: str
     family: str
     source: str
+    collection: str = ""
+    system: str = ""
+    corpus: str = ""
 
 
 def speaker_from_stem(stem: str) -> str:
@@ -197,6 +224,125 @@ def load_folders(root: str | Path, *, source: str | None = None) -> list[AudioIt
             family = parts[class_index + 1] if class_index + 1 < len(parts) else _FOLDER_FAMILY_FAKE
         items.append(AudioItem(path, label, speaker_from_stem(path.stem), family, source))
     return items
+
+
+def neural_speaker(file_name: str, corpus: str) -> str:
+    """The speaker of an ``audio/neural`` clip: from its name where it says (VCTK, MLS, DAPS), else the corpus.
+
+    A clip of a page that mixes corpora (``LJSpeech/VCTK``) belongs to the first of them, unless its name
+    marks a multi-speaker set (``__ms__``): those clips are one group per page (``hifigan:ms``).
+    """
+    for pattern in _NEURAL_SPEAKERS:
+        match = pattern.search(file_name)
+        if match:
+            lang = match.groupdict().get("lang")
+            return f"mls:{lang}:{match.group('speaker')}" if lang else match.group("speaker")
+    multi = _NEURAL_MULTI_SPEAKER_SET.match(file_name)
+    if multi:
+        return f"{multi.group('page')}:ms"
+    return corpus.split("/")[0]
+
+
+def load_neural(root: str | Path, *, source: str | None = None) -> list[AudioItem]:
+    """Read ``root/labels.csv`` (header ``path,label,source,system,corpus``; labels ``real`` / ``fake``).
+
+    Audio is at ``root/<path>``. The csv's ``source`` (the demo page) is the family of its fakes and the
+    ``collection`` of all its clips, real and fake; ``speaker`` comes from :func:`neural_speaker`.
+    ``source`` (the dataset) defaults to the name of ``root``. Rows whose audio is missing are skipped with
+    one warning giving their count. Raises ``ValueError`` for a missing column, an unknown label or an
+    empty field (naming the line number).
+    """
+    root = Path(root)
+    dataset = source if source is not None else root.name
+    table = root / NEURAL_LABELS_FILE
+    items: list[AudioItem] = []
+    missing = 0
+    with table.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        absent = [c for c in _NEURAL_COLUMNS if c not in (reader.fieldnames or [])]
+        if absent:
+            raise ValueError(
+                f"{table}: header lacks column(s) {absent}; expected {','.join(_NEURAL_COLUMNS)}"
+            )
+        for row in reader:
+            fields = {c: (row[c] or "").strip() for c in _NEURAL_COLUMNS}
+            if fields["label"] not in _NEURAL_LABELS:
+                raise ValueError(
+                    f"{table}:{reader.line_num}: label must be one of {sorted(_NEURAL_LABELS)}, "
+                    f"got {fields['label']!r}"
+                )
+            empty = [c for c in ("path", "source") if not fields[c]]
+            if empty:
+                raise ValueError(f"{table}:{reader.line_num}: empty field(s) {empty}")
+            path = root / fields["path"]
+            if not path.is_file():
+                missing += 1
+                continue
+            label = _NEURAL_LABELS[fields["label"]]
+            family = FAMILY_BONAFIDE if label == LABEL_BONAFIDE else fields["source"]
+            speaker = neural_speaker(path.name, fields["corpus"] or fields["source"])
+            items.append(AudioItem(path, label, speaker, family, dataset, fields["source"], fields["system"],
+                                   fields["corpus"]))  # fmt: skip
+    if missing:
+        logger.warning(
+            "Skipped %d of %d rows in %s whose audio is missing", missing, missing + len(items), table
+        )
+    return items
+
+
+def load_bonafide(root: str | Path, *, source: str | None = None) -> list[AudioItem]:
+    """Every audio file (by suffix) below ``root``, all bona fide: a corpus of real speech (LibriSpeech).
+
+    ``speaker`` is the first field of a ``SPEAKER-CHAPTER-UTT`` stem, else the whole stem; ``source``
+    defaults to the name of ``root``. Sorted by path.
+    """
+    root = Path(root)
+    source = source if source is not None else root.name
+    return [
+        AudioItem(path, LABEL_BONAFIDE, speaker_from_stem(path.stem), FAMILY_BONAFIDE, source)
+        for path in sorted(root.rglob("*"))
+        if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
+    ]
+
+
+def load_audio_dataset(root: str | Path) -> list[AudioItem]:
+    """The labelled clips of one dataset folder, whichever layout it has.
+
+    ``labels.csv`` with the ``audio/neural`` header: :func:`load_neural`; ``meta.csv``: In-the-Wild;
+    ``real/`` and ``fake/`` folders below ``root``: :func:`load_folders`; a folder that itself sits inside a
+    ``real/`` directory (``../shared/data/audio/real/librispeech``): :func:`load_bonafide`. Empty when
+    ``root`` holds no labelled clip; raises ``FileNotFoundError`` when it does not exist.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no dataset folder {root}")
+    if (root / NEURAL_LABELS_FILE).is_file():
+        return load_neural(root)
+    if (root / "meta.csv").is_file():
+        return load_in_the_wild(root)
+    items = load_folders(root)
+    if not items and any(part.lower() == "real" for part in root.resolve().parts):
+        items = load_bonafide(root)
+    return items
+
+
+def held_out(item: AudioItem, families: Iterable[str]) -> bool:
+    """Whether ``item`` belongs to one of ``families``: a fake of the family, or a clip of its collection."""
+    families = set(families)
+    return item.family in families or item.collection in families
+
+
+def load_audio_datasets(roots: Iterable[str | Path]) -> list[AudioItem]:
+    """The clips of several dataset folders (:func:`load_audio_dataset`), in the order given.
+
+    Raises ``ValueError`` when two folders share a name: items name their dataset by the folder's name.
+    """
+    folders = [Path(root) for root in roots]
+    names = [folder.name for folder in folders]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"dataset folders must have different names; repeated: {repeated}")
+    return [item for folder in folders for item in load_audio_dataset(folder)]
 
 
 def _speaker_position(speaker: str) -> float:

@@ -10,9 +10,14 @@ import soundfile as sf
 from pipeline.media import load_audio
 from training.audio_datasets import (
     AudioItem,
+    held_out,
     load_asvspoof2019_la,
+    load_audio_dataset,
+    load_audio_datasets,
     load_folders,
     load_in_the_wild,
+    load_neural,
+    neural_speaker,
     speaker_disjoint_split,
     speaker_from_stem,
 )
@@ -207,3 +212,126 @@ def test_split_fractions_are_checked() -> None:
     for bad in ((0.7, 0.3), (0.7, 0.2, 0.2), (1.2, -0.1, -0.1)):
         with pytest.raises(ValueError, match="fractions"):
             speaker_disjoint_split(items, bad)
+
+
+# --- audio/neural labels.csv ------------------------------------------------------------------------------
+
+NEURAL_ROWS = (
+    "path,label,source,system,corpus\n"
+    "real/lfr_codec_audios_demo__T5-TTS__p249_sample_p249_167_with_ref_p249_005_idx_58_GT.flac,real,lfr_codec,GT,VCTK/MLS/DAPS\n"
+    "fake/lfr_codec_audios_demo__T5-TTS__p249_sample_p249_167_with_ref_p249_005_idx_58_DAC-7.75kbps.flac,fake,lfr_codec,T5-TTS:DAC-7.75kbps,VCTK/MLS/DAPS\n"
+    "fake/lfr_codec_audios_demo__codecs_reconstruction__cml__sp__5870_4006_000050_None_12.1_GT.flac,fake,lfr_codec,codec:DAC,VCTK/MLS/DAPS\n"
+    "fake/lfr_codec_audios_demo__codecs_reconstruction__daps__m10_script2_cleanraw_00000023_SpectralCodec.flac,fake,lfr_codec,codec:SpectralCodec,VCTK/MLS/DAPS\n"
+    "real/flowvoc_Ground-truth__LJ001-0010.flac,real,flowvoc,GT,LJSpeech\n"
+    "fake/flowvoc_TTS__WaveGlow__LJ001-0002.flac,fake,flowvoc,TTS:WaveGlow,LJSpeech\n"
+    "fake/missing.flac,fake,flowvoc,TTS:WaveGlow,LJSpeech\n"
+)  # fmt: skip
+
+
+def write_neural(root: Path, rows: str = NEURAL_ROWS) -> Path:
+    for line in rows.splitlines()[1:]:
+        path = line.split(",")[0]
+        if "missing" not in path:
+            write_clip(root / path)
+    (root / "labels.csv").write_text(rows)
+    return root
+
+
+def test_load_neural(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_neural(tmp_path / "neural")
+    with caplog.at_level(logging.WARNING, logger="training.audio_datasets"):
+        items = load_neural(root)
+    assert [(i.label, i.speaker, i.family, i.source, i.collection, i.corpus) for i in items] == [
+        (0, "p249", "bonafide", "neural", "lfr_codec", "VCTK/MLS/DAPS"),
+        (1, "p249", "lfr_codec", "neural", "lfr_codec", "VCTK/MLS/DAPS"),
+        (1, "mls:sp:5870", "lfr_codec", "neural", "lfr_codec", "VCTK/MLS/DAPS"),
+        (1, "m10", "lfr_codec", "neural", "lfr_codec", "VCTK/MLS/DAPS"),
+        (0, "LJSpeech", "bonafide", "neural", "flowvoc", "LJSpeech"),
+        (1, "LJSpeech", "flowvoc", "neural", "flowvoc", "LJSpeech"),
+    ]
+    assert (
+        items[5].system == "TTS:WaveGlow"
+        and items[5].path == root / "fake/flowvoc_TTS__WaveGlow__LJ001-0002.flac"
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Skipped 1 of 7" in warnings[0]
+    assert load_audio_dataset(root) == items  # labels.csv is recognised
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ("path,label,source,corpus\nx.flac,fake,a,b\n", "lacks column"),
+        ("path,label,source,system,corpus\nx.flac,spoof,a,s,b\n", r"labels\.csv:2: label must be one of"),
+        ("path,label,source,system,corpus\nx.flac,fake,,s,b\n", r"labels\.csv:2: empty field"),
+    ],
+)
+def test_load_neural_refuses_malformed_tables(tmp_path: Path, rows: str, message: str) -> None:
+    (tmp_path / "labels.csv").write_text(rows)
+    with pytest.raises(ValueError, match=message):
+        load_neural(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "corpus", "speaker"),
+    [("hifigan_samples__ms__GT__ms_gt_1.flac", "LJSpeech/VCTK", "hifigan:ms"),
+     ("hifigan_samples__e2e__HGAN_V1__e2e_hgan_v1_1.flac", "LJSpeech/VCTK", "LJSpeech"),
+     ("lfr_codec_audios_demo__codecs_reconstruction__cml__du__4429_3991_000756-0001_None_17.3_GT.flac",
+      "VCTK/MLS/DAPS", "mls:du:4429"),
+     ("glowtts_wavs__lj_01_gt.flac", "LJSpeech", "LJSpeech")],
+)  # fmt: skip
+def test_neural_speaker(name: str, corpus: str, speaker: str) -> None:
+    assert neural_speaker(name, corpus) == speaker
+
+
+def test_load_audio_dataset_tells_the_layouts_apart(tmp_path: Path) -> None:
+    write_clip(tmp_path / "spoofs" / "real" / "19-198-0001.wav")
+    write_clip(tmp_path / "spoofs" / "fake" / "espeak" / "19-espeak-0.wav")
+    write_clip(tmp_path / "real" / "librispeech" / "26-495-0000.flac")
+    write_clip(tmp_path / "elsewhere" / "26-495-0001.flac")  # not inside real/: no label to give it
+    spoofs = load_audio_dataset(tmp_path / "spoofs")
+    assert [(i.label, i.family, i.source) for i in spoofs] == [
+        (1, "espeak", "spoofs"),
+        (0, "bonafide", "spoofs"),
+    ]
+    (libri,) = load_audio_dataset(tmp_path / "real" / "librispeech")
+    assert (libri.label, libri.speaker, libri.family, libri.source) == (0, "26", "bonafide", "librispeech")
+    assert load_audio_dataset(tmp_path / "elsewhere") == []
+    with pytest.raises(FileNotFoundError):
+        load_audio_dataset(tmp_path / "absent")
+    both = load_audio_datasets([tmp_path / "spoofs", tmp_path / "real" / "librispeech"])
+    assert both == [*spoofs, libri]
+    write_clip(tmp_path / "other" / "spoofs" / "real" / "1-1-1.wav")
+    with pytest.raises(ValueError, match="different names"):
+        load_audio_datasets([tmp_path / "spoofs", tmp_path / "other" / "spoofs"])
+
+
+def test_a_held_out_family_takes_its_collection_along() -> None:
+    real_of_page = AudioItem(Path("r.flac"), 0, "LJSpeech", "bonafide", "neural", collection="flowvoc")
+    fake_of_page = AudioItem(Path("f.flac"), 1, "LJSpeech", "flowvoc", "neural", collection="flowvoc")
+    shared_real = AudioItem(Path("s.wav"), 0, "19", "bonafide", "spoofs")
+    generated = AudioItem(Path("g.wav"), 1, "19", "espeak", "spoofs")
+    assert [held_out(i, ["flowvoc"]) for i in (real_of_page, fake_of_page, shared_real, generated)] == [
+        True, True, False, False,
+    ]  # fmt: skip
+    assert [held_out(i, {"espeak"}) for i in (real_of_page, fake_of_page, shared_real, generated)] == [
+        False, False, False, True,
+    ]  # fmt: skip
+
+
+@pytest.mark.shared_data
+@needs_shared_data
+def test_neural_labels_of_the_shared_data() -> None:
+    items = load_audio_dataset(SHARED_DATA / "audio" / "neural")
+    assert len(items) == 834 and all(i.path.is_file() for i in items)
+    fakes = [i for i in items if i.label == 1]
+    assert {i.family for i in fakes} == {"diffwave", "flowvoc", "glowtts", "hifigan", "lfr_codec"}
+    assert all(i.family == i.collection for i in fakes)
+    assert {i.collection for i in items if i.label == 0} == {
+        i.family for i in fakes
+    }  # every page has recordings
+    # LJSpeech is one voice: all of its clips fall into one split
+    splits = speaker_disjoint_split(items)
+    assert sum(any(i.speaker == "LJSpeech" for i in part) for part in splits.values()) == 1
+    libri = load_audio_dataset(SHARED_DATA / "audio" / "real" / "librispeech")
+    assert len(libri) == 251 and {i.label for i in libri} == {0} and len({i.speaker for i in libri}) == 251
