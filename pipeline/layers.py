@@ -2,8 +2,9 @@
 
 Registered under the package name ``deepscan``, so a saved member finds its layers whatever module defines
 them. Keras 3 API only (no backend-specific ops): a member runs on TensorFlow here and on JAX or PyTorch
-elsewhere. Every layer takes RGB float32 in [0, 1] of shape (N, H, W, 3). The builders that assemble
-members from these layers live in ``training.architectures``.
+elsewhere. Every image layer takes RGB float32 in [0, 1] of shape (N, H, W, 3); the audio layer
+(``LogMelStatistics``) takes the standardised log-mel windows of ``pipeline.audio.spectrograms``. The builders
+that assemble members from these layers live in ``training.architectures``.
 """
 
 from __future__ import annotations
@@ -345,3 +346,74 @@ class ChromaResidual(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "truncation": self.truncation}
+
+
+LOGMEL_STATISTICS = ("mean", "std", "delta", "delta2", "band_delta")
+# A frame whose bands span less than this (in units of the window's standard deviation) is digital
+# silence: the zero padding of a clip shorter than a window, or a generator's exact zeros. Real recordings
+# never reach it (their noise floor varies across bands); statistics skip such frames.
+SILENT_FRAME_SPREAD = 1e-3
+
+
+@keras.saving.register_keras_serializable(package="deepscan")
+class LogMelStatistics(layers.Layer):
+    """Per-band statistics over time of a standardised log-mel window: (N, F, T, 1) -> (N, D).
+
+    For every band, over the frames that are not digital silence (``SILENT_FRAME_SPREAD``):
+
+    - ``mean``: the band's mean log power (the long-term spectral envelope), F values;
+    - ``std``: its standard deviation over time, F values;
+    - ``delta``: the mean absolute frame-to-frame change (10 ms apart), F values;
+    - ``delta2``: the mean absolute second difference, x[t-1] - 2 x[t] + x[t+1], F values;
+    - ``band_delta``: the mean absolute difference between neighbouring bands, F - 1 values.
+
+    Vocoders and codecs rebuild the fine time structure of a spectrogram from a coarse one; how much each
+    band moves from frame to frame, and how smooth it is across bands, is where they differ from
+    recordings, and statistics over a whole window do not depend on what is said (log-mel statistics
+    as countermeasure features: Sahidullah et al., 2015, "A comparison of features for synthetic speech
+    detection"). No weights: the member's head reads these.
+    """
+
+    def __init__(self, statistics: tuple[str, ...] | list[str] = LOGMEL_STATISTICS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        unknown = [s for s in statistics if s not in LOGMEL_STATISTICS]
+        if unknown or not statistics:
+            raise ValueError(
+                f"statistics must be a non-empty subset of {LOGMEL_STATISTICS}, got {statistics}"
+            )
+        self.statistics = tuple(str(s) for s in statistics)
+
+    def call(self, spectrogram: Any) -> Any:
+        x = spectrogram[..., 0]  # (N, F, T)
+        spread = ops.max(x, axis=1) - ops.min(x, axis=1)  # (N, T)
+        sound = ops.expand_dims(ops.cast(spread > SILENT_FRAME_SPREAD, x.dtype), 1)  # (N, 1, T)
+
+        def average(values: Any, weights: Any) -> Any:  # weighted mean over time: (N, F', T') -> (N, F')
+            return ops.sum(values * weights, axis=2) / (ops.sum(weights, axis=2) + 1e-6)
+
+        mean = average(x, sound)
+        out = []
+        for name in self.statistics:
+            if name == "mean":
+                out.append(mean)
+            elif name == "std":
+                centred = x - ops.expand_dims(mean, -1)
+                out.append(ops.sqrt(average(centred * centred, sound) + 1e-6))
+            elif name == "delta":
+                out.append(average(ops.abs(x[:, :, 1:] - x[:, :, :-1]), sound[:, :, 1:] * sound[:, :, :-1]))
+            elif name == "delta2":
+                second = x[:, :, :-2] - 2.0 * x[:, :, 1:-1] + x[:, :, 2:]
+                out.append(average(ops.abs(second), sound[:, :, :-2] * sound[:, :, 1:-1] * sound[:, :, 2:]))
+            else:  # band_delta
+                out.append(average(ops.abs(x[:, 1:, :] - x[:, :-1, :]), sound))
+        return ops.concatenate(out, axis=-1)
+
+    def output_size(self, bands: int) -> int:
+        return sum(bands - 1 if name == "band_delta" else bands for name in self.statistics)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        bands = input_shape[1]
+        return (input_shape[0], None if bands is None else self.output_size(bands))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "statistics": list(self.statistics)}

@@ -1,7 +1,7 @@
 """Model builders, one per member architecture: what training assembles from ``pipeline.layers``.
 
 Every image member takes RGB float32 in [0, 1] of shape (N, H, W, 3) and returns P(fake) of shape (N, 1);
-the audio member takes log-spectrogram windows of shape (N, F, T, 1) and returns P(fake) of shape (N, 1).
+the audio members take log-spectrogram windows of shape (N, F, T, 1) and return P(fake) of shape (N, 1).
 ImageNet weights are not available here, so every backbone starts from ``weights=None``.
 """
 
@@ -21,6 +21,7 @@ from pipeline.layers import (
     ChromaResidual,
     ColourSpectrum,
     ColourTexture,
+    LogMelStatistics,
     LogSpectrum,
     SpectrumProfile,
 )
@@ -191,3 +192,38 @@ def build_audio_cnn(input_shape: tuple[int, int]) -> keras.Model:
     x = layers.Dropout(0.3, name="dropout")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
     return keras.Model(inputs, outputs, name="audio_cnn")
+
+
+AUDIO_ARCHITECTURES = ("audio_cnn", "logmel_stats")
+
+
+def build_statistics_head(
+    mean: Any, variance: Any, *, hidden: int = 32, dropout: float = 0.2, name: str = "head"
+) -> keras.Model:
+    """The head of a ``logmel_stats`` member: (N, D) statistics -> P(fake) (N, 1).
+
+    The statistics are standardised with the training set's ``mean`` and ``variance`` (D values each,
+    fixed), then read by one hidden layer of ``hidden`` units, or by a logistic regression with
+    ``hidden=0``.
+    """
+    features = keras.Input((len(mean),), name="statistics")
+    x = layers.Normalization(mean=mean, variance=variance, name="standardise")(features)
+    if hidden:
+        x = layers.Dense(hidden, activation="relu", name="hidden")(x)
+        x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
+    return keras.Model(features, outputs, name=name)
+
+
+def build_logmel_statistics(
+    input_shape: tuple[int, int], head: keras.Model, *, statistics: tuple[str, ...] | None = None
+) -> keras.Model:
+    """The ``logmel_stats`` audio member: ``LogMelStatistics`` over (F, T) log-mel windows, then ``head``.
+
+    Input (N, F, T, 1) standardised per window; output P(fake) (N, 1). The head is trained on the
+    statistics alone (they have no weights), so that training never holds spectrograms in memory.
+    """
+    inputs = keras.Input((*input_shape, 1), name="spectrogram")
+    kwargs = {} if statistics is None else {"statistics": statistics}
+    x = LogMelStatistics(name="logmel_statistics", **kwargs)(inputs)
+    return keras.Model(inputs, head(x), name="logmel_stats")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -279,3 +280,61 @@ def test_front_ends() -> None:
         build_image_member("profile", (32, 32), front_end="spectrum")
     with pytest.raises(ValueError, match="unknown front end"):
         build_image_member("densenet121", (32, 32), front_end="wavelet")
+
+
+# --- audio: log-mel statistics ----------------------------------------------------------------------------
+
+
+def test_logmel_statistics_per_band() -> None:
+    from pipeline.layers import LOGMEL_STATISTICS, LogMelStatistics
+
+    bands, frames = 4, 9
+    t = np.arange(frames, dtype=np.float32)
+    x = np.stack([np.full(frames, 1.0), 0.5 * t, (-1.0) ** t, np.zeros(frames)]).astype(np.float32)
+    out = np.asarray(LogMelStatistics()(x[None, :, :, None]))[0]
+    assert out.shape == (5 * bands - 1,)
+    mean, std, delta, delta2, band_delta = np.split(out, np.cumsum([bands] * 4))
+    np.testing.assert_allclose(mean, [1.0, 2.0, 1 / 9, 0.0], atol=1e-5)
+    np.testing.assert_allclose(
+        std, [0.0, 0.5 * t.std(), np.sqrt(1 - 1 / 81), 0.0], atol=2e-3
+    )  # sqrt(v + 1e-6)
+    np.testing.assert_allclose(delta, [0.0, 0.5, 2.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(delta2, [0.0, 0.0, 4.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(band_delta, np.abs(np.diff(x, axis=0)).mean(axis=1), atol=1e-5)
+    only = LogMelStatistics(statistics=("std", "band_delta"))
+    assert only.compute_output_shape((None, bands, frames, 1)) == (None, 2 * bands - 1)
+    np.testing.assert_allclose(np.asarray(only(x[None, :, :, None]))[0], np.concatenate([std, band_delta]))
+    with pytest.raises(ValueError, match="subset"):
+        LogMelStatistics(statistics=("mean", "kurtosis"))
+    assert set(LOGMEL_STATISTICS) == {"mean", "std", "delta", "delta2", "band_delta"}
+
+
+def test_logmel_statistics_skip_digital_silence() -> None:
+    """Zero padding (a clip shorter than its window) is constant across bands: it does not count."""
+    from pipeline.layers import LogMelStatistics
+
+    rng = np.random.default_rng(0)
+    speech = rng.normal(size=(1, 16, 60, 1)).astype(np.float32)
+    padded = np.concatenate([speech, np.full((1, 16, 40, 1), -3.0, np.float32)], axis=2)
+    layer = LogMelStatistics()
+    np.testing.assert_allclose(np.asarray(layer(padded)), np.asarray(layer(speech)), rtol=1e-5, atol=1e-5)
+
+
+def test_logmel_stats_member_reloads_with_identical_outputs(tmp_path: Path) -> None:
+    from pipeline.layers import LogMelStatistics
+    from training.architectures import build_logmel_statistics, build_statistics_head
+
+    rng = np.random.default_rng(1)
+    windows = rng.normal(size=(3, 8, 21, 1)).astype(np.float32)
+    statistics = np.asarray(LogMelStatistics()(windows))
+    keras.utils.set_random_seed(0)
+    for hidden in (0, 16):
+        head = build_statistics_head(statistics.mean(axis=0), statistics.var(axis=0) + 1e-3, hidden=hidden)
+        model = build_logmel_statistics((8, 21), head)
+        assert model.output_shape == (None, 1)
+        model.save(tmp_path / f"member{hidden}.keras")
+        reloaded = keras.saving.load_model(tmp_path / f"member{hidden}.keras", compile=False)
+        np.testing.assert_array_equal(model.predict(windows, verbose=0), reloaded.predict(windows, verbose=0))
+        # the statistics layer inside is the registered one, with its configuration
+        layer = reloaded.get_layer("logmel_statistics")
+        assert isinstance(layer, LogMelStatistics) and layer.statistics == LogMelStatistics().statistics
