@@ -91,9 +91,10 @@ def evaluate_images(pack: ModelPack, data_dir: str | Path, *, split: str | None 
 
 
 def evaluate_audio(
-    pack: ModelPack, data_dir: str | Path, *, split: str | None = "test"
+    pack: ModelPack, data_dir: str | Path | Sequence[str | Path], *, split: str | None = "test"
 ) -> tuple[Evaluation, list[tuple[Path, str]]]:
-    """Score clips under ``real/`` and ``fake/<family>/`` of ``data_dir`` (speaker-disjoint split, or all).
+    """Score the clips of one dataset folder or several (any layout ``load_audio_dataset`` reads; the
+    speaker-disjoint split, or all).
 
     Returns the evaluation (one subset per spoof family, each against all bona fide clips, plus
     ``held_out_pooled`` when the pack names families held out of its training) and the clips that have
@@ -102,9 +103,10 @@ def evaluate_audio(
     from pipeline.analyze import Analyzer
     from pipeline.errors import DeepscanError
     from pipeline.media import load_audio
-    from training.audio_datasets import load_folders, speaker_disjoint_split
+    from training.audio_datasets import load_audio_datasets, speaker_disjoint_split
 
-    items = load_folders(data_dir)
+    dirs = [data_dir] if isinstance(data_dir, str | Path) else list(data_dir)
+    items = load_audio_datasets(dirs)
     if split is not None:
         items = speaker_disjoint_split(items)[split]
     analyzer = Analyzer(pack)
@@ -116,7 +118,7 @@ def evaluate_audio(
         except DeepscanError as e:
             unscored.append((item.path, e.reason))
     if not scored:
-        raise ValueError(f"no scorable clips in {data_dir} (split {split})")
+        raise ValueError(f"no scorable clips in {', '.join(map(str, dirs))} (split {split})")
     evaluation = Evaluation(
         np.array([i.label for i in scored]),
         [i.family for i in scored],

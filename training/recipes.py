@@ -29,7 +29,7 @@ from pipeline.pack import (
     store_float16,
     write_manifest,
 )
-from training.audio_datasets import AudioItem, load_folders, speaker_disjoint_split
+from training.audio_datasets import AudioItem, held_out, load_audio_datasets, speaker_disjoint_split
 from training.evaluate import ENSEMBLE, Evaluation, ensemble_against_best_member
 from training.fitting import (
     IMAGE_SUFFIXES,
@@ -47,6 +47,19 @@ from training.fitting import (
 from training.metrics import eer, threshold_at_fpr
 
 logger = logging.getLogger(__name__)
+
+# one audio dataset folder or several (``deepscan train audio --data DIR --data DIR``)
+DataDirs = str | Path | Sequence[str | Path]
+
+
+def data_dirs_of(data: DataDirs) -> list[Path]:
+    """One dataset folder or several, as a list of paths."""
+    return [Path(data)] if isinstance(data, str | Path) else [Path(d) for d in data]
+
+
+def data_label(data: DataDirs) -> str:
+    """The names of the dataset folders, as the manifest records them (``spoofs+neural``)."""
+    return "+".join(d.name for d in data_dirs_of(data))
 
 
 @dataclass(frozen=True)
@@ -366,7 +379,7 @@ def clip_scores(window_scores: np.ndarray, clips: np.ndarray, n_clips: int) -> n
 
 
 def train_audio_member(
-    data_dir: str | Path,
+    data_dir: DataDirs,
     out_dir: str | Path,
     *,
     front_end: AudioFrontEnd = AudioFrontEnd(),
@@ -377,16 +390,18 @@ def train_audio_member(
     version: str | None = None,
     verbose: int = 1,
 ) -> Manifest:
-    """Train an audio CNN on clips under ``real/`` and ``fake/<family>/`` of ``data_dir``; add it to the pack.
+    """Train an audio CNN on the clips of ``data_dir`` (one dataset folder or several, any layout
+    ``load_audio_dataset`` reads) and add it to the pack.
 
     The member is named ``audio_<feature>`` unless ``name`` says otherwise; a member of that name is
     replaced, other audio members stay and are fused with it (``fit_audio_fusion``). The split is
-    speaker-disjoint. Spoof families in ``holdout_families`` are kept out of training and validation
-    entirely: their test figures are the ones that predict unseen generators.
+    speaker-disjoint. Spoof families in ``holdout_families`` (their fakes, and the recordings of their
+    collection) are kept out of training and validation entirely: their test figures are the ones that
+    predict unseen generators.
     """
     from training.architectures import build_audio_cnn
 
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or f"audio_{front_end.feature}"
     _audio_pack_with(out_dir, name, front_end)  # refuses windows the pack cannot fuse, before training
@@ -446,11 +461,12 @@ def _audio_pack_with(
     return previous, members, layout
 
 
-def _audio_splits(data_dir: Path, holdout_families: Sequence[str]) -> dict[str, list[AudioItem]]:
-    splits = speaker_disjoint_split(load_folders(data_dir))
-    held = set(holdout_families)
+def _audio_splits(data: DataDirs, holdout_families: Sequence[str]) -> dict[str, list[AudioItem]]:
+    """Speaker-disjoint splits of every clip of the dataset folders; the held-out families (their fakes
+    and their collections) only in test."""
+    splits = speaker_disjoint_split(load_audio_datasets(data_dirs_of(data)))
     for split in ("train", "val"):
-        splits[split] = [item for item in splits[split] if item.family not in held]
+        splits[split] = [item for item in splits[split] if not held_out(item, holdout_families)]
     for split, items in splits.items():
         logger.info("%s: %d clips (%d spoofed)", split, len(items), sum(i.label for i in items))
     return splits
@@ -478,7 +494,7 @@ def score_audio_clips(
 
 
 def fit_audio_fusion(
-    data_dir: str | Path,
+    data_dir: DataDirs,
     pack_dir: str | Path,
     *,
     holdout_families: Sequence[str] = (),
@@ -492,7 +508,7 @@ def fit_audio_fusion(
     threshold sits at the validation EER point. Test figures: all clips, each family against all real
     clips, the held-out families pooled; for the fusion and for each member alone (Platt-scaled alike).
     """
-    data_dir, pack_dir = Path(data_dir), Path(pack_dir)
+    pack_dir = Path(pack_dir)
     pack = ModelPack.load(pack_dir, verify=False)
     splits = _audio_splits(data_dir, holdout_families)
     held = set(holdout_families)
@@ -541,7 +557,7 @@ def fit_audio_fusion(
         info={
             **dict(manifest.info),
             "audio_training": {
-                "data": data_dir.name,
+                "data": data_label(data_dir),
                 "split_clips": {k: len(v) for k, v in splits.items()},
                 "holdout_families": sorted(held),
                 "config": config.__dict__ if config else None,

@@ -99,8 +99,9 @@ def test_a_logmel_stats_member_ships_in_a_pack_and_scores_through_it(tmp_path: P
     assert report["recipe"]["copies"] == 1 and report["recipe"]["train_windows"] > 0
     # the pack's ordinary audio path scores a clip with it
     verdict = Analyzer(pack).score_audio(load_audio(next((data / "real").iterdir())))
-    assert 0.0 <= verdict["fake_probability"] <= 1.0 and verdict["windows"] == 1
+    assert verdict.fake_probability is not None and 0.0 <= verdict.fake_probability <= 1.0
+    assert verdict.windows == 1
     # members saved as float16 reload and score the tones apart from the chirps
     clips = sorted((data / "fake" / "tone").iterdir())[:4] + sorted((data / "real").iterdir())[:4]
-    scores = [Analyzer(pack).score_audio(load_audio(p))["fake_probability"] for p in clips]
+    scores = [Analyzer(pack).score_audio(load_audio(p)).fake_probability for p in clips]
     assert np.mean(scores[:4]) > np.mean(scores[4:])

@@ -21,7 +21,19 @@ def register(sub: Subparsers) -> None:
     train_sub = train.add_subparsers(dest="kind", required=True)
     for kind in ("image", "audio"):
         t = train_sub.add_parser(kind, help=f"train the {kind} member(s) into a pack directory")
-        t.add_argument("--data", required=True, metavar="DIR", help="folder with real/ and fake/ subfolders")
+        t.add_argument(
+            "--data",
+            required=True,
+            metavar="DIR",
+            action="append" if kind == "audio" else "store",
+            help="folder with real/ and fake/ subfolders"
+            + (
+                "; audio: also labels.csv (audio/neural) or a folder of real speech inside real/; repeat "
+                "for several datasets"
+                if kind == "audio"
+                else ""
+            ),
+        )
         t.add_argument("--out", required=True, metavar="DIR", help="pack directory (created or updated)")
         t.add_argument("--epochs", type=int, default=20)
         t.add_argument("--batch-size", type=int, default=32)
@@ -54,6 +66,16 @@ def register(sub: Subparsers) -> None:
     audio = train_sub.choices["audio"]
     audio.add_argument("--feature", choices=("logmel", "linear", "cqt"), default="logmel")
     audio.add_argument(
+        "--architecture",
+        choices=("audio_cnn", "logmel_stats"),
+        default="audio_cnn",
+        help="logmel_stats: per-band log-mel statistics and a small head (member audio_logmel_stats)",
+    )
+    audio.add_argument("--hidden", type=int, default=32, help="logmel_stats: hidden units (0: logistic)")
+    audio.add_argument(
+        "--copies", type=int, default=1, help="logmel_stats: processed copies of every training clip"
+    )
+    audio.add_argument(
         "--holdout-families", default="", help="comma-separated spoof families kept out of training"
     )
     spoofs = train_sub.add_parser("spoofs", help="generate a spoof training set from real speech")
@@ -66,7 +88,9 @@ def register(sub: Subparsers) -> None:
     spoofs.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="measure a pack on labelled face crops or audio clips")
-    evaluate.add_argument("--data", required=True, metavar="DIR")
+    evaluate.add_argument(
+        "--data", required=True, metavar="DIR", action="append", help="repeat for several audio datasets"
+    )
     evaluate.add_argument(
         "--kind",
         choices=("image", "audio"),
@@ -82,6 +106,16 @@ def register(sub: Subparsers) -> None:
     )
     evaluate.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     evaluate.add_argument("--roc", metavar="PNG", help="write ROC curves of every member and the ensemble")
+    evaluate.add_argument(
+        "--leave-one-out",
+        action="store_true",
+        help="audio: for every spoof family, train logmel_stats members without it and test on it; "
+        "--models is scored alongside as it is",
+    )
+    evaluate.add_argument("--families", help="with --leave-one-out: only these families (comma-separated)")
+    evaluate.add_argument(
+        "--out", default="build/crosseval", metavar="DIR", help="with --leave-one-out: folds, cache, scores"
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     models = sub.add_parser("models", help="the model pack")
@@ -160,6 +194,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         from training.recipes import fit_audio_fusion
 
         manifest = fit_audio_fusion(args.data, args.out, holdout_families=_names(args.holdout_families))
+    elif args.kind == "audio" and args.architecture == "logmel_stats":
+        from pipeline.audio import AudioFrontEnd
+        from training.logmel_stats import train_statistics_member
+
+        if args.feature != "logmel":
+            raise UsageError("--architecture logmel_stats reads the logmel front end")
+        manifest = train_statistics_member(
+            args.data,
+            args.out,
+            front_end=AudioFrontEnd.for_feature("logmel"),
+            hidden=args.hidden,
+            copies=args.copies,
+            config=config,
+            holdout_families=_names(args.holdout_families),
+            pack_name=args.name,
+            version=args.version,
+            cache_dir=Path(args.out) / "cache",
+            verbose=verbose,
+        )
     elif args.kind == "audio":
         from pipeline.audio import AudioFrontEnd
         from training.recipes import train_audio_member
@@ -188,20 +241,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     pack = load_pack(args.models)
     split = None if args.split == "all" else args.split
+    if args.leave_one_out:
+        from training.crosseval import sweep_table
+
+        if args.kind != "audio":
+            raise UsageError("--leave-one-out sweeps audio families: use it with --kind audio")
+        try:
+            table = sweep_table(
+                args.data, args.out, families=_names(args.families), pack=pack, markdown=args.markdown
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        print(table, end="")
+        return EXIT_OK
+    if args.kind == "image" and len(args.data) > 1:
+        raise UsageError("evaluate --kind image takes one --data folder")
     try:
         if args.kind == "audio":
             evaluation, unscored = evaluate_audio(pack, args.data, split=split)
             for path, reason in unscored:
                 logger.warning("no score for %s: %s", path, reason)
         else:
-            evaluation = evaluate_images(pack, args.data, split=split)
+            evaluation = evaluate_images(pack, args.data[0], split=split)
     except ValueError as e:
         raise UsageError(str(e)) from e
     table = to_markdown(evaluation)
     print(table, end="")
     if args.markdown:
         Path(args.markdown).write_text(
-            f"# Evaluation of {pack.manifest.label} on {args.data} ({args.split})\n\n{table}"
+            f"# Evaluation of {pack.manifest.label} on {', '.join(args.data)} ({args.split})\n\n{table}"
         )
     if args.roc:
         plot_roc(evaluation, args.roc)
