@@ -199,7 +199,8 @@ class PackBatcher:
 
 
 class Analyzer:
-    """Holds a loaded pack and a face detector; analyses files or arrays. One per worker process."""
+    """Holds a loaded pack and a face detector; analyses files or arrays. One per thread (a face detector
+    is not shared between threads); the analyzers of one process share its pack."""
 
     def __init__(
         self,
