@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +160,15 @@ def load_asvspoof2019_la(root: str | Path, protocol_file: str | Path) -> list[Au
     return items
 
 
+def _table_reader(f: TextIO, path: Path, columns: Sequence[str]) -> csv.DictReader[str]:
+    """A reader of the CSV ``f`` (read from ``path``) whose header has every one of ``columns``."""
+    reader = csv.DictReader(f)
+    absent = [c for c in columns if c not in (reader.fieldnames or [])]
+    if absent:
+        raise ValueError(f"{path}: header lacks column(s) {absent}; expected {','.join(columns)}")
+    return reader
+
+
 def load_in_the_wild(root: str | Path) -> list[AudioItem]:
     """Read In-the-Wild's ``root/meta.csv`` (header ``file,speaker,label``; labels ``bona-fide``/``spoof``).
 
@@ -171,10 +181,7 @@ def load_in_the_wild(root: str | Path) -> list[AudioItem]:
     items: list[AudioItem] = []
     missing = 0
     with meta.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        absent = [c for c in _ITW_COLUMNS if c not in (reader.fieldnames or [])]
-        if absent:
-            raise ValueError(f"{meta}: header lacks column(s) {absent}; expected {','.join(_ITW_COLUMNS)}")
+        reader = _table_reader(f, meta, _ITW_COLUMNS)
         for row in reader:
             line_number = reader.line_num
             label_text = (row["label"] or "").strip()
@@ -258,12 +265,7 @@ def load_neural(root: str | Path, *, source: str | None = None) -> list[AudioIte
     items: list[AudioItem] = []
     missing = 0
     with table.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        absent = [c for c in _NEURAL_COLUMNS if c not in (reader.fieldnames or [])]
-        if absent:
-            raise ValueError(
-                f"{table}: header lacks column(s) {absent}; expected {','.join(_NEURAL_COLUMNS)}"
-            )
+        reader = _table_reader(f, table, _NEURAL_COLUMNS)
         for row in reader:
             fields = {c: (row[c] or "").strip() for c in _NEURAL_COLUMNS}
             if fields["label"] not in _NEURAL_LABELS:
