@@ -160,14 +160,38 @@ def square_crop(frame: np.ndarray, box: FaceBox, margin: float = CROP_MARGIN) ->
     return frame[y0 : y0 + side, x0 : x0 + side].copy()
 
 
-def to_model_input(crops: list[np.ndarray], size_hw: tuple[int, int]) -> np.ndarray:
-    """Resize uint8 RGB crops to ``size_hw`` (INTER_AREA, as in training) and scale to [0, 1].
+# What a member sees of a face (a manifest field of image members, see pipeline.pack.MemberSpec):
+# - "margin": the whole crop, the face box with CROP_MARGIN around it (the recipe of ../shared/data/faces);
+# - "tight": the face box alone, the crop's central 1 / CROP_MARGIN (how DFDC's crops were cut).
+CROP_GEOMETRIES = ("margin", "tight")
+
+
+def face_region(crop: np.ndarray, geometry: str) -> np.ndarray:
+    """The part of a margin crop that a member of ``geometry`` sees (a view; the crop itself for margin).
+
+    A crop that ``square_crop`` had to shift to stay inside the frame is cut at its centre all the same:
+    the box sits off-centre by the shift, which the members' training shifts cover (5 % of the side).
+    """
+    if geometry == "margin":
+        return crop
+    if geometry != "tight":
+        raise ValueError(f"unknown crop geometry {geometry!r}; expected one of {CROP_GEOMETRIES}")
+    side = crop.shape[0]
+    inner = max(1, round(side / CROP_MARGIN))
+    start = (side - inner) // 2
+    return crop[start : start + inner, start : start + inner]
+
+
+def to_model_input(crops: list[np.ndarray], size_hw: tuple[int, int], geometry: str = "margin") -> np.ndarray:
+    """Cut uint8 RGB crops to ``geometry``, resize them to ``size_hw`` (INTER_AREA, as in training) and
+    scale them to [0, 1].
 
     Returns float32 of shape (N, H, W, 3).
     """
     h, w = size_hw
     out = np.empty((len(crops), h, w, 3), dtype=np.float32)
     for i, crop in enumerate(crops):
-        interpolation = cv2.INTER_AREA if crop.shape[0] >= h else cv2.INTER_CUBIC
-        out[i] = cv2.resize(crop, (w, h), interpolation=interpolation).astype(np.float32) / 255.0
+        region = face_region(crop, geometry)
+        interpolation = cv2.INTER_AREA if region.shape[0] >= h else cv2.INTER_CUBIC
+        out[i] = cv2.resize(region, (w, h), interpolation=interpolation).astype(np.float32) / 255.0
     return out

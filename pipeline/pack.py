@@ -2,8 +2,9 @@
 
 The manifest names the pack and its version, lists the members (``name``, ``kind`` image|audio, ``file``,
 ``input_size`` [h, w] (audio: the spectrogram's [F, T]), ``architecture``, ``sha256``; audio members may name
-their own ``front_end``), and carries the aggregation, the thresholds and the audio window layout (``audio``: the
-front end of members that name none). Every file's sha256 is checked at load.
+their own ``front_end``, image members their ``crop_geometry``: margin or tight), and carries the aggregation,
+the thresholds and the audio window layout (``audio``: the front end of members that name none). Every file's
+sha256 is checked at load.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from pipeline.audio import AudioFrontEnd, spectrograms
 from pipeline.ensemble import Aggregation
 from pipeline.errors import ModelPackError
-from pipeline.faces import to_model_input
+from pipeline.faces import CROP_GEOMETRIES, to_model_input
 from pipeline.media import sha256_file
 
 MANIFEST_FILE = "manifest.json"
@@ -42,6 +43,7 @@ class MemberSpec:
     sha256: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)
     front_end: AudioFrontEnd | None = None  # audio members only; None: the manifest's ``audio``
+    crop_geometry: str = "margin"  # image members: what they see of a face crop (pipeline.faces.face_region)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MemberSpec:
@@ -51,6 +53,11 @@ class MemberSpec:
                 raise ModelPackError(f"member {data.get('name')!r} has unknown kind {kind!r}")
             h, w = (int(v) for v in data["input_size"])
             front_end = data.get("front_end")
+            crop_geometry = str(data.get("crop_geometry", "margin"))
+            if crop_geometry not in CROP_GEOMETRIES:
+                raise ModelPackError(
+                    f"member {data.get('name')!r} has unknown crop_geometry {crop_geometry!r}"
+                )
             return cls(
                 name=str(data["name"]),
                 kind=kind,
@@ -60,6 +67,7 @@ class MemberSpec:
                 sha256=str(data.get("sha256", "")),
                 metrics=dict(data.get("metrics", {})),
                 front_end=AudioFrontEnd.from_dict(front_end) if front_end else None,
+                crop_geometry=crop_geometry,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelPackError(f"malformed member entry {dict(data)!r}: {e}") from e
@@ -74,6 +82,7 @@ class MemberSpec:
             "sha256": self.sha256,
             "metrics": dict(self.metrics),
             **({"front_end": self.front_end.to_dict()} if self.front_end else {}),
+            **({"crop_geometry": self.crop_geometry} if self.crop_geometry != "margin" else {}),
         }
 
 
@@ -314,17 +323,19 @@ class ModelPack:
         """Score uint8 RGB face crops with every image member.
 
         Returns float64 (N, M): P(fake) per crop and image member, in manifest order. Crops are batched
-        across frames and files by the caller; each member resizes them to its own input size.
+        across frames and files by the caller; each member cuts them to its crop geometry and resizes them
+        to its own input size.
         """
         members = self.manifest.image_members
         scores = np.zeros((len(crops), len(members)), dtype=np.float64)
         if not crops:
             return scores
-        inputs: dict[tuple[int, int], np.ndarray] = {}
+        inputs: dict[tuple[tuple[int, int], str], np.ndarray] = {}
         for j, member in enumerate(members):
-            if member.input_size not in inputs:
-                inputs[member.input_size] = to_model_input(list(crops), member.input_size)
-            scores[:, j] = self._predict(member.name, inputs[member.input_size])
+            view = (member.input_size, member.crop_geometry)
+            if view not in inputs:
+                inputs[view] = to_model_input(list(crops), *view)
+            scores[:, j] = self._predict(member.name, inputs[view])
         return scores
 
     def score_audio_windows(self, windows: np.ndarray) -> np.ndarray:
