@@ -1,4 +1,4 @@
-"""The bundled pack on the research clips in ``../shared/data/videos`` (skipped where that data is absent)."""
+"""The bundled pack on the research data in ``../shared/data`` (skipped where that data is absent)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def test_bundled_pack_reproduces_the_image_figures_in_its_card(shared_data: Path
 
     manifest = analyzer.pack.manifest
     recorded = manifest.info["image_training"]
-    evaluation = evaluate_images(analyzer.pack, shared_data / "faces", split="test")
+    folders = [shared_data / name for name in recorded["data"].split("+")]  # faces, or faces+faces2
+    evaluation = evaluate_images(
+        analyzer.pack, folders, tight_sources=recorded.get("tight_sources") or (), split="test"
+    )
     for subset, figures in recorded["test_ensemble"].items():
         measured = evaluation.reports[ENSEMBLE][subset].as_dict()
         assert measured["n"] == figures["n"], subset
@@ -47,3 +50,20 @@ def test_bundled_pack_reproduces_the_image_figures_in_its_card(shared_data: Path
     for member in manifest.image_members:
         measured_auc = evaluation.reports[member.name]["all"].as_dict()["auc"]
         assert measured_auc == pytest.approx(member.metrics["test_auc"], abs=1e-6), member.name
+
+
+def test_dfdc_clusters_stay_whole_across_the_split(shared_data: Path) -> None:
+    """A real DFDC clip and the fakes made from it show one actor in one scene: one side of the split."""
+    from training.face_datasets import find_face_samples
+    from training.fitting import split_samples
+
+    samples = find_face_samples([shared_data / "faces2"], tight_sources=["dfdc"])
+    dfdc = [s for s in samples if s.source == "dfdc"]
+    assert len(dfdc) == 5453 and {s.geometry for s in dfdc} == {"tight"}
+    assert {s.source for s in samples} == {"dfdc", "stylegan"}
+    side: dict[str, str] = {}
+    for split, items in split_samples(samples).items():
+        for s in items:
+            if s.source == "dfdc":
+                assert side.setdefault(s.key, split) == split, s.key
+    assert len(side) == 2000

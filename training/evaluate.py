@@ -15,7 +15,8 @@ import numpy as np
 
 from pipeline.ensemble import aggregate
 from pipeline.pack import ModelPack
-from training.fitting import IMAGE_SUFFIXES, find_labelled_files, load_crops, split_samples
+from training.face_datasets import find_face_samples
+from training.fitting import load_crops, split_samples
 from training.metrics import CONFIDENCE_LEVEL, Report, auc_difference, report, roc_curve
 
 ENSEMBLE = "ensemble"
@@ -70,13 +71,21 @@ class Evaluation:
         return {subset: r.as_dict() for subset, r in self.reports[scorer].items()}
 
 
-def evaluate_images(pack: ModelPack, data_dir: str | Path, *, split: str | None = "test") -> Evaluation:
-    """Score face crops of ``data_dir`` (only the given split of the training split scheme, or all)."""
-    samples = find_labelled_files(data_dir, IMAGE_SUFFIXES)
+def evaluate_images(
+    pack: ModelPack,
+    data: str | Path | Sequence[str | Path],
+    *,
+    tight_sources: Sequence[str] = (),
+    split: str | None = "test",
+) -> Evaluation:
+    """Score the face crops of one folder or several (only the given split of the training split scheme,
+    clusters whole, or all); ``tight_sources`` as in ``training.face_datasets``."""
+    folders = [data] if isinstance(data, str | Path) else list(data)
+    samples = find_face_samples(folders, tight_sources)
     if split is not None:
         samples = split_samples(samples)[split]
     if not samples:
-        raise ValueError(f"no labelled images in {data_dir} (split {split})")
+        raise ValueError(f"no labelled images in {', '.join(map(str, folders))} (split {split})")
     member_scores = np.concatenate(
         [
             pack.score_faces(list(load_crops(samples[i : i + EVAL_BATCH])))

@@ -20,8 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.faces import to_model_input
+from pipeline.faces import CROP_MARGIN, to_model_input
 from training.metrics import roc_auc
+from training.pseudofakes import PseudoFakes, pseudo_fake
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class Sample:
     path: Path
     label: int  # 1 = fake
     source: str
-    key: str  # path relative to the dataset root, the split's hash input
+    key: str  # the split's hash input: the path relative to the dataset root, or the file's cluster
+    geometry: str = "margin"  # how the crop was cut: "margin" (our recipe) or "tight" (the face box alone)
 
 
 def find_labelled_files(root: str | Path, suffixes: frozenset[str]) -> list[Sample]:
@@ -84,15 +86,28 @@ def balanced_weights(samples: Sequence[Sample]) -> np.ndarray:
     return (raw * len(samples) / raw.sum()).astype(np.float32)
 
 
+def with_margin(tight: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarray:
+    """A tight face crop inside a mirrored border, so that it fills the centre as a margin crop's box does."""
+    side = tight.shape[0]
+    pad = max(0, round((side * margin - side) / 2))
+    return cv2.copyMakeBorder(tight, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+
+
 def load_crops(samples: Sequence[Sample], side_px: int = CROP_SIDE_PX) -> np.ndarray:
-    """Read face crops as uint8 RGB (N, side, side, 3), resized with INTER_AREA where needed."""
+    """Read face crops as uint8 RGB margin crops (N, side, side, 3), the form the pipeline cuts from frames.
+
+    Tight crops get a mirrored margin (``with_margin``); crops of another size are resized (INTER_AREA down).
+    """
     out = np.empty((len(samples), side_px, side_px, 3), dtype=np.uint8)
     for i, sample in enumerate(samples):
         bgr = cv2.imread(str(sample.path), cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"unreadable training image {sample.path}")
+        if sample.geometry == "tight":
+            bgr = with_margin(bgr)
         if bgr.shape[:2] != (side_px, side_px):
-            bgr = cv2.resize(bgr, (side_px, side_px), interpolation=cv2.INTER_AREA)
+            interpolation = cv2.INTER_AREA if bgr.shape[0] >= side_px else cv2.INTER_CUBIC
+            bgr = cv2.resize(bgr, (side_px, side_px), interpolation=interpolation)
         out[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     return out
 
@@ -142,9 +157,18 @@ def make_face_sequence(
     batch_size: int,
     aug: Augmentation | None,
     seed: int,
+    geometry: str = "margin",
+    pseudo_fakes: PseudoFakes | None = None,
 ) -> Any:
-    """A ``keras.utils.PyDataset`` yielding (x, y, sample_weight) batches, reshuffled every epoch."""
+    """A ``keras.utils.PyDataset`` yielding (x, y, sample_weight) batches, reshuffled every epoch.
+
+    ``crops`` are margin crops; the member sees the region of its ``geometry``. With ``pseudo_fakes`` a real
+    face of a batch is, with its probability, also in the batch as a pseudo-fake (label 1, weight 1; the
+    donor of a local edit is another real face of the training set), augmented like every other crop.
+    """
     import keras
+
+    reals = np.flatnonzero(labels == 0)
 
     class FaceSequence(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -158,9 +182,19 @@ def make_face_sequence(
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             idx = self.order[index * batch_size : (index + 1) * batch_size]
             rng = np.random.default_rng((seed, self.epoch, index))
-            batch = crops[idx] if aug is None else np.stack([augment(crops[i], rng, aug) for i in idx])
-            x = to_model_input(list(batch), input_size)
-            return x, labels[idx].astype(np.float32)[:, None], weights[idx]
+            batch, y, w = list(crops[idx]), labels[idx].astype(np.float32), weights[idx]
+            if pseudo_fakes is not None and len(reals):
+                chosen = [i for i in idx if labels[i] == 0 and rng.random() < pseudo_fakes.probability]
+                donors = rng.choice(reals, size=len(chosen))
+                batch += [
+                    pseudo_fake(crops[i], crops[d], rng, pseudo_fakes)
+                    for i, d in zip(chosen, donors, strict=True)
+                ]
+                y = np.concatenate([y, np.ones(len(chosen), np.float32)])
+                w = np.concatenate([w, np.ones(len(chosen), np.float32)])
+            if aug is not None:
+                batch = [augment(crop, rng, aug) for crop in batch]
+            return to_model_input(batch, input_size, geometry), y[:, None], w
 
         def on_epoch_end(self) -> None:
             self.epoch += 1

@@ -62,6 +62,23 @@ def _against_best_member(comparison: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _member_contribution(contributions: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "What each member adds (the stacking refitted on validation without it; paired DeLong test of "
+        f"AUC(ensemble) - AUC(ensemble without it) on all test faces, {_LEVEL} interval; an interval above 0: "
+        "the member earns its place on this split):",
+        "",
+        "| member | AUC without it | ensemble - without | interval |",
+        "|---|---|---|---|",
+    ]
+    for name, c in contributions.items():
+        lines.append(
+            f"| {name} | {c['without_auc']:.3f} | {c['difference']:+.3f} | {c['low']:+.3f} to {c['high']:+.3f} |"
+        )
+    return lines
+
+
 def _size(megabytes: float) -> str:
     return f"{megabytes:.1f} MB" if megabytes >= 0.1 else f"{1000 * megabytes:.0f} kB"
 
@@ -83,7 +100,8 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
         f"Aggregation: `{manifest.aggregation.method}`; thresholds: "
         + ", ".join(f"{k} {v:.3f}" for k, v in manifest.thresholds.items())
         + ". Figures below were measured on the **test split**, which neither training, early stopping nor"
-        " the aggregation fit saw (split: sha1 of each file's path, 70/15/15).",
+        " the aggregation fit saw (split: sha1 of each file's path, or of its cluster where a dataset names the clip"
+        " a fake was made from, 70/15/15).",
         "",
         "## Members",
         "",
@@ -111,7 +129,9 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
             "## Image ensemble",
             "",
             f"Data: `{image['data']}`, split sizes {image['split']}; target false-positive rate for the "
-            f"threshold: {image.get('target_fpr') or 'none (0.5)'}.",
+            f"threshold: {image.get('target_fpr') or 'none (0.5)'}. Sources cut as tight face boxes (given a "
+            f"mirrored margin): {', '.join(image.get('tight_sources') or []) or 'none'}; pseudo-fakes in "
+            f"training: {image.get('pseudo_fakes') or 'none'}.",
             "",
             f"Ensemble (`{manifest.aggregation.method}`) at threshold {manifest.threshold('image'):.3f}:",
             "",
@@ -119,6 +139,8 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
         lines += _figure_table(image["test_ensemble"])
         if image.get("test_against_best_member"):
             lines += _against_best_member(image["test_against_best_member"])
+        if image.get("test_member_contribution"):
+            lines += _member_contribution(image["test_member_contribution"])
         lines += ["", "Plain mean of the members at 0.5, for comparison:", ""]
         lines += _figure_table(image["test_mean"])
         members = image.get("members") or {

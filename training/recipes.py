@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
 from pipeline.ensemble import Aggregation, aggregate, logit
 from pipeline.errors import DeepscanError, ModelPackError
-from pipeline.faces import to_model_input
+from pipeline.faces import CROP_GEOMETRIES, to_model_input
 from pipeline.media import load_audio
 from pipeline.pack import (
     MANIFEST_FILE,
@@ -31,20 +31,19 @@ from pipeline.pack import (
 )
 from training.audio_datasets import AudioItem, held_out, load_audio_datasets, speaker_disjoint_split
 from training.evaluate import ENSEMBLE, Evaluation, ensemble_against_best_member
+from training.face_datasets import face_splits
 from training.fitting import (
-    IMAGE_SUFFIXES,
     Augmentation,
     FitConfig,
     Sample,
     balanced_weights,
-    find_labelled_files,
     fit_member,
     load_crops,
     make_array_sequence,
     make_face_sequence,
-    split_samples,
 )
 from training.metrics import eer, threshold_at_fpr
+from training.pseudofakes import PseudoFakes
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +66,20 @@ class MemberPlan:
     architecture: str
     input_size: tuple[int, int]
     front_end: str = "pixels"  # or "spectrum" / "residual": see training.architectures.IMAGE_FRONT_ENDS
+    crop_geometry: str = "margin"  # or "tight": the face box alone (pipeline.faces.face_region)
+
+    def __post_init__(self) -> None:
+        if self.crop_geometry not in CROP_GEOMETRIES:
+            raise ValueError(
+                f"unknown crop geometry {self.crop_geometry!r}; expected one of {CROP_GEOMETRIES}"
+            )
 
     @property
     def name(self) -> str:
-        return self.architecture if self.front_end == "pixels" else f"{self.architecture}_{self.front_end}"
+        """``xception``, ``xception_residual``, ``profile_tight``: front end and geometry when not the default."""
+        front_end = "" if self.front_end == "pixels" else f"_{self.front_end}"
+        geometry = "" if self.crop_geometry == "margin" else f"_{self.crop_geometry}"
+        return f"{self.architecture}{front_end}{geometry}"
 
     @property
     def label(self) -> str:
@@ -146,10 +155,12 @@ def fit_aggregation(val_scores: np.ndarray, val_labels: np.ndarray, *, platt: bo
 
 
 def train_image_members(
-    data_dir: str | Path,
+    data: DataDirs,
     out_dir: str | Path,
     plans: Sequence[MemberPlan],
     *,
+    tight_sources: Sequence[str] = (),
+    pseudo_fakes: PseudoFakes | None = None,
     config: FitConfig = FitConfig(),
     pack_name: str = "deepscan-default",
     version: str | None = None,
@@ -158,37 +169,26 @@ def train_image_members(
     limit_per_split: int | None = None,
     verbose: int = 1,
 ) -> Manifest:
-    """Train ``plans`` on the faces under ``data_dir`` and write them, with a manifest, into ``out_dir``.
+    """Train ``plans`` on the faces of the folders in ``data`` and write them, with a manifest, into ``out_dir``.
 
-    Checkpoints go to ``out_dir/checkpoints`` (rerun the same command to resume). The figures stored in
-    the manifest are measured on the test split, which no training or fitting step sees.
+    ``tight_sources`` names the sources whose crops are the face box alone (``training.face_datasets``);
+    ``pseudo_fakes`` adds self-blended images and local edits of the training reals. Checkpoints go to
+    ``out_dir/checkpoints`` (rerun the same command to resume). The figures stored in the manifest are
+    measured on the test split, which no training or fitting step sees.
     """
-    from training.architectures import build_image_member
-
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits, crops = _image_splits(data_dir, limit_per_split, config.seed)
-    labels = {name: np.array([s.label for s in items], dtype=np.int64) for name, items in splits.items()}
-
+    splits, crops = image_splits(data, tight_sources, limit_per_split, config.seed)
     specs: list[MemberSpec] = []
     for plan in plans:
-        train_seq = make_face_sequence(
-            crops["train"],
-            labels["train"],
-            balanced_weights(splits["train"]),
-            input_size=plan.input_size,
-            batch_size=config.batch_size,
-            aug=augmentation,
-            seed=config.seed,
-        )
-        _, state = fit_member(
-            partial(build_image_member, plan.architecture, plan.input_size, front_end=plan.front_end),
-            plan.name,
-            train_seq,
-            to_model_input(list(crops["val"]), plan.input_size),
-            labels["val"],
+        state = fit_image_member(
+            plan,
+            splits,
+            crops,
             out_dir / "checkpoints",
-            config,
+            config=config,
+            augmentation=augmentation,
+            pseudo_fakes=pseudo_fakes,
             verbose=verbose,
         )
         file = f"{plan.name}.keras"
@@ -201,6 +201,7 @@ def train_image_members(
                 input_size=plan.input_size,
                 architecture=plan.label,
                 metrics={"best_epoch": state["best_epoch"] + 1, "val_auc": state["best_auc"]},
+                crop_geometry=plan.crop_geometry,
             )
         )
         (out_dir / f"{plan.name}.report.json").write_text(
@@ -217,32 +218,70 @@ def train_image_members(
         splits,
         crops,
         target_fpr=target_fpr,
-        info={"data": str(data_dir.name), "config": config.__dict__},
+        info={
+            "data": data_label(data),
+            "tight_sources": list(tight_sources),
+            "pseudo_fakes": pseudo_fakes.__dict__ if pseudo_fakes else None,
+            "config": config.__dict__,
+        },
     )
 
 
-def _image_splits(
-    data_dir: Path, limit_per_split: int | None = None, seed: int = 0
+def fit_image_member(
+    plan: MemberPlan,
+    splits: dict[str, list[Sample]],
+    crops: dict[str, np.ndarray],
+    checkpoint_dir: Path,
+    *,
+    config: FitConfig,
+    augmentation: Augmentation | None = Augmentation(),
+    pseudo_fakes: PseudoFakes | None = None,
+    verbose: int = 1,
+) -> dict[str, Any]:
+    """Train one planned member on the train split, keeping the epoch with the best val AUC.
+
+    Returns the run state; the best model is ``checkpoint_dir/<name>.best.keras``.
+    """
+    from training.architectures import build_image_member
+
+    labels = {name: np.array([s.label for s in items], dtype=np.int64) for name, items in splits.items()}
+    train_seq = make_face_sequence(
+        crops["train"],
+        labels["train"],
+        balanced_weights(splits["train"]),
+        input_size=plan.input_size,
+        batch_size=config.batch_size,
+        aug=augmentation,
+        seed=config.seed,
+        geometry=plan.crop_geometry,
+        pseudo_fakes=pseudo_fakes,
+    )
+    _, state = fit_member(
+        partial(build_image_member, plan.architecture, plan.input_size, front_end=plan.front_end),
+        plan.name,
+        train_seq,
+        to_model_input(list(crops["val"]), plan.input_size, plan.crop_geometry),
+        labels["val"],
+        checkpoint_dir,
+        config,
+        verbose=verbose,
+    )
+    return state
+
+
+def image_splits(
+    data: DataDirs, tight_sources: Sequence[str] = (), limit_per_split: int | None = None, seed: int = 0
 ) -> tuple[dict[str, list[Sample]], dict[str, np.ndarray]]:
-    """The train/val/test split of the faces under ``data_dir`` and their crops."""
-    samples = find_labelled_files(data_dir, IMAGE_SUFFIXES)
-    if not samples:
-        raise DeepscanError(f"no images below real/ or fake/ folders in {data_dir}")
-    splits = split_samples(samples)
-    if limit_per_split:
-        rng = np.random.default_rng(seed)  # a subset of both classes, for smoke runs and tests
-        splits = {
-            k: [v[i] for i in sorted(rng.permutation(len(v))[:limit_per_split])] for k, v in splits.items()
-        }
-    for name, items in splits.items():
-        logger.info("%s: %d images (%d fake)", name, len(items), sum(s.label for s in items))
+    """The train/val/test split of the faces in ``data`` (clusters whole) and their margin crops."""
+    splits = face_splits(data_dirs_of(data), tight_sources, limit_per_split=limit_per_split, seed=seed)
     return splits, {name: load_crops(items) for name, items in splits.items()}
 
 
 def refit_image_ensemble(
-    data_dir: str | Path,
+    data: DataDirs,
     pack_dir: str | Path,
     *,
+    tight_sources: Sequence[str] = (),
     target_fpr: float | None = None,
     limit_per_split: int | None = None,
     seed: int = 0,
@@ -254,7 +293,7 @@ def refit_image_ensemble(
     replaces, say). Until the refit is written the pack averages the members that stay, so it loads and
     scores at every step.
     """
-    data_dir, pack_dir = Path(data_dir), Path(pack_dir)
+    pack_dir = Path(pack_dir)
     previous = read_manifest(pack_dir)
     unknown = set(drop) - {m.name for m in previous.image_members}
     if unknown:
@@ -267,8 +306,9 @@ def refit_image_ensemble(
         for member in drop:
             for leftover in (pack_dir / f"{member}.keras", pack_dir / f"{member}.report.json"):
                 leftover.unlink(missing_ok=True)
-    splits, crops = _image_splits(data_dir, limit_per_split, seed)
-    info = {k: v for k, v in previous.info.get("image_training", {}).items() if k in ("data", "config")}
+    splits, crops = image_splits(data, tight_sources, limit_per_split, seed)
+    kept_info = ("data", "tight_sources", "pseudo_fakes", "config")
+    info = {k: v for k, v in previous.info.get("image_training", {}).items() if k in kept_info}
     return fit_image_ensemble(pack_dir, splits, crops, target_fpr=target_fpr, info=info)
 
 
@@ -310,6 +350,9 @@ def fit_image_ensemble(
         subset: {"member": member, "difference": difference, "low": low, "high": high}
         for subset, (member, difference, low, high) in ensemble_against_best_member(evaluation).items()
     }
+    contributions = member_contributions(
+        (val_matrix, labels["val"]), (test_matrix, labels["test"]), names, test_scores[ENSEMBLE]
+    )
     manifest = replace(
         pack.manifest,
         members=(*members, *pack.manifest.audio_members),
@@ -325,10 +368,44 @@ def fit_image_ensemble(
                 "test_mean": mean_figures,
                 "members": member_figures,
                 "test_against_best_member": against_best,
+                "test_member_contribution": contributions,
             },
         },
     )
     return write_manifest(pack_dir, manifest)
+
+
+def member_contributions(
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    names: Sequence[str],
+    ensemble_test: np.ndarray,
+) -> dict[str, dict[str, float]]:
+    """What each member adds: the stacking refitted on validation without it, and on the test split
+    AUC(ensemble) - AUC(ensemble without the member) with DeLong's paired interval.
+
+    ``val`` and ``test`` are (member score matrix, labels); ``ensemble_test`` the full ensemble's test
+    scores. An interval above 0 says the member earns its place on this split; one that includes 0 says
+    the split cannot tell. Empty for a single member.
+    """
+    from training.metrics import auc_difference, roc_auc
+
+    if len(names) < 2:
+        return {}
+    (val_matrix, val_labels), (test_matrix, test_labels) = val, test
+    out = {}
+    for j, name in enumerate(names):
+        others = [k for k in range(len(names)) if k != j]
+        aggregation = fit_aggregation(val_matrix[:, others], val_labels)
+        without = aggregate(test_matrix[:, others], aggregation)
+        difference, low, high = auc_difference(test_labels, ensemble_test, without)
+        out[name] = {
+            "without_auc": roc_auc(test_labels, without),
+            "difference": difference,
+            "low": low,
+            "high": high,
+        }
+    return out
 
 
 def _update_report(path: Path, **fields: Any) -> None:

@@ -177,8 +177,18 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
         ensemble = info["test_ensemble"][subset]
         assert comparison["difference"] == pytest.approx(ensemble["auc"] - max(aucs.values()))
         assert ensemble["auc_low"] <= ensemble["auc"] <= ensemble["auc_high"]
+    # each member's contribution: the ensemble refitted without it, paired on the test split
+    contribution = info["test_member_contribution"]
+    assert set(contribution) == {"spectral", "profile", "densenet121_spectrum"}
+    for figures in contribution.values():
+        assert figures["low"] <= figures["difference"] <= figures["high"]
+        assert figures["difference"] == pytest.approx(
+            info["test_ensemble"]["all"]["auc"] - figures["without_auc"]
+        )
     card = render(manifest, out)
     assert "| auc | 95 % CI |" in card and f"| all | {against['all']['member']} |" in card
+    without = contribution["densenet121_spectrum"]["without_auc"]
+    assert "| member | AUC without it |" in card and f"| densenet121_spectrum | {without:.3f} | " in card
 
     # --fuse-only trains nothing and finds the same fusion again, or a new one for another target FPR
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.keras")}

@@ -8,10 +8,18 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from pipeline.errors import DeepscanError
 from workers.cli.helpers import EXIT_OK, Subparsers
 from workers.cli.output import format_pack
 from workers.errors import UsageError
+
+if TYPE_CHECKING:
+    from pipeline.pack import ModelPack
+    from training.fitting import FitConfig
+    from training.pseudofakes import PseudoFakes
+    from training.recipes import MemberPlan
 
 logger = logging.getLogger("deepscan")
 
@@ -25,21 +33,16 @@ def register(sub: Subparsers) -> None:
             "--data",
             required=True,
             metavar="DIR",
-            action="append" if kind == "audio" else "store",
-            help="folder with real/ and fake/ subfolders"
+            action="append",
+            help="folder with real/ and fake/ subfolders; repeat for several datasets"
             + (
-                "; audio: also labels.csv (audio/neural) or a folder of real speech inside real/; repeat "
-                "for several datasets"
+                "; audio: also labels.csv (audio/neural) or a folder of real speech inside real/"
                 if kind == "audio"
-                else ""
+                else "; a manifest.csv with an original column keeps each clip's faces on one side of the split"
             ),
         )
         t.add_argument("--out", required=True, metavar="DIR", help="pack directory (created or updated)")
-        t.add_argument("--epochs", type=int, default=20)
-        t.add_argument("--batch-size", type=int, default=32)
-        t.add_argument("--learning-rate", type=float, default=1e-3)
-        t.add_argument("--patience", type=int, default=5)
-        t.add_argument("--seed", type=int, default=0)
+        _add_fit_options(t)
         t.add_argument("--name", default="deepscan-default")
         t.add_argument(
             "--version", help="pack version to set (default: keep the pack's, 0.1.0 for a new one)"
@@ -51,18 +54,11 @@ def register(sub: Subparsers) -> None:
         )
         t.set_defaults(func=cmd_train)
     image = train_sub.choices["image"]
-    image.add_argument(
-        "--members",
-        default="spectral:128,densenet121:96,profile:256",
-        help="comma-separated ARCH:SIZE (xception, inception_v3, resnet50, densenet121, spectral, profile, "
-        "spectrum_grid); ARCH+spectrum:SIZE puts a classic backbone over the crop's colour spectra instead of "
-        "its pixels, ARCH+residual:SIZE over the high-pass residuals of its colour differences",
-    )
+    _add_face_training_options(image)
     image.add_argument("--target-fpr", type=float, default=None, help="pick the threshold for this val FPR")
     image.add_argument(
         "--drop", metavar="NAMES", help="with --fuse-only: remove these image members (comma-separated) first"
     )
-    image.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
     audio = train_sub.choices["audio"]
     audio.add_argument("--feature", choices=("logmel", "linear", "cqt"), default="logmel")
     audio.add_argument(
@@ -109,13 +105,17 @@ def register(sub: Subparsers) -> None:
     evaluate.add_argument(
         "--leave-one-out",
         action="store_true",
-        help="audio: for every spoof family, train logmel_stats members without it and test on it; "
-        "--models is scored alongside as it is",
+        help="audio: for every spoof family, train logmel_stats members without it and test on it; image: "
+        "for every source, train --members without it and test on it; --models is scored alongside as it is",
     )
-    evaluate.add_argument("--families", help="with --leave-one-out: only these families (comma-separated)")
+    evaluate.add_argument(
+        "--families", help="with --leave-one-out: only these families or image sources (comma-separated)"
+    )
     evaluate.add_argument(
         "--out", default="build/crosseval", metavar="DIR", help="with --leave-one-out: folds, cache, scores"
     )
+    _add_face_training_options(evaluate)
+    _add_fit_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     models = sub.add_parser("models", help="the model pack")
@@ -135,36 +135,93 @@ def register(sub: Subparsers) -> None:
     models.set_defaults(func=cmd_models)
 
 
-def _names(text: str | None) -> list[str]:
-    """A comma-separated list option as its non-empty names."""
-    return [name for name in (text or "").split(",") if name]
+def _add_fit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _add_face_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--members",
+        default="spectral:128,densenet121:96,profile:256",
+        help="comma-separated ARCH:SIZE (xception, inception_v3, resnet50, densenet121, spectral, profile, "
+        "spectrum_grid); ARCH+spectrum:SIZE puts a classic backbone over the crop's colour spectra instead of "
+        "its pixels, ARCH+residual:SIZE over the high-pass residuals of its colour differences",
+    )
+    parser.add_argument(
+        "--crop-geometry",
+        default="margin",
+        help="what the members see: margin (the crop, the face box with a 1.3x margin) or tight (the box alone)",
+    )
+    parser.add_argument(
+        "--tight-sources",
+        metavar="NAMES",
+        help="sources whose crops are the face box alone (comma-separated, e.g. dfdc); they get a mirrored "
+        "margin so that every crop has the pipeline's form",
+    )
+    parser.add_argument(
+        "--pseudo-fakes",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="each real training face also joins its batch as a self-blended image or a local edit with "
+        "probability P (0: none)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="at most N images per split (smoke runs)")
+
+
+def _face_plans(args: argparse.Namespace) -> list[MemberPlan]:
+    from training.recipes import MemberPlan
+
+    return [
+        dataclasses.replace(MemberPlan.parse(p), crop_geometry=args.crop_geometry)
+        for p in _names(args.members)
+    ]
+
+
+def _fit_config(args: argparse.Namespace) -> FitConfig:
     from training.fitting import FitConfig
 
-    if args.kind == "spoofs":
-        from training.spoofs import ALL_FAMILIES, build_spoof_dataset
-
-        families = _names(args.families) or ALL_FAMILIES
-        print(json.dumps(build_spoof_dataset(args.real, args.out, seed=args.seed, families=families)))
-        return EXIT_OK
-    config = FitConfig(
+    return FitConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         patience=args.patience,
         seed=args.seed,
     )
+
+
+def _pseudo_fakes(args: argparse.Namespace) -> PseudoFakes | None:
+    from training.pseudofakes import PseudoFakes
+
+    return PseudoFakes(probability=args.pseudo_fakes) if args.pseudo_fakes > 0 else None
+
+
+def _names(text: str | None) -> list[str]:
+    """A comma-separated list option as its non-empty names."""
+    return [name for name in (text or "").split(",") if name]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.kind == "spoofs":
+        from training.spoofs import ALL_FAMILIES, build_spoof_dataset
+
+        families = _names(args.families) or ALL_FAMILIES
+        print(json.dumps(build_spoof_dataset(args.real, args.out, seed=args.seed, families=families)))
+        return EXIT_OK
+    config = _fit_config(args)
     verbose = 1 if sys.stderr.isatty() else 2
     if args.kind == "image" and args.fuse_only:
-        from pipeline.errors import DeepscanError
         from training.recipes import refit_image_ensemble
 
         try:
             manifest = refit_image_ensemble(
                 args.data,
                 args.out,
+                tight_sources=_names(args.tight_sources),
                 target_fpr=args.target_fpr,
                 limit_per_split=args.limit,
                 seed=args.seed,
@@ -173,16 +230,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         except DeepscanError as e:  # a member to drop that the pack lacks, or none left to fuse
             raise UsageError(e.reason) from e
     elif args.kind == "image":
-        from training.recipes import MemberPlan, train_image_members
+        from training.recipes import train_image_members
 
         if args.drop:
             raise UsageError("--drop removes members before a refit: use it with --fuse-only")
-
-        plans = [MemberPlan.parse(p) for p in args.members.split(",")]
         manifest = train_image_members(
             args.data,
             args.out,
-            plans,
+            _face_plans(args),
+            tight_sources=_names(args.tight_sources),
+            pseudo_fakes=_pseudo_fakes(args),
             config=config,
             pack_name=args.name,
             version=args.version,
@@ -241,11 +298,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     pack = load_pack(args.models)
     split = None if args.split == "all" else args.split
+    if args.leave_one_out and args.kind == "image":
+        return _leave_one_source_out(args, pack)
     if args.leave_one_out:
         from training.crosseval import sweep_table
 
-        if args.kind != "audio":
-            raise UsageError("--leave-one-out sweeps audio families: use it with --kind audio")
         try:
             table = sweep_table(
                 args.data, args.out, families=_names(args.families), pack=pack, markdown=args.markdown
@@ -254,16 +311,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from e
         print(table, end="")
         return EXIT_OK
-    if args.kind == "image" and len(args.data) > 1:
-        raise UsageError("evaluate --kind image takes one --data folder")
     try:
         if args.kind == "audio":
             evaluation, unscored = evaluate_audio(pack, args.data, split=split)
             for path, reason in unscored:
                 logger.warning("no score for %s: %s", path, reason)
         else:
-            evaluation = evaluate_images(pack, args.data[0], split=split)
-    except ValueError as e:
+            evaluation = evaluate_images(
+                pack, args.data, tight_sources=_names(args.tight_sources), split=split
+            )
+    except (ValueError, DeepscanError) as e:
         raise UsageError(str(e)) from e
     table = to_markdown(evaluation)
     print(table, end="")
@@ -280,6 +337,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         logger.info(
             "ensemble AUC %.4f, best member %.4f", evaluation.reports[ENSEMBLE]["all"].auc, best_member
         )
+    return EXIT_OK
+
+
+def _leave_one_source_out(args: argparse.Namespace, pack: ModelPack) -> int:
+    from training.face_crosseval import leave_one_source_out, to_markdown
+
+    try:
+        table = leave_one_source_out(
+            args.data,
+            _face_plans(args),
+            args.out,
+            tight_sources=_names(args.tight_sources),
+            pseudo_fakes=_pseudo_fakes(args),
+            config=_fit_config(args),
+            sources=_names(args.families),
+            pack=pack,
+            limit_per_split=args.limit,
+            verbose=1 if sys.stderr.isatty() else 2,
+        )
+    except (ValueError, DeepscanError) as e:
+        raise UsageError(str(e)) from e
+    text = to_markdown(table)
+    print(text, end="")
+    if args.markdown:
+        Path(args.markdown).write_text(text)
     return EXIT_OK
 
 
