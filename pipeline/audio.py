@@ -1,6 +1,8 @@
 """Audio front end: fixed windows with overlap, log spectrograms, and window scores aggregated to a clip.
 
-Takes mono float32 signals at the pack's sample rate (``pipeline.media.load_audio`` makes them).
+Takes mono float32 signals at the pack's sample rate (``pipeline.media.load_audio`` makes them). A member
+reads one of ``FEATURES``: a log spectrogram (mel, linear or constant-Q) or, for raw-waveform members, the
+samples themselves.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 from pipeline.errors import SilentAudioError, TooShortError
 
-FEATURES = ("logmel", "linear", "cqt")
+FEATURES = ("logmel", "linear", "cqt", "waveform")
 CQT_FMIN_HZ = 30.0  # eight octaves up from here stay below the 8 kHz Nyquist limit of 16 kHz audio
 CQT_BINS_PER_OCTAVE = 12
 SILENCE_FLOOR_DBFS = -50.0  # quieter than a whisper in a quiet room: nothing there to judge
@@ -74,7 +76,9 @@ class AudioFrontEnd:
 
     @property
     def input_shape(self) -> tuple[int, int]:
-        """(frequency bins, time frames) of one window's spectrogram."""
+        """(frequency bins, time frames) of one window's spectrogram; (1, samples) of a waveform window."""
+        if self.feature == "waveform":
+            return 1, self.window_samples
         bins = {"logmel": self.n_mels, "linear": self.n_fft // 2 + 1, "cqt": self.n_cqt_bins}[self.feature]
         return bins, 1 + self.window_samples // self.hop_length
 
@@ -110,13 +114,18 @@ def split_windows(signal: np.ndarray, front_end: AudioFrontEnd) -> np.ndarray:
 
 
 def spectrograms(windows: np.ndarray, front_end: AudioFrontEnd) -> np.ndarray:
-    """Log spectrograms of windows (N, window_samples), standardised per window.
+    """Log spectrograms of windows (N, window_samples), standardised per window; for the ``waveform``
+    feature the samples themselves, standardised per window (zero mean, unit RMS).
 
     Returns float32 (N, F, T, 1) with (F, T) = ``front_end.input_shape``. Standardising per window removes
     recording gain, so the member judges the shape of the spectrum, not the loudness.
     """
     import librosa
 
+    if front_end.feature == "waveform":
+        centred = windows - windows.mean(axis=1, keepdims=True)
+        rms = np.sqrt(np.mean(np.square(centred), axis=1, keepdims=True)) + 1e-6
+        return (centred / rms).astype(np.float32)[:, None, :, None]
     if front_end.feature == "logmel":
         power = librosa.feature.melspectrogram(
             y=windows,

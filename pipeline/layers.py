@@ -417,3 +417,11 @@ class LogMelStatistics(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "statistics": list(self.statistics)}
+
+
+@keras.saving.register_keras_serializable(package="deepscan")
+class Magnitude(layers.Layer):
+    """The absolute value of a learned filterbank's output (RawNet2's front end keeps no sign)."""
+
+    def call(self, x: Any) -> Any:
+        return ops.abs(x)
