@@ -1,7 +1,8 @@
 """Model builders, one per member architecture: what training assembles from ``pipeline.layers``.
 
 Every image member takes RGB float32 in [0, 1] of shape (N, H, W, 3) and returns P(fake) of shape (N, 1);
-the audio members take log-spectrogram windows of shape (N, F, T, 1) and return P(fake) of shape (N, 1).
+the audio members take log-spectrogram windows of shape (N, F, T, 1) (a raw waveform: (N, 1, samples, 1))
+and return P(fake) of shape (N, 1).
 ImageNet weights are not available here, so every backbone starts from ``weights=None``.
 """
 
@@ -23,6 +24,7 @@ from pipeline.layers import (
     ColourTexture,
     LogMelStatistics,
     LogSpectrum,
+    Magnitude,
     SpectrumProfile,
 )
 
@@ -194,7 +196,47 @@ def build_audio_cnn(input_shape: tuple[int, int]) -> keras.Model:
     return keras.Model(inputs, outputs, name="audio_cnn")
 
 
-AUDIO_ARCHITECTURES = ("audio_cnn", "logmel_stats")
+def _residual_block_1d(x: Any, filters: int, name: str) -> Any:
+    """Two 3-tap convolutions with a (projected) skip connection, then max pooling by 3 (RawNet2's block)."""
+    skip = x if x.shape[-1] == filters else layers.Conv1D(filters, 1, name=f"{name}_project")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    x = layers.LeakyReLU(0.3, name=f"{name}_act1")(x)
+    x = layers.Conv1D(filters, 3, padding="same", name=f"{name}_conv1")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn2")(x)
+    x = layers.LeakyReLU(0.3, name=f"{name}_act2")(x)
+    x = layers.Conv1D(filters, 3, padding="same", name=f"{name}_conv2")(x)
+    x = layers.Add(name=f"{name}_add")([x, skip])
+    return layers.MaxPooling1D(3, name=f"{name}_pool")(x)
+
+
+def build_raw_cnn(input_shape: tuple[int, int]) -> keras.Model:
+    """The raw-waveform audio member, after RawNet2 (Tak et al., ICASSP 2021) at CPU scale (about 90 k
+    parameters): a learned filterbank (64-tap convolution with stride 4, so bands up to the Nyquist
+    frequency stay, where vocoders leave their traces), the magnitude of its output, then residual blocks
+    of 1-D convolutions with max pooling and global average and max pooling over time.
+
+    Input (N, 1, samples, 1) standardised per window (``pipeline.audio.spectrograms``, feature
+    ``waveform``); output P(fake) (N, 1).
+    """
+    inputs = keras.Input((*input_shape, 1), name="waveform")
+    x = layers.Reshape((input_shape[1], 1), name="samples")(inputs)
+    x = layers.Conv1D(32, 64, strides=4, padding="same", use_bias=False, name="filterbank")(x)
+    x = Magnitude(name="magnitude")(x)
+    x = layers.MaxPooling1D(3, name="filterbank_pool")(x)
+    for i, filters in enumerate((32, 32, 64, 64, 64)):
+        x = _residual_block_1d(x, filters, f"block{i + 1}")
+    x = layers.BatchNormalization(name="final_bn")(x)
+    x = layers.LeakyReLU(0.3, name="final_act")(x)
+    pooled = layers.Concatenate(name="pooled")(
+        [layers.GlobalAveragePooling1D(name="gap")(x), layers.GlobalMaxPooling1D(name="gmp")(x)]
+    )
+    x = layers.Dense(32, activation="relu", name="hidden")(pooled)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
+    return keras.Model(inputs, outputs, name="raw_cnn")
+
+
+AUDIO_ARCHITECTURES = ("audio_cnn", "raw_cnn", "logmel_stats")
 
 
 def build_statistics_head(

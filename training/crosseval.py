@@ -9,10 +9,12 @@ spoof corpus), a fold trains without it and scores it:
   from the same dataset.
 - **training**: every other clip except the held-out family's (fakes and collection) and every clip of a
   speaker the test holds (LJSpeech's one voice, say); of these, the speakers of the ``val`` part of
-  ``speaker_disjoint_split`` validate (early stopping, calibration) and the others train.
+  ``speaker_disjoint_split`` validate (early stopping, calibration) and the others train. Where the
+  validation speakers lack a class, every fifth training clip of that class validates instead.
 
-Scorers: variants of the ``logmel_stats`` member (trained per fold, Platt-scaled on the fold's validation
-windows), the issue's floor (a logistic regression over per-band mean, spread and change), and a fixed
+Scorers: member variants trained per fold and Platt-scaled on the fold's validation windows (the
+``logmel_stats`` head over window statistics; the networks ``audio_cnn`` over log-mel spectrograms and
+``raw_cnn`` over the waveform, RawNet2-style), the issue's floor (a logistic regression over per-band mean, spread and change), and a fixed
 pack (the bundled one unless told otherwise), which never trains here: a family it was trained on is
 not held out for it, and the tables say which. Clip scores are the mean of window probabilities, as
 ``deepscan detect`` computes them. Per family: EER and AUC of its fold; pooled: the EER over the held-out
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +36,25 @@ from pipeline.audio import AudioFrontEnd
 from pipeline.ensemble import aggregate
 from pipeline.pack import ModelPack
 from training.audio_datasets import AudioItem, held_out, load_audio_datasets, speaker_disjoint_split
-from training.fitting import FitConfig
+from training.fitting import FitConfig, fit_member, make_array_sequence
 from training.logmel_stats import (
     DEFAULT_HIDDEN,
     FLOOR_STATISTICS,
     WindowFeatures,
+    balanced_window_weights,
     fit_floor,
     fit_head,
     window_features,
 )
 from training.metrics import eer, roc_auc
-from training.recipes import DataDirs, clip_scores, data_dirs_of, fit_aggregation, score_audio_clips
+from training.recipes import (
+    DataDirs,
+    audio_member_builder,
+    clip_scores,
+    data_dirs_of,
+    fit_aggregation,
+    score_audio_clips,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,20 +66,35 @@ FLOOR_SOURCES = ("librispeech", "neural")
 
 @dataclass(frozen=True)
 class MemberVariant:
-    """A ``logmel_stats`` recipe the sweep trains in every fold."""
+    """A member recipe the sweep trains in every fold: a ``logmel_stats`` head over the windows' statistics,
+    or the network that reads ``feature`` (``recipes.audio_member_builder``) over the windows themselves."""
 
     name: str
-    hidden: int = DEFAULT_HIDDEN
+    feature: str | None = None  # None: the logmel_stats head
+    hidden: int = DEFAULT_HIDDEN  # logmel_stats only
     copies: int = 1  # processed copies of every training clip (0: the clips as they are)
 
 
-# Fixed before the sweep was first run: the member as proposed, and what augmentation and the hidden layer add
+# Fixed before the sweep was first run: the member as proposed, and what augmentation and the hidden layer
+# add. The networks were added on 2026-12-04, each with one processed copy of every training clip.
 VARIANTS = (
     MemberVariant("logmel_stats"),
     MemberVariant("logmel_stats, no copies", copies=0),
     MemberVariant("logmel_stats, logistic", hidden=0),
+    MemberVariant("audio_cnn", feature="logmel"),
+    MemberVariant("raw_cnn", feature="waveform"),
 )
 SWEEP_CONFIG = FitConfig(epochs=60, batch_size=128, learning_rate=3e-3, patience=8)
+NETWORK_SWEEP_CONFIG = FitConfig(epochs=12, batch_size=32, learning_rate=1e-3, patience=4)
+
+
+def variants_named(names: Sequence[str]) -> list[MemberVariant]:
+    """The ``VARIANTS`` of these names, in that order; all of them for no names."""
+    by_name = {v.name: v for v in VARIANTS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown member variants {unknown}; choose from {', '.join(by_name)}")
+    return [by_name[n] for n in names] if names else list(VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -81,6 +106,24 @@ class Fold:
     val: list[int]
     test: list[int]
     own_recordings: bool  # the real side of the test is the family's own collection
+
+
+VALIDATION_FALLBACK_EVERY = 5  # a class missing from the validation speakers: every 5th training clip of it
+
+
+def _validate_every_class(
+    items: Sequence[AudioItem], train: list[int], val: list[int]
+) -> tuple[list[int], list[int]]:
+    """(train, val) where a class the validation speakers lack (all of a fold's remaining fakes can be one
+    voice, LJSpeech) takes every ``VALIDATION_FALLBACK_EVERY``-th training clip of that class to validation.
+    Those clips share speakers with training: only early stopping and calibration see them, never the test.
+    """
+    for label in (0, 1):
+        if any(items[i].label == label for i in val):
+            continue
+        moved = set([i for i in train if items[i].label == label][::VALIDATION_FALLBACK_EVERY])
+        train, val = [i for i in train if i not in moved], sorted([*val, *moved])
+    return train, val
 
 
 def family_folds(items: Sequence[AudioItem], families: Sequence[str] | None = None) -> list[Fold]:
@@ -120,6 +163,7 @@ def family_folds(items: Sequence[AudioItem], families: Sequence[str] | None = No
         ]
         val = [i for i in rest if split_of[id(items[i])] == "val"]
         train = [i for i in rest if split_of[id(items[i])] != "val"]
+        train, val = _validate_every_class(items, train, val)
         for part, indices in (("test", test), ("training", train), ("validation", val)):
             if {items[i].label for i in indices} != {0, 1}:
                 raise ValueError(f"fold {family}: the {part} part needs real and fake clips")
@@ -223,20 +267,45 @@ def _windows(features: WindowFeatures, indices: list[int], *, copies: bool = Fal
     return features.of_clips(set(indices), copies=copies)
 
 
+def _fit_network(
+    train: WindowFeatures, val: WindowFeatures, front_end: AudioFrontEnd, checkpoint_dir: Path, name: str,
+    config: FitConfig,
+) -> Any:  # fmt: skip
+    """The network that reads ``front_end``'s inputs, trained on the windows of ``train`` (class- and
+    dataset-balanced), early-stopped on the window AUC of ``val``."""
+    _, build = audio_member_builder(front_end)
+    weights = balanced_window_weights(train)
+    order = np.random.default_rng(config.seed).permutation(len(train.labels))
+    sequence = make_array_sequence(
+        train.x[order], train.labels[order].astype(np.float32)[:, None], weights[order],
+        batch_size=config.batch_size, seed=config.seed,
+    )  # fmt: skip
+    model, _ = fit_member(
+        lambda: build(front_end.input_shape), name, sequence, val.x, val.labels,
+        checkpoint_dir, config, verbose=0,
+    )  # fmt: skip
+    return model
+
+
 def _member_scores(
-    fold: Fold, features: WindowFeatures, variant: MemberVariant, out_dir: Path, config: FitConfig
-) -> np.ndarray:
+    fold: Fold, features: WindowFeatures, variant: MemberVariant, front_end: AudioFrontEnd, out_dir: Path,
+    config: FitConfig,
+) -> np.ndarray:  # fmt: skip
+    """Clip probabilities of ``variant`` trained on the fold (``features``: the statistics for a
+    ``logmel_stats`` variant, the windows' inputs for a network) on its test clips."""
     train = _windows(features, fold.train, copies=variant.copies > 0)
     if variant.copies > 0:
         train = train.subset(train.copies <= variant.copies)
     val = _windows(features, fold.val)
     name = variant.name.replace(", ", "_").replace(" ", "_")
-    head, _ = fit_head(train, val, out_dir / fold.family, name, hidden=variant.hidden, config=config)
+    if variant.feature is None:
+        model = fit_head(train, val, out_dir / fold.family, name, hidden=variant.hidden, config=config)[0]
+    else:
+        network_front_end = replace(front_end, feature=variant.feature)
+        model = _fit_network(train, val, network_front_end, out_dir / fold.family, name, config)
 
     def predict(windows: WindowFeatures) -> np.ndarray:
-        return np.asarray(head.predict(windows.x, batch_size=1024, verbose=0), dtype=np.float64).reshape(
-            -1, 1
-        )
+        return np.asarray(model.predict(windows.x, batch_size=64, verbose=0), dtype=np.float64).reshape(-1, 1)
 
     calibration = fit_aggregation(predict(val), val.labels, platt=True)
     test = _windows(features, fold.test)
@@ -265,23 +334,30 @@ def leave_one_family_out(
     pack: ModelPack | None = None,
     front_end: AudioFrontEnd = AudioFrontEnd(),
     config: FitConfig = SWEEP_CONFIG,
+    network_config: FitConfig = NETWORK_SWEEP_CONFIG,
     copies: int | None = None,
 ) -> CrossEvaluation:
     """Run the sweep over the datasets in ``data`` and write ``crosseval.json`` (figures and every clip
     score) into ``out_dir``; fold checkpoints go to ``out_dir/folds`` (a rerun resumes them: remove the
-    folder to train again) and window statistics to ``out_dir/cache``.
+    folder to train again) and window statistics and inputs to ``out_dir/cache``.
 
+    ``front_end`` (logmel) cuts the windows; a network reading another feature gets the same windows.
     ``pack``, if given, is scored on every fold's test clips as it is; the families it was trained on
-    (``pack_training_families``) are marked as seen. ``copies`` (default: the most any variant
-    uses) processed copies of every clip are computed once for all folds.
+    (``pack_training_families``) are marked as seen. ``copies`` (default: the most any variant of a
+    feature uses) processed copies of every clip are computed once for all folds.
     """
     out_dir = Path(out_dir)
     items = load_audio_datasets(data_dirs_of(data))
     folds = family_folds(items, families)
-    n_copies = max((v.copies for v in variants), default=0) if copies is None else copies
-    features = window_features(
-        items, front_end, copies=n_copies, seed=config.seed, cache_dir=out_dir / "cache"
-    )
+    inputs: dict[str | None, WindowFeatures] = {}  # feature (None: the statistics) -> every window
+    for feature in (None, *dict.fromkeys(v.feature for v in variants if v.feature)):
+        of_feature = [v.copies for v in variants if v.feature == feature]
+        n_copies = max(of_feature, default=0) if copies is None else copies
+        inputs[feature] = window_features(
+            items, replace(front_end, feature=feature or "logmel"), copies=n_copies, seed=config.seed,
+            cache_dir=out_dir / "cache", statistics=feature is None,
+        )  # fmt: skip
+    features = inputs[None]
     bands = front_end.n_mels
     evaluation = CrossEvaluation(items, folds)
     for fold in folds:
@@ -290,7 +366,10 @@ def leave_one_family_out(
             "fold %s: %d train, %d val, %d test clips", fold.family, len(fold.train), len(fold.val), len(test)
         )
         for variant in variants:
-            p = _member_scores(fold, features, variant, out_dir / "folds", config)
+            fit_config = config if variant.feature is None else network_config
+            p = _member_scores(
+                fold, inputs[variant.feature], variant, front_end, out_dir / "folds", fit_config
+            )
             evaluation.scores.setdefault(variant.name, {})[fold.family] = FoldScores(test, p)
         for scorer, sources in ((FLOOR, FLOOR_SOURCES), (f"{FLOOR}, all training data", None)):
             floor = _floor_scores(fold, features, bands, sources)
@@ -320,12 +399,16 @@ def sweep_table(
     out_dir: str | Path,
     *,
     families: Sequence[str] = (),
+    variants: Sequence[str] = (),
     pack: ModelPack | None = None,
     markdown: str | Path | None = None,
 ) -> str:
-    """``deepscan evaluate --kind audio --leave-one-out``: run the sweep, return its table (and write it
-    to ``markdown`` if given)."""
-    table = to_markdown(leave_one_family_out(data, out_dir, families=list(families) or None, pack=pack))
+    """``deepscan evaluate --kind audio --leave-one-out``: run the sweep (``variants`` by name, default
+    all), return its table (and write it to ``markdown`` if given)."""
+    evaluation = leave_one_family_out(
+        data, out_dir, families=list(families) or None, variants=variants_named(variants), pack=pack
+    )
+    table = to_markdown(evaluation)
     if markdown:
         Path(markdown).write_text(table)
     return table

@@ -95,14 +95,13 @@ def _copy_rng(seed: int, path: Path, copy: int) -> np.random.Generator:
 
 
 def _cache_key(items: Sequence[AudioItem], front_end: AudioFrontEnd, copies: int, processing: Processing,
-               seed: int) -> str:  # fmt: skip
+               seed: int, statistics: bool) -> str:  # fmt: skip
     digest = hashlib.sha1()
     for item in items:
         stat = item.path.stat()
         digest.update(f"{item.path.resolve()}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\n".encode())
-    digest.update(
-        json.dumps([front_end.to_dict(), copies, repr(processing), seed, LOGMEL_STATISTICS]).encode()
-    )
+    contents = LOGMEL_STATISTICS if statistics else "inputs"
+    digest.update(json.dumps([front_end.to_dict(), copies, repr(processing), seed, contents]).encode())
     return digest.hexdigest()[:20]
 
 
@@ -114,22 +113,23 @@ def window_features(
     processing: Processing = DEFAULT_PROCESSING,
     seed: int = 0,
     cache_dir: Path | None = None,
+    statistics: bool = True,
 ) -> WindowFeatures:
     """Every statistic of ``LogMelStatistics`` for every window of every usable clip and of ``copies``
-    processed copies of each.
+    processed copies of each; without ``statistics``, the windows' member inputs themselves (the front
+    end's spectrograms or waveforms, (N, F, T, 1)), for a network trained on them.
 
     A clip that cannot be cut into windows (too short, silent, undecodable) is logged and left out: it
     has no windows. With ``cache_dir`` the result is stored there under a key of the clips (path, size,
-    modification time), the front end, the copies, the processing and the seed, and read back next time.
+    modification time), the front end, the copies, the processing, the seed and what is kept, and read
+    back next time.
     """
-    if front_end.feature != "logmel":
+    if statistics and front_end.feature != "logmel":
         raise ValueError(f"log-mel statistics need the logmel front end, not {front_end.feature!r}")
     items = list(items)
-    cache = (
-        cache_dir / f"logmel_stats-{_cache_key(items, front_end, copies, processing, seed)}.npz"
-        if cache_dir
-        else None
-    )
+    key = _cache_key(items, front_end, copies, processing, seed, statistics)
+    prefix = "logmel_stats" if statistics else f"{front_end.feature}_inputs"
+    cache = cache_dir / f"{prefix}-{key}.npz" if cache_dir else None
     if cache is not None and cache.is_file():
         with np.load(cache) as stored:
             return WindowFeatures(stored["x"], stored["labels"], stored["clips"], stored["copies"], items)
@@ -144,7 +144,8 @@ def window_features(
         if pending:
             batch = np.concatenate(pending)
             for i in range(0, len(batch), FEATURE_BATCH):
-                parts.append(np.asarray(layer(batch[i : i + FEATURE_BATCH]), dtype=np.float32))
+                chunk = batch[i : i + FEATURE_BATCH]
+                parts.append(np.asarray(layer(chunk), dtype=np.float32) if statistics else chunk)
             pending.clear()
 
     for index, item in enumerate(items):

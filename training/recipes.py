@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -455,6 +455,13 @@ def clip_scores(window_scores: np.ndarray, clips: np.ndarray, n_clips: int) -> n
         return sums / counts
 
 
+def audio_member_builder(front_end: AudioFrontEnd) -> tuple[str, Callable[[tuple[int, int]], Any]]:
+    """(architecture, builder) of the network member that reads ``front_end``'s windows."""
+    from training.architectures import build_audio_cnn, build_raw_cnn
+
+    return ("raw_cnn", build_raw_cnn) if front_end.feature == "waveform" else ("audio_cnn", build_audio_cnn)
+
+
 def train_audio_member(
     data_dir: DataDirs,
     out_dir: str | Path,
@@ -468,7 +475,8 @@ def train_audio_member(
     verbose: int = 1,
 ) -> Manifest:
     """Train an audio CNN on the clips of ``data_dir`` (one dataset folder or several, any layout
-    ``load_audio_dataset`` reads) and add it to the pack.
+    ``load_audio_dataset`` reads) and add it to the pack: ``audio_cnn`` over a spectrogram front end,
+    ``raw_cnn`` over the ``waveform`` one (``audio_member_builder``).
 
     The member is named ``audio_<feature>`` unless ``name`` says otherwise; a member of that name is
     replaced, other audio members stay and are fused with it (``fit_audio_fusion``). The split is
@@ -476,8 +484,7 @@ def train_audio_member(
     collection) are kept out of training and validation entirely: their test figures are the ones that
     predict unseen generators.
     """
-    from training.architectures import build_audio_cnn
-
+    architecture, build = audio_member_builder(front_end)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or f"audio_{front_end.feature}"
@@ -490,7 +497,7 @@ def train_audio_member(
     train = (x_train[order], y_train[order].astype(np.float32)[:, None], weights[order].astype(np.float32))
     del data["train"], x_train
     _, state = fit_member(
-        lambda: build_audio_cnn(front_end.input_shape),
+        lambda: build(front_end.input_shape),
         name,
         make_array_sequence(*train, batch_size=config.batch_size, seed=config.seed),
         data["val"][0],
@@ -506,7 +513,7 @@ def train_audio_member(
         kind="audio",
         file=file,
         input_size=front_end.input_shape,
-        architecture="audio_cnn",
+        architecture=architecture,
         metrics={"val_auc": state["best_auc"], "best_epoch": state["best_epoch"] + 1},
         front_end=front_end,
     )

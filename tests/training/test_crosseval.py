@@ -57,6 +57,29 @@ def test_folds_keep_the_family_its_recordings_and_its_speakers_out_of_training()
     assert {item.family for item in trained_items} == {"bonafide", "vocoder", "page", "other_page"}
 
 
+def test_a_fold_whose_fakes_are_one_training_voice_validates_on_a_fifth_of_them() -> None:
+    """audio/neural without a generated corpus: held out the codec page (many voices), every fake left is
+    LJSpeech's, one speaker, on the training side of the split; validation takes a fifth of those clips."""
+    items = [AudioItem(Path(f"libri/{s}.flac"), 0, str(s), "bonafide", "librispeech") for s in range(40)]
+    for page in ("vocoder", "tts"):
+        for k in range(10):
+            items.append(AudioItem(Path(f"{page}/{k}.flac"), 1, "LJSpeech", page, "neural", page))
+        items.append(AudioItem(Path(f"{page}/real.flac"), 0, "LJSpeech", "bonafide", "neural", page))
+    for k in range(10):
+        for label, family in ((0, "bonafide"), (1, "codec")):
+            items.append(
+                AudioItem(Path(f"codec/{label}/{k}.flac"), label, f"v{k}", family, "neural", "codec")
+            )
+    split = {id(item): name for name, part in speaker_disjoint_split(items).items() for item in part}
+    assert split[id(items[40])] != "val"  # LJSpeech trains, as it does in the real data
+    (fold,) = family_folds(items, ["codec"])
+    val_fakes = [i for i in fold.val if items[i].label == 1]
+    train_fakes = [i for i in fold.train if items[i].label == 1]
+    assert len(val_fakes) == 4 and len(train_fakes) == 16  # every fifth of the 20 LJSpeech fakes
+    assert all(items[i].speaker == "LJSpeech" for i in val_fakes) and not set(fold.val) & set(fold.train)
+    assert all(split[id(items[i])] == "val" for i in fold.val if items[i].label == 0)  # reals as split
+
+
 def test_folds_refuse_unknown_families_and_one_class_parts() -> None:
     items = corpus_items()
     with pytest.raises(ValueError, match="no fakes of families"):
@@ -78,13 +101,19 @@ def test_the_sweep_trains_scores_and_reports_every_fold(tmp_path: Path, random_p
     data = make_audio_dataset(tmp_path / "tones", n_speakers=30)
     pack = ModelPack.load(random_pack)
     front_end = AudioFrontEnd(window_s=2.0, hop_s=1.0)  # the random pack's windows
+    variants = (
+        MemberVariant("stats", hidden=0, copies=1),
+        MemberVariant("raw", feature="waveform", copies=0),
+    )
     sweep = leave_one_family_out(
-        data, tmp_path / "sweep", variants=(MemberVariant("stats", hidden=0, copies=1),), pack=pack,
-        front_end=front_end, config=FitConfig(epochs=3, batch_size=16, patience=3),
+        data, tmp_path / "sweep", variants=variants, pack=pack, front_end=front_end,
+        config=FitConfig(epochs=3, batch_size=16, patience=3),
+        network_config=FitConfig(epochs=1, batch_size=16, patience=1),
     )  # fmt: skip
     assert [fold.family for fold in sweep.folds] == ["click", "tone"]
     assert set(sweep.scores) == {
         "stats",
+        "raw",
         "floor, all training data",
         "test-pack@0.0.1 fusion",
         "test-pack@0.0.1 audio_cnn",
@@ -102,5 +131,10 @@ def test_the_sweep_trains_scores_and_reports_every_fold(tmp_path: Path, random_p
     stored = json.loads((tmp_path / "sweep" / "crosseval.json").read_text())
     assert stored["figures"]["stats"]["pooled"]["eer"] == pytest.approx(figures["eer"])
     assert len(stored["clips"]["stats"]["tone"]) == len(sweep.folds[1].test)
-    # the statistics are cached: a second sweep reads them back
+    # the statistics and the raw network's windows are cached: a second sweep reads them back
     assert list((tmp_path / "sweep" / "cache").glob("logmel_stats-*.npz"))
+    assert list((tmp_path / "sweep" / "cache").glob("waveform_inputs-*.npz"))
+    # a network trained in every fold: a checkpoint per fold
+    assert all(
+        (tmp_path / "sweep" / "folds" / family / "raw.best.keras").is_file() for family in ("click", "tone")
+    )

@@ -275,14 +275,18 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
     threshold = manifest.thresholds["audio"]  # chosen at the validation EER, used for every test figure
     assert 0.0 < threshold < 1.0 and figures["all"]["threshold"] == figures["click"]["threshold"] == threshold
 
-    # a second front end joins the first: both stay, and one logistic regression fuses their windows
-    linear = AudioFrontEnd(feature="linear", window_s=1.0, hop_s=1.0)
+    # a second front end joins the first: both stay, and one logistic regression fuses their windows; the
+    # waveform is read by the raw-waveform network
+    waveform = AudioFrontEnd(feature="waveform", window_s=1.0, hop_s=1.0)
     manifest = train_audio_member(
-        data, tmp_path / "pack", front_end=linear, holdout_families=["click"], config=config, verbose=0
+        data, tmp_path / "pack", front_end=waveform, holdout_families=["click"], config=config, verbose=0
     )
-    assert [m.name for m in manifest.audio_members] == ["audio_logmel", "audio_linear"]
+    assert [(m.name, m.architecture) for m in manifest.audio_members] == [
+        ("audio_logmel", "audio_cnn"),
+        ("audio_waveform", "raw_cnn"),
+    ]
     assert len(manifest.audio_aggregation.coefficients) == 2
-    assert set(manifest.info["audio_training"]["members"]) == {"audio_logmel", "audio_linear"}
+    assert set(manifest.info["audio_training"]["members"]) == {"audio_logmel", "audio_waveform"}
     for m in manifest.audio_members:
         assert manifest.info["audio_training"]["members"][m.name]["all"]["auc"] == m.metrics["test_auc"]
     pack = ModelPack.load(tmp_path / "pack")
@@ -323,7 +327,7 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
         )
     assert [m.name for m in read_manifest(tmp_path / "pack").audio_members] == [
         "audio_logmel",
-        "audio_linear",
+        "audio_waveform",
     ]
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.audio import FEATURES
 from pipeline.errors import DeepscanError
 from workers.cli.helpers import EXIT_OK, Subparsers
 from workers.cli.output import format_pack
@@ -60,12 +61,17 @@ def register(sub: Subparsers) -> None:
         "--drop", metavar="NAMES", help="with --fuse-only: remove these image members (comma-separated) first"
     )
     audio = train_sub.choices["audio"]
-    audio.add_argument("--feature", choices=("logmel", "linear", "cqt"), default="logmel")
+    audio.add_argument(
+        "--feature",
+        choices=FEATURES,
+        default="logmel",
+        help="the front end: a log spectrogram (audio_cnn), or waveform (the raw_cnn member)",
+    )
     audio.add_argument(
         "--architecture",
-        choices=("audio_cnn", "logmel_stats"),
-        default="audio_cnn",
-        help="logmel_stats: per-band log-mel statistics and a small head (member audio_logmel_stats)",
+        choices=("audio_cnn", "raw_cnn", "logmel_stats"),
+        help="default: audio_cnn over a spectrogram, raw_cnn over the waveform; logmel_stats: per-band "
+        "log-mel statistics and a small head (member audio_logmel_stats)",
     )
     audio.add_argument("--hidden", type=int, default=32, help="logmel_stats: hidden units (0: logistic)")
     audio.add_argument(
@@ -113,6 +119,14 @@ def register(sub: Subparsers) -> None:
     )
     evaluate.add_argument(
         "--out", default="build/crosseval", metavar="DIR", help="with --leave-one-out: folds, cache, scores"
+    )
+    evaluate.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="audio with --leave-one-out, repeatable: a member variant trained in every fold (default all: "
+        "logmel_stats, 'logmel_stats, no copies', 'logmel_stats, logistic', audio_cnn, raw_cnn)",
     )
     _add_face_training_options(evaluate)
     _add_fit_options(evaluate)
@@ -272,12 +286,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     elif args.kind == "audio":
         from pipeline.audio import AudioFrontEnd
-        from training.recipes import train_audio_member
+        from training.recipes import audio_member_builder, train_audio_member
 
+        front_end = AudioFrontEnd.for_feature(args.feature)
+        architecture, _ = audio_member_builder(front_end)
+        if args.architecture not in (None, architecture):
+            raise UsageError(f"--feature {args.feature} is read by {architecture}, not {args.architecture}")
         manifest = train_audio_member(
             args.data,
             args.out,
-            front_end=AudioFrontEnd.for_feature(args.feature),
+            front_end=front_end,
             config=config,
             holdout_families=_names(args.holdout_families),
             pack_name=args.name,
@@ -305,7 +323,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         try:
             table = sweep_table(
-                args.data, args.out, families=_names(args.families), pack=pack, markdown=args.markdown
+                args.data,
+                args.out,
+                families=_names(args.families),
+                variants=args.variant,
+                pack=pack,
+                markdown=args.markdown,
             )
         except ValueError as e:
             raise UsageError(str(e)) from e
