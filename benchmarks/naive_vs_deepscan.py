@@ -37,13 +37,20 @@ RESEARCH_VIDEOS = REPO.parent / "shared" / "data" / "videos"
 BOX_IOU = 0.8
 
 
+def member_input(crop: Any, member: Any) -> Any:
+    """One crop as ``member`` reads it (its crop geometry and input size): a batch of one."""
+    from pipeline.faces import to_model_input
+
+    return to_model_input([crop], member.input_size, member.crop_geometry)
+
+
 def naive_timeline(analyzer: Any, path: Path) -> list[dict[str, Any]]:
     """One entry per second: the naive loop's faces and their ensemble probabilities."""
     import cv2
     import numpy as np
 
     from pipeline.ensemble import aggregate
-    from pipeline.faces import FaceBox, square_crop, to_model_input
+    from pipeline.faces import FaceBox, square_crop
 
     pack, options = analyzer.pack, analyzer.detector.options
     cascade = analyzer.detector._cascade  # the same cascade file, run on the full frame
@@ -69,7 +76,7 @@ def naive_timeline(analyzer: Any, path: Path) -> list[dict[str, Any]]:
             for box in boxes:
                 crop = square_crop(frame, box)
                 scores = [
-                    float(pack.models[m.name].predict(to_model_input([crop], m.input_size), verbose=0)[0, 0])
+                    float(pack.models[m.name].predict(member_input(crop, m), verbose=0)[0, 0])
                     for m in pack.manifest.image_members
                 ]
                 probabilities.append(float(aggregate(np.array([scores]), pack.manifest.aggregation)[0]))
@@ -98,7 +105,6 @@ def same_crops_check(analyzer: Any, path: Path) -> dict[str, Any]:
     import numpy as np
 
     from pipeline.ensemble import aggregate
-    from pipeline.faces import to_model_input
     from pipeline.media import iter_video_frames, probe_video
 
     pack, threshold = analyzer.pack, analyzer.image_threshold
@@ -110,7 +116,7 @@ def same_crops_check(analyzer: Any, path: Path) -> dict[str, Any]:
         if not faces.crops:
             continue
         one_by_one = [
-            [float(pack.models[m.name].predict(to_model_input([c], m.input_size), verbose=0)[0, 0])
+            [float(pack.models[m.name].predict(member_input(c, m), verbose=0)[0, 0])
              for m in pack.manifest.image_members]
             for c in faces.crops
         ]  # fmt: skip
