@@ -40,6 +40,10 @@ BROKER_CONNECT_RETRIES = 2
 BROKER_CHECK_INTERVAL_S = 10.0  # how often a waiting producer makes sure the broker still answers
 # How long a waiting producer rides out a broker that does not answer (a restart) before it gives up.
 BROKER_OUTAGE_GRACE_S = 120.0
+# How long the producer retries a step that needs the database once its objects are queued (the workers
+# are already busy with them, and their retries wait for the database too).
+DATABASE_OUTAGE_GRACE_S = 300.0
+DATABASE_RETRY_MAX_DELAY_S = 15.0
 # A queuing or running scan older than this is taken for abandoned: a scheduled run no longer waits on it.
 ACTIVE_SCAN_MAX_AGE = timedelta(hours=24)
 
@@ -151,7 +155,7 @@ def start_scan(
             for ref in fresh:
                 queue_object(ref, scan_id)
                 if on_progress is not None:
-                    on_progress(scan_progress(scan_id, sessions=sessions))
+                    _report_progress(scan_id, on_progress, sessions)
             queued, skipped = queued + len(fresh), skipped + len(page) - len(fresh)
     except BaseException as e:  # interrupted too: a scan must not stay 'queuing' for ever
         with session_scope(sessions) as session:
@@ -161,11 +165,48 @@ def start_scan(
         if isinstance(e, UsageError | ScanError) or not isinstance(e, Exception):
             raise
         raise ScanError(f"scan {scan_id} of {source} stopped while queuing: {e}") from e
-    with session_scope(sessions) as session:
-        queries.mark_scan_running(session, scan_id=scan_id)
-    rows.complete_if_done(scan_id, sessions=sessions)  # the tasks may all have finished already
+
+    def start_running() -> None:
+        with session_scope(sessions) as session:
+            queries.mark_scan_running(session, scan_id=scan_id)
+        rows.complete_if_done(scan_id, sessions=sessions)  # the tasks may all have finished already
+
+    # every object is queued and the workers are at it: a database outage now is waited out, not fatal
+    _through_database_outage(start_running, f"scan {scan_id}")
     logger.info("scan %d of %s: %d queued, %d skipped", scan_id, source, queued, skipped)
     return QueuedScan(scan_id, source, queued, skipped)
+
+
+def _report_progress(
+    scan_id: int, on_progress: Callable[[ScanProgress], None], sessions: sessionmaker[Session]
+) -> None:
+    """Show the scan's counts; a database that does not answer just skips this update."""
+    try:
+        progress = scan_progress(scan_id, sessions=sessions)
+    except (OperationalError, InterfaceError) as e:
+        logger.warning("scan %d: the database does not answer (%s); no progress shown", scan_id, e.orig)
+        return
+    on_progress(progress)
+
+
+def _through_database_outage(step: Callable[[], None], what: str) -> None:
+    """Run ``step``, and again while the database does not answer, with growing pauses, for at most
+    ``DATABASE_OUTAGE_GRACE_S``; then raise ScanError."""
+    deadline = time.monotonic() + DATABASE_OUTAGE_GRACE_S
+    delay = 1.0
+    while True:
+        try:
+            return step()
+        except (OperationalError, InterfaceError) as e:
+            if time.monotonic() + delay > deadline:
+                raise ScanError(
+                    f"{what}: the database has not answered for {DATABASE_OUTAGE_GRACE_S:.0f} s ({e.orig})"
+                ) from e
+            logger.warning(
+                "%s: the database does not answer (%s); trying again in %.0f s", what, e.orig, delay
+            )
+            time.sleep(delay)
+            delay = min(2 * delay, DATABASE_RETRY_MAX_DELAY_S)
 
 
 def _load_models_or_refuse() -> None:

@@ -465,6 +465,46 @@ def test_a_database_outage_mid_scan_loses_nothing(
         proxy.close()
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_the_producer_waits_out_a_database_outage_after_queuing(db_url: str, monkeypatch: Any) -> None:
+    """The producer's last steps (mark the scan running, complete it if the tasks are done) meet the database
+    away: they are tried again until it answers, and give up with a message after the grace period."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from workers import producer
+    from workers.errors import ScanError
+
+    url = make_url(db_url)
+    proxy = OutageProxy(url.host or "127.0.0.1", url.port or 5432)
+    engine = create_engine(url.set(host="127.0.0.1", port=proxy.port), pool_pre_ping=True)
+    calls = 0
+
+    def step() -> None:
+        nonlocal calls
+        calls += 1
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    try:
+        step()  # a pooled connection that the outage will cut
+        proxy.down()
+        threading.Timer(2.5, proxy.up).start()
+        started = time.monotonic()
+        producer._through_database_outage(step, "scan 1")
+        assert time.monotonic() - started >= 2.0 and calls >= 3 and proxy.refused > 0
+
+        proxy.down()
+        monkeypatch.setattr(producer, "DATABASE_OUTAGE_GRACE_S", 2.0)
+        with pytest.raises(ScanError, match="scan 1: the database has not answered for 2 s"):
+            producer._through_database_outage(step, "scan 1")
+    finally:
+        proxy.close()
+        engine.dispose()
+
+
 # -- the broker away -------------------------------------------------------------------------------------
 
 REDIS_DOWN_S = 12  # longer than the waiting producer's broker check interval (10 s): it meets the outage
