@@ -36,12 +36,12 @@ from pipeline.audio import AudioFrontEnd
 from pipeline.ensemble import aggregate
 from pipeline.pack import ModelPack
 from training.audio_datasets import AudioItem, held_out, load_audio_datasets, speaker_disjoint_split
-from training.fitting import FitConfig, fit_member, make_array_sequence
+from training.fitting import FitConfig, fit_member
 from training.logmel_stats import (
     DEFAULT_HIDDEN,
     FLOOR_STATISTICS,
     WindowFeatures,
-    balanced_window_weights,
+    balanced_batches,
     fit_floor,
     fit_head,
     window_features,
@@ -274,14 +274,8 @@ def _fit_network(
     """The network that reads ``front_end``'s inputs, trained on the windows of ``train`` (class- and
     dataset-balanced), early-stopped on the window AUC of ``val``."""
     _, build = audio_member_builder(front_end)
-    weights = balanced_window_weights(train)
-    order = np.random.default_rng(config.seed).permutation(len(train.labels))
-    sequence = make_array_sequence(
-        train.x[order], train.labels[order].astype(np.float32)[:, None], weights[order],
-        batch_size=config.batch_size, seed=config.seed,
-    )  # fmt: skip
     model, _ = fit_member(
-        lambda: build(front_end.input_shape), name, sequence, val.x, val.labels,
+        lambda: build(front_end.input_shape), name, balanced_batches(train, config), val.x, val.labels,
         checkpoint_dir, config, verbose=0,
     )  # fmt: skip
     return model

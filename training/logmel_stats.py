@@ -203,6 +203,16 @@ def balanced_window_weights(features: WindowFeatures) -> np.ndarray:
     return (raw * len(raw) / raw.sum()).astype(np.float32)
 
 
+def balanced_batches(train: WindowFeatures, config: FitConfig) -> Any:
+    """The windows of ``train`` as shuffled training batches weighted by ``balanced_window_weights``."""
+    weights = balanced_window_weights(train)
+    order = np.random.default_rng(config.seed).permutation(len(train.labels))
+    return make_array_sequence(
+        train.x[order], train.labels[order].astype(np.float32)[:, None], weights[order],
+        batch_size=config.batch_size, seed=config.seed,
+    )  # fmt: skip
+
+
 def fit_head(
     train: WindowFeatures,
     val: WindowFeatures,
@@ -222,15 +232,9 @@ def fit_head(
 
     mean = train.x.mean(axis=0)
     variance = np.maximum(train.x.var(axis=0), 1e-6)
-    weights = balanced_window_weights(train)
-    order = np.random.default_rng(config.seed).permutation(len(train.labels))
-    sequence = make_array_sequence(
-        train.x[order], train.labels[order].astype(np.float32)[:, None], weights[order],
-        batch_size=config.batch_size, seed=config.seed,
-    )  # fmt: skip
     return fit_member(
-        lambda: build_statistics_head(mean, variance, hidden=hidden), name, sequence, val.x, val.labels,
-        checkpoint_dir, config, verbose=verbose,
+        lambda: build_statistics_head(mean, variance, hidden=hidden), name, balanced_batches(train, config),
+        val.x, val.labels, checkpoint_dir, config, verbose=verbose,
     )  # fmt: skip
 
 
