@@ -14,11 +14,12 @@ spoof corpus), a fold trains without it and scores it:
 
 Scorers: member variants trained per fold and Platt-scaled on the fold's validation windows (the
 ``logmel_stats`` head over window statistics; the networks ``audio_cnn`` over log-mel spectrograms and
-``raw_cnn`` over the waveform, RawNet2-style), the issue's floor (a logistic regression over per-band mean, spread and change), and a fixed
-pack (the bundled one unless told otherwise), which never trains here: a family it was trained on is
-not held out for it, and the tables say which. Clip scores are the mean of window probabilities, as
-``deepscan detect`` computes them. Per family: EER and AUC of its fold; pooled: the EER over the held-out
-clips of all folds (and of each dataset's folds) together, each fold scored by its own model.
+``raw_cnn`` over the waveform, RawNet2-style), the issue's floor (a logistic regression over per-band
+mean, spread and change), and a fixed pack (the bundled one unless told otherwise), which never trains
+here: a family it was trained on is not held out for it, and the tables say which. Clip scores are the
+mean of window probabilities, as ``deepscan detect`` computes them. Per family: EER and AUC of its fold;
+pooled: the EER over the held-out clips of all folds (and of each dataset's folds) together, each fold
+scored by its own model.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def window_features(
     if cache is not None and cache.is_file():
         with np.load(cache) as stored:
             return WindowFeatures(stored["x"], stored["labels"], stored["clips"], stored["copies"], items)
-    layer = LogMelStatistics()
+    layer = LogMelStatistics() if statistics else None
     pending: list[np.ndarray] = []
     parts: list[np.ndarray] = []
     labels: list[int] = []
@@ -145,7 +145,7 @@ def window_features(
             batch = np.concatenate(pending)
             for i in range(0, len(batch), FEATURE_BATCH):
                 chunk = batch[i : i + FEATURE_BATCH]
-                parts.append(np.asarray(layer(chunk), dtype=np.float32) if statistics else chunk)
+                parts.append(np.asarray(layer(chunk), dtype=np.float32) if layer else chunk)
             pending.clear()
 
     for index, item in enumerate(items):

@@ -40,6 +40,8 @@ BROKER_CONNECT_RETRIES = 2
 BROKER_CHECK_INTERVAL_S = 10.0  # how often a waiting producer makes sure the broker still answers
 # How long a waiting producer rides out a broker that does not answer (a restart) before it gives up.
 BROKER_OUTAGE_GRACE_S = 120.0
+# What SQLAlchemy raises when the database does not answer (a restart, a network cut): waited for, not fatal
+DATABASE_AWAY = (OperationalError, InterfaceError)
 # How long the producer retries a step that needs the database once its objects are queued (the workers
 # are already busy with them, and their retries wait for the database too).
 DATABASE_OUTAGE_GRACE_S = 300.0
@@ -183,7 +185,7 @@ def _report_progress(
     """Show the scan's counts; a database that does not answer just skips this update."""
     try:
         progress = scan_progress(scan_id, sessions=sessions)
-    except (OperationalError, InterfaceError) as e:
+    except DATABASE_AWAY as e:
         logger.warning("scan %d: the database does not answer (%s); no progress shown", scan_id, e.orig)
         return
     on_progress(progress)
@@ -197,7 +199,7 @@ def _through_database_outage(step: Callable[[], None], what: str) -> None:
     while True:
         try:
             return step()
-        except (OperationalError, InterfaceError) as e:
+        except DATABASE_AWAY as e:
             if time.monotonic() + delay > deadline:
                 raise ScanError(
                     f"{what}: the database has not answered for {DATABASE_OUTAGE_GRACE_S:.0f} s ({e.orig})"
@@ -278,7 +280,7 @@ def wait_for_scan(
         try:
             rows.complete_if_done(scan_id, sessions=sessions)
             progress = scan_progress(scan_id, sessions=sessions)
-        except (OperationalError, InterfaceError) as e:  # the database is away: the workers retry, so do we
+        except DATABASE_AWAY as e:  # the database is away: the workers retry, so do we
             logger.warning("scan %d: the database does not answer (%s); still waiting", scan_id, e.orig)
         else:
             if on_progress is not None:
