@@ -3,7 +3,9 @@
 A scan is created 'queuing' while the listing goes on, page by page: each page's count is committed to the
 scan's ``total`` before its tasks are published, so no task can see a total smaller than the number of
 objects already queued. Once the listing is done the scan turns 'running' and may complete: whoever
-writes the last row (a task, or ``wait_for_scan``) marks it complete, with one conditional UPDATE.
+writes the last row (a task, or ``wait_for_scan``) marks it complete, with one conditional UPDATE. A
+database that stops answering meanwhile (a restart, a failover) is waited out for a few minutes, page by
+page, as the workers wait it out.
 
 Objects already analysed with the same ETag (S3) or sha256 (local files) and the same model version are
 skipped and counted in ``skipped``, unless ``force``.
@@ -16,7 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -34,6 +37,7 @@ from workers.storage import ObjectRef, canonical_source, list_objects
 from workers.tasks import queue_object
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PAGE_SIZE = 500  # objects checked against the results table and queued per transaction
 BROKER_CONNECT_RETRIES = 2
@@ -42,8 +46,8 @@ BROKER_CHECK_INTERVAL_S = 10.0  # how often a waiting producer makes sure the br
 BROKER_OUTAGE_GRACE_S = 120.0
 # What SQLAlchemy raises when the database does not answer (a restart, a network cut): waited for, not fatal
 DATABASE_AWAY = (OperationalError, InterfaceError)
-# How long the producer retries a step that needs the database once its objects are queued (the workers
-# are already busy with them, and their retries wait for the database too).
+# How long the producer retries a step that needs the database (a page's bookkeeping while queuing, the last
+# steps once everything is queued): the workers are busy with what is queued, and their retries wait too.
 DATABASE_OUTAGE_GRACE_S = 300.0
 DATABASE_RETRY_MAX_DELAY_S = 15.0
 # A queuing or running scan older than this is taken for abandoned: a scheduled run no longer waits on it.
@@ -149,21 +153,17 @@ def start_scan(
             ),
             PAGE_SIZE,
         ):
-            fresh = _fresh(sessions, page, model_version=model_version, force=force)
-            with session_scope(sessions) as session:  # committed before publishing: see the module docstring
-                queries.add_to_scan(
-                    session, scan_id=scan_id, queued=len(fresh), skipped=len(page) - len(fresh)
-                )
+            count_page = partial(
+                _count_page, sessions, scan_id, page, model_version=model_version, force=force
+            )
+            fresh = _through_database_outage(count_page, f"scan {scan_id}")
             for ref in fresh:
                 queue_object(ref, scan_id)
                 if on_progress is not None:
                     _report_progress(scan_id, on_progress, sessions)
             queued, skipped = queued + len(fresh), skipped + len(page) - len(fresh)
     except BaseException as e:  # interrupted too: a scan must not stay 'queuing' for ever
-        with session_scope(sessions) as session:
-            queries.finish_scan(
-                session, scan_id=scan_id, status=ScanStatus.FAILED, error=f"{type(e).__name__}: {e}"
-            )
+        _mark_failed(sessions, scan_id, f"{type(e).__name__}: {e}")
         if isinstance(e, UsageError | ScanError) or not isinstance(e, Exception):
             raise
         raise ScanError(f"scan {scan_id} of {source} stopped while queuing: {e}") from e
@@ -173,7 +173,7 @@ def start_scan(
             queries.mark_scan_running(session, scan_id=scan_id)
         rows.complete_if_done(scan_id, sessions=sessions)  # the tasks may all have finished already
 
-    # every object is queued and the workers are at it: a database outage now is waited out, not fatal
+    # every object is queued and the workers are at it: a database outage now is waited out too
     _through_database_outage(start_running, f"scan {scan_id}")
     logger.info("scan %d of %s: %d queued, %d skipped", scan_id, source, queued, skipped)
     return QueuedScan(scan_id, source, queued, skipped)
@@ -191,7 +191,29 @@ def _report_progress(
     on_progress(progress)
 
 
-def _through_database_outage(step: Callable[[], None], what: str) -> None:
+def _count_page(
+    sessions: sessionmaker[Session], scan_id: int, page: list[ObjectRef], *, model_version: str, force: bool
+) -> list[ObjectRef]:
+    """The objects of ``page`` to queue, once the scan counts the page (committed before any is published:
+    see the module docstring). One transaction for the count, so a page retried after an outage that broke
+    it is counted once; only a connection lost during the COMMIT itself leaves that unknowable."""
+    fresh = _fresh(sessions, page, model_version=model_version, force=force)
+    with session_scope(sessions) as session:
+        queries.add_to_scan(session, scan_id=scan_id, queued=len(fresh), skipped=len(page) - len(fresh))
+    return fresh
+
+
+def _mark_failed(sessions: sessionmaker[Session], scan_id: int, error: str) -> None:
+    """Mark the scan failed with ``error``; a database still away leaves it 'queuing' (later scheduled runs
+    pass it after ``ACTIVE_SCAN_MAX_AGE``) and says so in the log."""
+    try:
+        with session_scope(sessions) as session:
+            queries.finish_scan(session, scan_id=scan_id, status=ScanStatus.FAILED, error=error)
+    except DATABASE_AWAY as e:
+        logger.error("scan %d could not be marked failed, the database does not answer (%s)", scan_id, e.orig)
+
+
+def _through_database_outage(step: Callable[[], T], what: str) -> T:
     """Run ``step``, and again while the database does not answer, with growing pauses, for at most
     ``DATABASE_OUTAGE_GRACE_S``; then raise ScanError."""
     deadline = time.monotonic() + DATABASE_OUTAGE_GRACE_S

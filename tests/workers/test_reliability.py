@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
+from db import queries
+from pipeline.pack import Manifest, MemberSpec
 from tests.conftest import REPO
 from tests.workers.conftest import FaultyProxy, OutageProxy, PrivateRedis, Stack, wait_for, zip_bytes
 from tests.workers.test_distributed import details, mixed_bucket, queue_video_chord
@@ -503,6 +505,73 @@ def test_the_producer_waits_out_a_database_outage_after_queuing(db_url: str, mon
     finally:
         proxy.close()
         engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_database_outage_while_queuing_is_waited_out_page_by_page(
+    db_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """PostgreSQL stops answering after the first object of a six-object folder is queued (pages of two):
+    the producer waits at the next page's bookkeeping until it answers, then queues the rest, each object
+    once, and counts each page once. Away for longer than the grace period, the scan stops with a
+    ScanError that says why, not with the driver's error."""
+    import threading
+
+    from sqlalchemy.engine import make_url
+
+    from db.session import make_engine, migrate, session_factory, session_scope
+    from workers import producer
+    from workers.errors import ScanError
+    from workers.settings import get_settings
+
+    migrate(db_url)
+    url = make_url(db_url)
+    proxy = OutageProxy(url.host or "127.0.0.1", url.port or 5432)
+    engine = make_engine(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+    sessions = session_factory(engine)
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"face{i}.jpg").write_bytes(f"object {i}".encode())
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    members = (MemberSpec("spectral", "image", "spectral.keras", (64, 64), "spectral"),)
+    (pack / "manifest.json").write_text(json.dumps(Manifest("test-pack", "0.0.1", members).to_dict()))
+    monkeypatch.setenv("DEEPSCAN_BROKER_URL", "redis://127.0.0.1:6379/15")
+    monkeypatch.setenv("DEEPSCAN_MODELS_DIR", str(pack))
+    get_settings.cache_clear()
+    queued: list[str] = []
+    monkeypatch.setattr(producer, "check_broker", lambda: None)  # nothing is published: see `queued`
+    monkeypatch.setattr(producer, "queue_object", lambda ref, scan_id: queued.append(ref.uri))
+    monkeypatch.setattr(producer, "PAGE_SIZE", 2)
+
+    def outage_after_the_first_object(progress: Any) -> None:
+        if len(queued) == 1:
+            proxy.down()
+            threading.Timer(2.5, proxy.up).start()
+
+    try:
+        started = time.monotonic()
+        scan = producer.start_scan(str(folder), sessions=sessions, on_progress=outage_after_the_first_object)
+        assert scan is not None and (scan.queued, scan.skipped) == (6, 0)
+        assert time.monotonic() - started >= 2.0 and proxy.refused > 0
+        assert sorted(queued) == sorted((folder / f"face{i}.jpg").as_uri() for i in range(6))
+        with session_scope(sessions) as session:
+            row = session.get_one(queries.Scan, scan.scan_id)
+            assert (row.status, row.total, row.skipped) == ("running", 6, 0)
+
+        queued.clear()
+        monkeypatch.setattr(producer, "DATABASE_OUTAGE_GRACE_S", 2.0)
+        monkeypatch.setattr(
+            producer, "queue_object", lambda ref, scan_id: (queued.append(ref.uri), proxy.down())
+        )
+        with pytest.raises(ScanError, match="the database has not answered for 2 s"):
+            producer.start_scan(str(folder), sessions=sessions, force=True)
+        assert len(queued) == 2  # the first page went out; the second waited, then the scan stopped
+    finally:
+        proxy.close()
+        engine.dispose()
+        get_settings.cache_clear()
 
 
 # -- the broker away -------------------------------------------------------------------------------------
