@@ -260,8 +260,8 @@ def scan_counts(session: Session, *, scan_id: int | None = None) -> list[dict[st
     """Progress of every run (or only of ``scan_id``), in id order.
 
     Each dict has id, uri, kind, status, created_at, finished_at, total (objects queued), skipped (listed
-    but already analysed), done (objects the scan accounted for), and of their current rows ok, fake, real
-    and errors (status not 'ok').
+    but already analysed), done (objects the scan accounted for), and of their current rows ok, fake, real,
+    expanded (archives: their members have rows of their own) and errors (every other status).
     """
 
     def count_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
@@ -281,7 +281,8 @@ def scan_counts(session: Session, *, scan_id: int | None = None) -> list[dict[st
             count_where(Result.status == ResultStatus.OK).label("ok"),
             count_where(Result.label == "fake").label("fake"),
             count_where(Result.label == "real").label("real"),
-            count_where(Result.status != ResultStatus.OK).label("errors"),
+            count_where(Result.status == ResultStatus.EXPANDED).label("expanded"),
+            count_where(Result.status.not_in((ResultStatus.OK, ResultStatus.EXPANDED))).label("errors"),
         )
         .outerjoin(ScanObject, ScanObject.scan_id == Scan.id)
         .outerjoin(Result, Result.uri == ScanObject.uri)

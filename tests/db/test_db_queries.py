@@ -197,6 +197,7 @@ def test_scan_counts(session: Session) -> None:
         {"status": "ok", "label": "fake", "fake_probability": 0.8},
         {"status": "ok", "label": "real", "fake_probability": 0.1},
         {"status": "decode_error", "reason": "corrupt"},
+        {"status": "expanded", "media_type": "archive"},  # its members are rows of their own: no error
     ]
     for i, fields in enumerate(verdicts):
         upsert_result(session, uri=f"file:///data/batch/{i}", fields={**fields, "scan_id": scan.id})
@@ -214,10 +215,11 @@ def test_scan_counts(session: Session) -> None:
         "finished_at": None,
         "total": 5,
         "skipped": 0,
-        "done": 4,
+        "done": 5,
         "ok": 3,
         "fake": 2,
         "real": 1,
+        "expanded": 1,
         "errors": 1,
     }
     assert counts[scan.id]["finished_at"] >= counts[scan.id]["created_at"]

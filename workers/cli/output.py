@@ -128,7 +128,9 @@ class ScanProgressReport:
             self._bar.close()
 
 
-SCAN_COLUMNS = ("id", "uri", "kind", "status", "total", "skipped", "done", "ok", "fake", "real", "errors")
+SCAN_COLUMNS = (
+    "id", "uri", "kind", "status", "total", "skipped", "done", "ok", "fake", "real", "expanded", "errors"
+)  # fmt: skip
 
 
 def format_scans(scans: Sequence[dict[str, Any]]) -> str:

@@ -482,7 +482,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @api.get("/scans", tags=["scans"])
     def list_scans(db: Annotated[sessionmaker[Session], Depends(sessions)]) -> list[dict[str, Any]]:
-        """Every scan with its counts (queued, skipped, done, ok, fake, real, errors), as `deepscan scans`."""
+        """Every scan with its counts (queued, skipped, done, ok, fake, real, expanded, errors), as `deepscan scans`."""
         with session_scope(db) as session:
             return [_jsonable(row) for row in queries.scan_counts(session)]
 
