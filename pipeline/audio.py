@@ -113,9 +113,10 @@ def split_windows(signal: np.ndarray, front_end: AudioFrontEnd) -> np.ndarray:
     return np.stack([signal[s : s + size] for s in starts]).astype(np.float32)
 
 
-def spectrograms(windows: np.ndarray, front_end: AudioFrontEnd) -> np.ndarray:
-    """Log spectrograms of windows (N, window_samples), standardised per window; for the ``waveform``
-    feature the samples themselves, standardised per window (zero mean, unit RMS).
+def member_inputs(windows: np.ndarray, front_end: AudioFrontEnd) -> np.ndarray:
+    """What the front end's members read of windows (N, window_samples): log spectrograms standardised per
+    window, or for the ``waveform`` feature the samples themselves, standardised per window (zero mean,
+    unit RMS).
 
     Returns float32 (N, F, T, 1) with (F, T) = ``front_end.input_shape``. Standardising per window removes
     recording gain, so the member judges the shape of the spectrum, not the loudness.

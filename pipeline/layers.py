@@ -3,7 +3,7 @@
 Registered under the package name ``deepscan``, so a saved member finds its layers whatever module defines
 them. Keras 3 API only (no backend-specific ops): a member runs on TensorFlow here and on JAX or PyTorch
 elsewhere. Every image layer takes RGB float32 in [0, 1] of shape (N, H, W, 3); the audio layer
-(``LogMelStatistics``) takes the standardised log-mel windows of ``pipeline.audio.spectrograms``. The builders
+(``LogMelStatistics``) takes the standardised log-mel windows of ``pipeline.audio.member_inputs``. The builders
 that assemble members from these layers live in ``training.architectures``.
 """
 

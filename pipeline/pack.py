@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import AudioFrontEnd, spectrograms
+from pipeline.audio import AudioFrontEnd, member_inputs
 from pipeline.ensemble import Aggregation
 from pipeline.errors import ModelPackError
 from pipeline.faces import CROP_GEOMETRIES, to_model_input
@@ -317,7 +317,7 @@ class ModelPack:
             for member in self.manifest.audio_members:
                 front_end = self.manifest.front_end_of(member)
                 windows = noise.normal(0.0, 1e-3, size=(n, front_end.window_samples)).astype(np.float32)
-                self._predict(member.name, spectrograms(windows, front_end))
+                self._predict(member.name, member_inputs(windows, front_end))
 
     def score_faces(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Score uint8 RGB face crops with every image member.
@@ -352,6 +352,6 @@ class ModelPack:
         for j, member in enumerate(members):
             front_end = self.manifest.front_end_of(member)
             if front_end not in features:
-                features[front_end] = spectrograms(windows, front_end)
+                features[front_end] = member_inputs(windows, front_end)
             scores[:, j] = self._predict(member.name, features[front_end])
         return scores

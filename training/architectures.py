@@ -215,7 +215,7 @@ def build_raw_cnn(input_shape: tuple[int, int]) -> keras.Model:
     frequency stay, where vocoders leave their traces), the magnitude of its output, then residual blocks
     of 1-D convolutions with max pooling and global average and max pooling over time.
 
-    Input (N, 1, samples, 1) standardised per window (``pipeline.audio.spectrograms``, feature
+    Input (N, 1, samples, 1) standardised per window (``pipeline.audio.member_inputs``, feature
     ``waveform``); output P(fake) (N, 1).
     """
     inputs = keras.Input((*input_shape, 1), name="waveform")

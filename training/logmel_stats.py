@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
+from pipeline.audio import AudioFrontEnd, member_inputs, split_windows
 from pipeline.errors import DeepscanError
 from pipeline.layers import LOGMEL_STATISTICS, LogMelStatistics
 from pipeline.media import load_audio
@@ -165,7 +165,7 @@ def window_features(
             except DeepscanError as e:  # processing rarely makes a clip silent; the copy is left out
                 logger.warning("skipping copy %d of %s: %s", copy, item.path, e.reason)
                 continue
-            pending.append(spectrograms(windows, front_end))
+            pending.append(member_inputs(windows, front_end))
             labels += [item.label] * len(windows)
             clips += [index] * len(windows)
             copy_of += [copy] * len(windows)

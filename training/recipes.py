@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import AudioFrontEnd, spectrograms, split_windows
+from pipeline.audio import AudioFrontEnd, member_inputs, split_windows
 from pipeline.ensemble import Aggregation, aggregate, logit
 from pipeline.errors import DeepscanError, ModelPackError
 from pipeline.faces import CROP_GEOMETRIES, to_model_input
@@ -440,7 +440,7 @@ def load_audio_windows(items: Sequence[AudioItem], front_end: AudioFrontEnd) -> 
     """Spectrogram windows of every usable clip. Returns (features (N, F, T, 1), labels (N,))."""
     features, labels = [], []
     for item, windows in _usable_clips(items, front_end):
-        features.append(spectrograms(windows, front_end))
+        features.append(member_inputs(windows, front_end))
         labels.extend([item.label] * len(windows))
     if not features:
         raise DeepscanError("no usable audio clips")

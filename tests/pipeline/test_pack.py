@@ -35,7 +35,7 @@ def test_audio_members_with_their_own_front_ends(random_pack: Path, tmp_path: Pa
     """Members fused window by window may read different spectrograms of the same windows."""
     from dataclasses import replace
 
-    from pipeline.audio import AudioFrontEnd, spectrograms
+    from pipeline.audio import AudioFrontEnd, member_inputs
     from pipeline.pack import MemberSpec, write_manifest
     from training.architectures import build_audio_cnn
 
@@ -55,7 +55,7 @@ def test_audio_members_with_their_own_front_ends(random_pack: Path, tmp_path: Pa
     windows = np.random.default_rng(0).normal(0, 0.1, (3, cqt.window_samples)).astype(np.float32)
     scores = pack.score_audio_windows(windows)
     assert scores.shape == (3, 2)
-    alone = np.asarray(pack.models["audio_cqt"].predict_on_batch(spectrograms(windows, cqt))).reshape(-1)
+    alone = np.asarray(pack.models["audio_cqt"].predict_on_batch(member_inputs(windows, cqt))).reshape(-1)
     np.testing.assert_allclose(scores[:, 1], alone, rtol=1e-5)
     assert not np.allclose(scores[:, 0], scores[:, 1])
 
