@@ -1,10 +1,11 @@
 """What a process holds on to between objects: the loaded pack, the database sessions, fetched objects.
 
 A worker's prefork children build these lazily, after the fork (an engine or a TensorFlow runtime must
-never cross a fork): the analyzer with its loaded models (once per process, keyed by the pack directory
-and the provenance options), a verdict-only analyzer for the light queue (thresholds and provenance, no
-models), the session factory, and the cache of fetched objects. The embedded path (``deepscan detect``)
-opens its own with ``load_pack`` and ``open_sessions``, which migrate and check first.
+never cross a fork): the pack's models (loaded once per process, whoever asks first: a task or the web
+app's jobs), an analyzer per thread over them (keyed by the pack directory and the provenance options),
+a verdict-only analyzer for the light queue (thresholds and provenance, no models), the session factory,
+and the cache of fetched objects. The embedded path (``deepscan detect``) opens its own with
+``load_pack`` and ``open_sessions``, which migrate and check first.
 """
 
 from __future__ import annotations
@@ -69,10 +70,29 @@ def load_pack(models: str | Path | None = None) -> ModelPack:
         raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
 
 
-@lru_cache(maxsize=2)
+_packs: dict[Path, ModelPack] = {}
+_packs_lock = threading.Lock()  # threads asking at once wait for one load, not load a pack each
+
+
+def _loaded(directory: Path) -> ModelPack:
+    """The pack in ``directory``, loaded once per process whoever asks first (a worker's tasks, the web
+    app's jobs) and shared by its threads."""
+    with _packs_lock:
+        if directory not in _packs:
+            logger.info("loading the model pack in %s", directory)
+            started = time.perf_counter()
+            _packs[directory] = ModelPack.load(directory)
+            metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
+        return _packs[directory]
+
+
 def shared_pack(directory: Path) -> ModelPack:
-    """The pack in ``directory``, loaded once per process and shared by its threads (the web app's jobs)."""
-    return load_pack(directory)
+    """The pack of this process in ``directory`` (the web app's jobs); one that will not load is a usage
+    error."""
+    try:
+        return _loaded(directory)
+    except ModelPackError as e:
+        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
 
 
 def provenance_options(settings: Settings | None = None) -> ProvenanceOptions:
@@ -97,13 +117,9 @@ def _trust_anchors(path: Path) -> str:
 
 
 @lru_cache(maxsize=2)
-def _models(directory: Path, batch_wait_ms: int) -> tuple[ModelPack, PackBatcher | None]:
-    """The pack of this process, loaded once, and the batcher its threads share when batching is on."""
-    logger.info("loading the model pack in %s", directory)
-    started = time.perf_counter()
-    pack = ModelPack.load(directory)
-    metrics.MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
-    return pack, PackBatcher(pack, max_wait_s=batch_wait_ms / 1000) if batch_wait_ms else None
+def _batcher(directory: Path, batch_wait_ms: int) -> PackBatcher | None:
+    """The batcher the threads of this process share over its pack, when batching is on."""
+    return PackBatcher(_loaded(directory), max_wait_s=batch_wait_ms / 1000) if batch_wait_ms else None
 
 
 _per_thread = threading.local()
@@ -120,8 +136,8 @@ def analyzer() -> Analyzer:
     key = (models_dir(), settings.score_soundtrack, provenance_options(settings), settings.batch_wait_ms)
     cached: tuple[tuple[Any, ...], Analyzer] | None = getattr(_per_thread, "analyzer", None)
     if cached is None or cached[0] != key:
-        pack, batcher = _models(key[0], settings.batch_wait_ms)
-        made = Analyzer(pack, score_soundtrack=key[1], provenance=key[2], batcher=batcher)
+        batcher = _batcher(key[0], settings.batch_wait_ms)
+        made = Analyzer(_loaded(key[0]), score_soundtrack=key[1], provenance=key[2], batcher=batcher)
         _per_thread.analyzer = cached = (key, made)
     return cached[1]
 
@@ -136,9 +152,10 @@ def verdict_analyzer() -> Analyzer:
 
     A worker that already loaded the models uses those.
     """
-    if _models.cache_info().currsize:
+    directory = models_dir()
+    if directory in _packs:
         return analyzer()
-    return _verdict_analyzer(models_dir(), provenance_options())
+    return _verdict_analyzer(directory, provenance_options())
 
 
 @lru_cache(maxsize=2)
