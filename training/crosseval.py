@@ -172,6 +172,16 @@ def family_folds(items: Sequence[AudioItem], families: Sequence[str] | None = No
     return folds
 
 
+def training_folders(folds: Sequence[Fold]) -> dict[str, str]:
+    """The folder (under ``folds/``) of each fold's members: its own, or that of the first fold with the same
+    training and validation clips. Holding out any of one corpus's families (LJSpeech's vocoders and TTS)
+    takes the whole corpus out of training, so such folds train the same members: once."""
+    first: dict[tuple[tuple[int, ...], tuple[int, ...]], str] = {}
+    return {
+        fold.family: first.setdefault((tuple(fold.train), tuple(fold.val)), fold.family) for fold in folds
+    }
+
+
 @dataclass
 class FoldScores:
     """Clip probabilities of one scorer on one fold's test clips (NaN: the clip has no windows)."""
@@ -283,21 +293,22 @@ def _fit_network(
 
 
 def _member_scores(
-    fold: Fold, features: WindowFeatures, variant: MemberVariant, front_end: AudioFrontEnd, out_dir: Path,
-    config: FitConfig,
+    fold: Fold, features: WindowFeatures, variant: MemberVariant, front_end: AudioFrontEnd,
+    checkpoint_dir: Path, config: FitConfig,
 ) -> np.ndarray:  # fmt: skip
     """Clip probabilities of ``variant`` trained on the fold (``features``: the statistics for a
-    ``logmel_stats`` variant, the windows' inputs for a network) on its test clips."""
+    ``logmel_stats`` variant, the windows' inputs for a network) on its test clips; its checkpoints go to
+    ``checkpoint_dir``, where a finished training is reused."""
     train = _windows(features, fold.train, copies=variant.copies > 0)
     if variant.copies > 0:
         train = train.subset(train.copies <= variant.copies)
     val = _windows(features, fold.val)
     name = variant.name.replace(", ", "_").replace(" ", "_")
     if variant.feature is None:
-        model = fit_head(train, val, out_dir / fold.family, name, hidden=variant.hidden, config=config)[0]
+        model = fit_head(train, val, checkpoint_dir, name, hidden=variant.hidden, config=config)[0]
     else:
         network_front_end = replace(front_end, feature=variant.feature)
-        model = _fit_network(train, val, network_front_end, out_dir / fold.family, name, config)
+        model = _fit_network(train, val, network_front_end, checkpoint_dir, name, config)
 
     def predict(windows: WindowFeatures) -> np.ndarray:
         return np.asarray(model.predict(windows.x, batch_size=64, verbose=0), dtype=np.float64).reshape(-1, 1)
@@ -355,16 +366,22 @@ def leave_one_family_out(
     features = inputs[None]
     bands = front_end.n_mels
     evaluation = CrossEvaluation(items, folds)
+    trained_in = training_folders(folds)
     for fold in folds:
         test = np.asarray(fold.test, dtype=np.int64)
         logger.info(
             "fold %s: %d train, %d val, %d test clips", fold.family, len(fold.train), len(fold.val), len(test)
         )
+        checkpoints = out_dir / "folds" / trained_in[fold.family]
+        if trained_in[fold.family] != fold.family:
+            logger.info(
+                "fold %s trains on the clips of fold %s: its members are reused",
+                fold.family,
+                checkpoints.name,
+            )
         for variant in variants:
             fit_config = config if variant.feature is None else network_config
-            p = _member_scores(
-                fold, inputs[variant.feature], variant, front_end, out_dir / "folds", fit_config
-            )
+            p = _member_scores(fold, inputs[variant.feature], variant, front_end, checkpoints, fit_config)
             evaluation.scores.setdefault(variant.name, {})[fold.family] = FoldScores(test, p)
         for scorer, sources in ((FLOOR, FLOOR_SOURCES), (f"{FLOOR}, all training data", None)):
             floor = _floor_scores(fold, features, bands, sources)

@@ -90,6 +90,21 @@ def test_folds_refuse_unknown_families_and_one_class_parts() -> None:
     assert [fold.family for fold in family_folds(items)] == ["other_page", "page", "tts", "vocoder"]
 
 
+def test_folds_that_train_on_the_same_clips_share_their_members() -> None:
+    """Holding out either of one voice's two vocoders takes that voice out of training: both folds train on
+    the same clips, so the second reuses the first one's members."""
+    from training.crosseval import training_folders
+
+    items = [item for item in corpus_items() if item.source == "spoofs"]  # families tts and vocoder
+    for family in ("diffwave", "hifigan"):
+        for k in range(10):
+            items.append(AudioItem(Path(f"{family}/{k}.flac"), 1, "LJSpeech", family, "neural", family))
+        items.append(AudioItem(Path(f"{family}/real.flac"), 0, "LJSpeech", "bonafide", "neural", family))
+    folds = family_folds(items, ["diffwave", "hifigan", "tts"])
+    assert (folds[0].train, folds[0].val) == (folds[1].train, folds[1].val)
+    assert training_folders(folds) == {"diffwave": "diffwave", "hifigan": "diffwave", "tts": "tts"}
+
+
 @pytest.mark.slow
 def test_the_sweep_trains_scores_and_reports_every_fold(tmp_path: Path, random_pack: Path) -> None:
     from pipeline.audio import AudioFrontEnd
