@@ -192,6 +192,12 @@ def find_result(session: Session, *, uri: str) -> Result | None:
     return session.execute(select(Result).where(Result.uri == uri)).scalar_one_or_none()
 
 
+def find_upload(session: Session, *, job_id: str) -> Result | None:
+    """The row of ``deepscan serve``'s upload job ``job_id`` (uri ``upload://JOB/NAME``), or None."""
+    stmt = select(Result).where(Result.uri.startswith(f"upload://{job_id}/", autoescape=True))
+    return session.execute(stmt.limit(1)).scalar_one_or_none()
+
+
 def already_analysed(
     session: Session,
     *,

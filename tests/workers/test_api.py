@@ -162,6 +162,23 @@ def test_uploads_carry_their_provenance_under_the_configured_policy(
     assert client.get("/api/v1/results", params={"provenance": "maybe"}).status_code == 422
 
 
+def test_a_job_the_server_no_longer_holds_points_to_its_stored_row(
+    make_client: Callable[..., TestClient], samples: Path
+) -> None:
+    """Jobs live in memory; after a restart (a new app on the same database) the job's URL answers 303
+    with its row in the results table. A job id with LIKE's wildcards matches nothing."""
+    before = make_client()
+    job = wait_job(before, upload(before, samples / "face.jpg").json()["url"])
+    assert job["status"] == "done", job
+    after = make_client()
+    moved = after.get(job["url"], follow_redirects=False)
+    assert moved.status_code == 303
+    row = after.get(moved.headers["location"]).json()
+    assert (row["uri"], row["status"]) == (f"upload://{job['id']}/face.jpg", job["result"]["status"])
+    assert row["fake_probability"] == pytest.approx(job["result"]["fake_probability"], abs=1e-6)
+    assert after.get("/api/v1/jobs/%25", follow_redirects=False).status_code == 404
+
+
 def test_unknown_jobs_and_bad_requests(client: TestClient, samples: Path) -> None:
     assert client.get("/api/v1/jobs/nope").status_code == 404
     assert client.post("/api/v1/jobs").status_code == 422  # no file

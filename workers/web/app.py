@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -262,7 +262,7 @@ def sessions(request: Request) -> sessionmaker[Session]:
 def job_or_404(job_id: str, jobs: JobPool) -> Job:
     job = jobs.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no job {job_id} (jobs are kept in memory until the server stops)")
+        raise HTTPException(404, f"no job {job_id} (jobs are kept in memory while the server runs)")
     return job
 
 
@@ -394,9 +394,26 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse(views[0].model_dump(), status_code=202, headers={"Location": views[0].url})
         return views
 
-    @api.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"])
-    def get_job(job_id: str, jobs: Annotated[JobPool, Depends(pool)]) -> JobView:
-        """A job's status and, when done, its result, explanation status and figure URLs."""
+    @api.get(
+        "/jobs/{job_id}",
+        response_model=JobView,
+        responses={303: {"description": "a job this server no longer holds: its stored result"}},
+        tags=["jobs"],
+    )
+    def get_job(
+        job_id: str,
+        jobs: Annotated[JobPool, Depends(pool)],
+        db: Annotated[sessionmaker[Session], Depends(sessions)],
+    ) -> Any:
+        """A job's status and, when done, its result, explanation status and figure URLs. A job the server
+        no longer holds (it restarted, or the job is older than the last 256) answers 303 with its row in
+        the results table, where the job got that far."""
+        job = jobs.get(job_id)
+        if job is None:
+            with session_scope(db) as session:
+                stored = queries.find_upload(session, job_id=job_id)
+                if stored is not None:
+                    return RedirectResponse(f"{API}/results/{stored.id}", status_code=303)
         return job_view(job_or_404(job_id, jobs))
 
     png = {"content": {"image/png": {}}, "description": "PNG"}

@@ -9,7 +9,7 @@ result is also upserted into the results table (uri ``upload://JOB/NAME``), unde
 ``upload`` per request, so ``deepscan results`` and ``deepscan report`` see it.
 
 Jobs live in memory: the newest ``JOBS_KEPT`` finished ones are kept, older ones are forgotten (their
-rows stay in the database).
+rows stay in the database, where ``GET /api/v1/jobs/{id}`` then points).
 
 With a broker and an upload location (``WorkerHandoff``), the workers analyse the uploads instead: each
 is stored where they can read it, queued as an ``analyze_object`` task of the request's scan, and its
