@@ -61,13 +61,20 @@ def pack_directory() -> Path:
         raise UsageError(f"cannot pull the model pack {get_settings().models_uri}: {e.reason}") from e
 
 
+@contextmanager
+def _usage_error_unless_loaded(directory: Path) -> Iterator[None]:
+    """A pack in ``directory`` that will not load is a usage error (the commands, the web app)."""
+    try:
+        yield
+    except ModelPackError as e:
+        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
+
+
 def load_pack(models: str | Path | None = None) -> ModelPack:
     """The pack in ``models`` (default: the configured one); a pack that will not load is a usage error."""
     directory = Path(models) if models else pack_directory()
-    try:
+    with _usage_error_unless_loaded(directory):
         return ModelPack.load(directory)
-    except ModelPackError as e:
-        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
 
 
 _packs: dict[Path, ModelPack] = {}
@@ -89,10 +96,8 @@ def _loaded(directory: Path) -> ModelPack:
 def shared_pack(directory: Path) -> ModelPack:
     """The pack of this process in ``directory`` (the web app's jobs); one that will not load is a usage
     error."""
-    try:
+    with _usage_error_unless_loaded(directory):
         return _loaded(directory)
-    except ModelPackError as e:
-        raise UsageError(f"cannot load the model pack in {directory}: {e.reason}") from e
 
 
 def provenance_options(settings: Settings | None = None) -> ProvenanceOptions:

@@ -259,10 +259,14 @@ def sessions(request: Request) -> sessionmaker[Session]:
     return factory
 
 
+def no_such_job(job_id: str) -> HTTPException:
+    return HTTPException(404, f"no job {job_id} (jobs are kept in memory while the server runs)")
+
+
 def job_or_404(job_id: str, jobs: JobPool) -> Job:
     job = jobs.get(job_id)
     if job is None:
-        raise HTTPException(404, f"no job {job_id} (jobs are kept in memory while the server runs)")
+        raise no_such_job(job_id)
     return job
 
 
@@ -409,12 +413,13 @@ def create_app(settings: Settings) -> FastAPI:
         no longer holds (it restarted, or the job is older than the last 256) answers 303 with its row in
         the results table, where the job got that far."""
         job = jobs.get(job_id)
-        if job is None:
-            with session_scope(db) as session:
-                stored = queries.find_upload(session, job_id=job_id)
-                if stored is not None:
-                    return RedirectResponse(f"{API}/results/{stored.id}", status_code=303)
-        return job_view(job_or_404(job_id, jobs))
+        if job is not None:
+            return job_view(job)
+        with session_scope(db) as session:
+            stored = queries.find_upload(session, job_id=job_id)
+            if stored is not None:
+                return RedirectResponse(f"{API}/results/{stored.id}", status_code=303)
+        raise no_such_job(job_id)
 
     png = {"content": {"image/png": {}}, "description": "PNG"}
 
