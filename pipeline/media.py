@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 MediaType = Literal["image", "video", "audio", "archive", "unknown"]
 
 SAMPLE_RATE_HZ = 16_000  # every audio member works at 16 kHz mono, the rate of LibriSpeech and ASVspoof
+# A rate a header may claim but no recording has: under 4 kHz (a 2 kHz band) little of speech is left, and
+# resampling multiplies the samples by SAMPLE_RATE_HZ / rate (a 4 kB WAV claiming 1 Hz decodes to 128 MB).
+MIN_SAMPLE_RATE_HZ = 4_000
 FRAME_INTERVAL_S = 1.0  # videos are judged on one frame per second
 PROBE_TIMEOUT_S = 30.0
 HASH_BLOCK_BYTES = 1 << 20  # read 1 MiB at a time: bounded memory for any file size
@@ -247,6 +250,7 @@ def iter_video_frames(
 
     Frames are RGB uint8 arrays of shape (H, W, 3) at the display size in ``info``. The fps filter makes
     ffmpeg convert only the kept frames; frames stream through a pipe so memory stays at one frame.
+
     """
     import ffmpeg  # ffmpeg-python; imported here so image-only callers never need it
 
@@ -294,6 +298,7 @@ def load_audio(path: str | Path, *, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return _load_audio_ffmpeg(Path(path), sample_rate_hz)
+    _check_sample_rate(rate)
     mono = data.mean(axis=1)
     if rate != sample_rate_hz:
         import librosa
@@ -302,7 +307,18 @@ def load_audio(path: str | Path, *, sample_rate_hz: int = SAMPLE_RATE_HZ) -> np.
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def _check_sample_rate(rate_hz: float) -> None:
+    if rate_hz < MIN_SAMPLE_RATE_HZ:
+        raise UnsupportedMediaError(
+            f"the audio claims {rate_hz:g} samples a second, fewer than the {MIN_SAMPLE_RATE_HZ} analysed here"
+        )
+
+
 def _load_audio_ffmpeg(path: Path, sample_rate_hz: int) -> np.ndarray:
+    for stream in _ffprobe(path).get("streams", []):  # any of them may be the one ffmpeg picks
+        rate_hz = _first_float(stream.get("sample_rate"))
+        if stream.get("codec_type") == "audio" and rate_hz:  # 0 or absent: not stated, ffmpeg finds out
+            _check_sample_rate(rate_hz)
     cmd = [
         "ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path),
         "-vn", "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(sample_rate_hz), "-",
