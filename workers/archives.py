@@ -167,7 +167,15 @@ def extract_member(path: Path, name: str, destination: Path, limits: ArchiveLimi
 # -- format plumbing --------------------------------------------------------------------------------------
 
 _Entry = tuple[str, int, int, "str | None"]  # raw name, size, compressed size, why not extracted
-_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError)
+# UnicodeDecodeError: a zip entry flagged UTF-8 whose name is not (zipfile refuses the whole directory)
+_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError, UnicodeDecodeError)
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    # Tar names are bytes. tarfile's default decoding (surrogateescape) lets a name that is not UTF-8
+    # through as lone surrogates, which no URI, task message or database column accepts: the member's
+    # row could never be written. Such bytes read as U+FFFD instead, in listing and extraction alike.
+    return tarfile.open(path, mode="r:*", errors="replace")
 
 
 @contextmanager
@@ -183,9 +191,9 @@ def _open(path: Path) -> Iterator[tuple[str, Iterator[_Entry]]]:
                 )
                 kind = "zip"
             else:
-                entries, kind = _tar_entries(stack.enter_context(tarfile.open(path, mode="r:*"))), "tar"
+                entries, kind = _tar_entries(stack.enter_context(_open_tar(path))), "tar"
         except _READ_ERRORS as e:
-            raise ArchiveDecodeError(f"the content is neither a zip nor a tar archive: {e}") from e
+            raise ArchiveDecodeError(f"the content cannot be read as a zip or tar archive: {e}") from e
         yield kind, entries
 
 
@@ -224,7 +232,7 @@ def _find_member(stack: ExitStack, path: Path, name: str) -> tuple[int, IO[bytes
             if _zip_kind(info) is None and matches(info.filename):
                 return info.file_size, stack.enter_context(archive.open(info))
         return None
-    tar = stack.enter_context(tarfile.open(path, mode="r:*"))  # noqa: SIM115 (the stack closes it)
+    tar = stack.enter_context(_open_tar(path))
     for tinfo in tar:
         if _tar_kind(tinfo) is None and matches(tinfo.name):
             stream = tar.extractfile(tinfo)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote_to_bytes, urlparse
 
 from pipeline.media import sha256_file
 from workers.errors import (
@@ -143,19 +143,25 @@ class ObjectRef:
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``; the key may be empty (a whole bucket)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``; the key may be empty (a whole bucket).
+
+    The key is everything after the bucket's slash, as listed: an S3 key may hold ``#``, ``?`` or a
+    leading ``/``, which a URL parser would take for a fragment, a query or a separator (and fetch
+    another object). ``list_s3`` builds these URIs from keys without quoting them.
+    """
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket:
         raise UsageError(f"not an s3://bucket/key URI: {uri!r}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    return bucket, key
 
 
 def local_path(uri: str) -> Path:
-    """The path of a ``file://`` URI."""
+    """The path of a ``file://`` URI (``Path.as_uri`` quotes the name's bytes: a name that is not UTF-8
+    comes back byte for byte, not with U+FFFD in place of what could not be decoded)."""
     parsed = urlparse(uri)
     if parsed.scheme != "file":
         raise UsageError(f"not a file:// URI: {uri!r}")
-    return Path(unquote(parsed.path))
+    return Path(os.fsdecode(unquote_to_bytes(parsed.path)))
 
 
 def canonical_source(uri: str) -> str:
