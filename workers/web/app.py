@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -60,6 +61,11 @@ PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 500
 EXPLANATION_WAIT_S = 600.0  # a GET of an explanation waits this long for the pool before giving up
 COPY_BLOCK_BYTES = 1 << 20
 MIB = 1 << 20
+# Every body but an upload's is a small JSON object (a scan request: a URI, its S3 key at most 1024 bytes,
+# and a flag); FastAPI reads a body whole, before it checks the token, so each needs a bound.
+JSON_MAX_BYTES = 64 << 10
+ROW_ID_MAX = 2**31 - 1  # ids are INTEGER columns (db.models): PostgreSQL's int4, the narrower database
+NAME_MAX_BYTES = 255  # a file name on ext4, XFS and most others (NAME_MAX)
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
@@ -104,35 +110,42 @@ class ScanStarted(BaseModel):
     url: str
 
 
-# -- the upload size limit ------------------------------------------------------------------------------
+# -- the request body size limit ------------------------------------------------------------------------
 
 
-def _too_large(limit_bytes: int) -> HTTPException:
+def _too_large(limit_bytes: int, *, upload: bool) -> HTTPException:
+    if upload:
+        return HTTPException(
+            413,
+            f"the upload is larger than the limit of {limit_bytes / MIB:g} MB (DEEPSCAN_UPLOAD_MAX_MB): "
+            "send fewer or smaller files per request",
+        )
     return HTTPException(
-        413,
-        f"the upload is larger than the limit of {limit_bytes / MIB:g} MB (DEEPSCAN_UPLOAD_MAX_MB): "
-        "send fewer or smaller files per request",
+        413, f"the request body is larger than {limit_bytes} bytes: files go to POST {JOBS_PATH}"
     )
 
 
-class UploadLimit:
-    """Refuse a ``POST /api/v1/jobs`` body over ``limit_bytes`` with a 413 that says so.
+class BodyLimit:
+    """Refuse a request body over its limit with a 413 that says so: ``upload_bytes`` for ``POST
+    /api/v1/jobs``, ``JSON_MAX_BYTES`` for any other.
 
     A declared Content-Length over the limit is refused before a byte is read; a chunked body is counted
     as it arrives and refused once it passes the limit (raised as an HTTPException, which FastAPI's
     body parser lets through to the handler).
     """
 
-    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
-        self.app, self.limit_bytes = app, limit_bytes
+    def __init__(self, app: ASGIApp, upload_bytes: int) -> None:
+        self.app, self.upload_bytes = app, upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != JOBS_PATH:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["method"] == "POST" and scope["path"] == JOBS_PATH
+        limit_bytes = self.upload_bytes if upload else JSON_MAX_BYTES
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit_bytes:
-            error = _too_large(self.limit_bytes)
+        if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+            error = _too_large(limit_bytes, upload=upload)
             response = JSONResponse(
                 {"detail": error.detail}, status_code=413, headers={"Connection": "close"}
             )
@@ -145,8 +158,8 @@ class UploadLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit_bytes:
-                    raise _too_large(self.limit_bytes)
+                if received > limit_bytes:
+                    raise _too_large(limit_bytes, upload=upload)
             return message
 
         await self.app(scope, counted, send)
@@ -180,9 +193,12 @@ def job_view(job: Job) -> JobView:
 
 
 def safe_filename(name: str | None) -> str:
-    """The last path component of a client's file name, without control characters (``upload`` if none)."""
-    base = re.split(r"[/\\]", name or "")[-1]
-    return _UNSAFE_NAME.sub("_", base).strip()[:255] or "upload"
+    """The last path component of a client's file name, without control characters, at most
+    ``NAME_MAX_BYTES`` of UTF-8 (``upload`` if none). The workers store an upload under this name, so it
+    is never ``.`` or ``..`` either, and fits a file system's name."""
+    base = _UNSAFE_NAME.sub("_", re.split(r"[/\\]", name or "")[-1]).strip()
+    base = base.encode()[:NAME_MAX_BYTES].decode(errors="ignore")
+    return base if base.strip(".") else "upload"
 
 
 def encode_cursor(last_id: int) -> str:
@@ -193,9 +209,10 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, value = text.split(":", 1)
-        if prefix != "id":
-            raise ValueError(prefix)
-        return int(value)
+        last_id = int(value)
+        if prefix != "id" or not 0 <= last_id <= ROW_ID_MAX:
+            raise ValueError(text)
+        return last_id
     except (binascii.Error, UnicodeDecodeError, ValueError) as e:
         raise HTTPException(400, f"not a cursor this API gave out: {cursor!r}") from e
 
@@ -231,6 +248,9 @@ def start_scan(uri: str, *, force: bool, settings: Settings, sessions: sessionma
 
 
 # -- dependencies ---------------------------------------------------------------------------------------
+
+# a result or scan id: beyond ROW_ID_MAX the database fails on it (a 500), rather than finding nothing
+RowId = Annotated[int, PathParam(ge=1, le=ROW_ID_MAX)]
 
 bearer = HTTPBearer(auto_error=False, description="DEEPSCAN_API_TOKEN, when the server has one")
 
@@ -328,7 +348,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.api_token = token
-    app.add_middleware(UploadLimit, limit_bytes=limit_bytes)
+    app.add_middleware(BodyLimit, upload_bytes=limit_bytes)
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
     # Prometheus metrics (workers.metrics), open like /healthz: counts and latencies, no media and no rows
     queues = (LIGHT_QUEUE, GPU_QUEUE) if settings.broker_url else ()
@@ -453,7 +473,7 @@ def create_app(settings: Settings) -> FastAPI:
     @api.get("/results", response_model=ResultsPage, tags=["results"])
     def list_results(
         db: Annotated[sessionmaker[Session], Depends(sessions)],
-        scan: Annotated[int | None, Query(description="only this scan's rows")] = None,
+        scan: Annotated[int | None, Query(ge=1, le=ROW_ID_MAX, description="only this scan's rows")] = None,
         label: Literal["fake", "real"] | None = None,
         status: Annotated[str | None, Query(description="ok, no_face, decode_error, ...")] = None,
         min_probability: Annotated[float | None, Query(ge=0, le=1)] = None,
@@ -481,7 +501,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
 
     @api.get("/results/{result_id}", tags=["results"])
-    def get_result(result_id: int, db: Annotated[sessionmaker[Session], Depends(sessions)]) -> dict[str, Any]:
+    def get_result(
+        result_id: RowId, db: Annotated[sessionmaker[Session], Depends(sessions)]
+    ) -> dict[str, Any]:
         """One stored result, with its per-second frames for a video."""
         with session_scope(db) as session:
             return queries.result_to_dict(result_or_404(session, result_id))
@@ -490,7 +512,7 @@ def create_app(settings: Settings) -> FastAPI:
         "/results/{result_id}/timeline.png", response_class=Response, responses={200: png}, tags=["results"]
     )
     def get_result_timeline(
-        result_id: int,
+        result_id: RowId,
         db: Annotated[sessionmaker[Session], Depends(sessions)],
         jobs: Annotated[JobPool, Depends(pool)],
     ) -> Response:
@@ -509,7 +531,7 @@ def create_app(settings: Settings) -> FastAPI:
             return [_jsonable(row) for row in queries.scan_counts(session)]
 
     @api.get("/scans/{scan_id}", tags=["scans"])
-    def get_scan(scan_id: int, db: Annotated[sessionmaker[Session], Depends(sessions)]) -> dict[str, Any]:
+    def get_scan(scan_id: RowId, db: Annotated[sessionmaker[Session], Depends(sessions)]) -> dict[str, Any]:
         with session_scope(db) as session:
             rows = queries.scan_counts(session, scan_id=scan_id)
         if not rows:

@@ -44,7 +44,7 @@ from pipeline.pack import ModelPack, read_manifest
 from pipeline.provenance import ProvenanceOptions
 from workers import rows
 from workers.resources import shared_pack
-from workers.storage import ObjectRef, remove_stored, store_file
+from workers.storage import ObjectRef, local_path, remove_stored, store_file
 from workers.web.explanations import ExplainTarget, driving_face, frame_at
 from workers.web.figures import explanation_png, timeline_png
 
@@ -157,11 +157,19 @@ class WorkerHandoff:
         from workers.tasks import queue_object
 
         assert job.upload is not None
-        ref = store_file(
-            job.upload, f"{self.upload_uri}{job.id}/{job.filename}", endpoint_url=self.endpoint_url
-        )
+        ref = store_file(job.upload, self.location(job), endpoint_url=self.endpoint_url)
         queue_object(ref, job.scan_id)
         return ref
+
+    def location(self, job: Job) -> str:
+        """Where the job's upload is stored: ``UPLOAD_URI/JOB/NAME``, the name one path component.
+
+        An S3 URI carries its key as is; a file URI is quoted (``Path.as_uri``), since it is unquoted
+        back to a path: a client's name of ``..%2f..%2fx`` stays that name, it does not climb out.
+        """
+        if self.upload_uri.startswith("s3://"):
+            return f"{self.upload_uri}{job.id}/{job.filename}"
+        return (local_path(self.upload_uri) / job.id / job.filename).as_uri()
 
 
 class JobPool:

@@ -1,0 +1,115 @@
+"""What a hostile or careless client can send ``deepscan serve``: file names that climb out of the upload
+folder, request bodies without end, ids beyond what the database holds. Each gets a 4xx with a reason or
+a harmless name; none writes outside the upload folder, fills the memory or ends in a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.workers.conftest import wait_for
+from tests.workers.serving import serve
+from tests.workers.test_api import TOKEN, make_settings
+from workers.web.app import create_app, encode_cursor, safe_filename
+
+BEYOND_INT32 = 2**31  # ids are INTEGER: PostgreSQL's int4 ends below this
+BEYOND_INT64 = 2**63  # and SQLite's below this
+
+
+@contextmanager
+def api_client(random_pack: Path, tmp_path: Path, **overrides: Any) -> Iterator[TestClient]:
+    """The app with a token, answering a failure of ours as the 500 a client would get, not raising it."""
+    app = create_app(make_settings(random_pack, tmp_path, api_token=TOKEN, **overrides))
+    with TestClient(
+        app, raise_server_exceptions=False, headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def api(random_pack: Path, tmp_path: Path) -> Iterator[TestClient]:
+    with api_client(random_pack, tmp_path) as client:
+        yield client
+
+
+def test_a_file_name_cannot_steer_the_stored_upload_out_of_the_upload_folder(
+    stack_factory: Any, tmp_path: Path
+) -> None:
+    """With ``DEEPSCAN_UPLOAD_URI`` a folder, an upload is stored at ``FOLDER/JOB/NAME``: a name whose
+    percent-escapes decode to ``../..`` (a legal file name on Linux) must not put it, or overwrite a
+    file, anywhere else; nor may a name of ``..`` fail the job."""
+    stack = stack_factory(f"sqlite:///{tmp_path / 'uploads.db'}")  # a broker, and no worker to take the jobs
+    shared = tmp_path / "shared"
+    folder = shared / "uploads"
+    env = {**stack.env, "DEEPSCAN_UPLOAD_URI": f"{folder.as_uri()}/"}
+    names = ["..%2f..%2fescaped.jpg", ".."]
+    with serve(env, stack.work) as base:
+        files = [("file", (name, b"not media", "application/octet-stream")) for name in names]
+        response = httpx.post(f"{base}/api/v1/jobs", files=files, data={"explain": "never"}, timeout=60)
+        assert response.status_code == 202, response.text
+        created = response.json()
+
+        def settled() -> tuple[list[Path], list[str]] | None:
+            """The files stored so far and the jobs failed, once every upload is one or the other."""
+            jobs = [httpx.get(f"{base}{job['url']}", timeout=10).json() for job in created]
+            failed = [f"{job['filename']}: {job['error']}" for job in jobs if job["status"] == "failed"]
+            stored = sorted(p for p in shared.rglob("*") if p.is_file())
+            return (stored, failed) if len(stored) + len(failed) == len(names) else None
+
+        stored, failed = wait_for(settled, timeout_s=60, what="both uploads stored for the workers")
+    assert all(p.is_relative_to(folder) for p in stored), f"stored outside {folder}: {stored}"
+    assert not failed, failed
+    assert {p.relative_to(folder).parent.name for p in stored} == {job["id"] for job in created}
+    assert sorted(p.name for p in stored) == sorted(job["filename"] for job in created)
+
+
+def test_a_safe_file_name_is_one_storable_path_component() -> None:
+    assert safe_filename("..") == safe_filename(".") == safe_filename(" .. ") == "upload"
+    assert safe_filename("...jpg") == "...jpg"
+    long = safe_filename("视频" * 100 + ".mp4")  # 606 bytes of UTF-8: over a file system's 255
+    assert len(long.encode()) <= 255 and long.startswith("视频")
+
+
+def test_every_request_body_is_bounded_before_it_is_read(api: TestClient) -> None:
+    """A scan request is a URI and a flag: a body of megabytes is refused with a 413 that says so, before
+    the token is checked (FastAPI reads a body before it runs the route's dependencies), declared or
+    chunked; an ordinary request still gets its answer."""
+    padding = "x" * (8 << 20)
+    body = f'{{"uri": "s3://bucket/", "padding": "{padding}"}}'.encode()
+    anonymous = {"Authorization": ""}
+    declared = api.post(
+        "/api/v1/scans", content=body, headers={**anonymous, "Content-Type": "application/json"}
+    )
+    assert declared.status_code == 413 and "bytes" in declared.json()["detail"]
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for i in range(0, len(body), 1 << 16):
+            yield body[i : i + (1 << 16)]
+
+    streamed = api.post("/api/v1/scans", content=chunked(), headers={"Content-Type": "application/json"})
+    assert streamed.status_code == 413 and "bytes" in streamed.json()["detail"]
+    ordinary = api.post("/api/v1/scans", json={"uri": "s3://bucket/"})
+    assert ordinary.status_code == 503 and "DEEPSCAN_BROKER_URL" in ordinary.json()["detail"]
+
+
+def test_ids_beyond_the_database_get_a_4xx_not_a_500(random_pack: Path, tmp_path: Path, db_url: str) -> None:
+    """An id is any integer to FastAPI and an INTEGER column to the database, which fails on one beyond
+    its range (SQLite past 2**63, PostgreSQL past 2**31): a 500 for a typo'd or probing URL."""
+    with api_client(random_pack, tmp_path, database_url=db_url) as api:
+        for row_id in (BEYOND_INT32, BEYOND_INT64):
+            for url, params in (
+                (f"/api/v1/results/{row_id}", {}),
+                (f"/api/v1/results/{row_id}/timeline.png", {}),
+                (f"/api/v1/scans/{row_id}", {}),
+                ("/api/v1/results", {"scan": row_id}),
+                ("/api/v1/results", {"cursor": encode_cursor(row_id)}),
+            ):
+                response = api.get(url, params=params)
+                assert response.status_code < 500, (url, params, response.status_code, response.text)
