@@ -119,6 +119,38 @@ def test_video_frames_window_for_subtasks(generated: dict[str, Path]) -> None:
     assert [t for t, _ in frames] == [2.0]
 
 
+def test_kept_frames_are_decoded_exactly_though_frames_nobody_refers_to_are_skipped(tmp_path: Path) -> None:
+    """x264's defaults (B-frames, some of them references): every kept frame is one of the clip's frames,
+    bit for bit, and within two frames of the one a full decode keeps for that second."""
+    clip = lavfi(
+        tmp_path / "b_frames.mp4",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=duration=4:size=160x120:rate=25",
+        "-c:v",
+        "libx264",
+    )
+    info = probe_video(clip)
+
+    def decoded(*filters: str) -> np.ndarray:
+        cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(clip), *filters, "-f", "rawvideo"]
+        raw = subprocess.run([*cmd, "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+        return np.frombuffer(raw, np.uint8).reshape(-1, info.height, info.width, 3)
+
+    every_frame, fully_kept = decoded(), decoded("-vf", "fps=1")
+    kept = [frame for _, frame in iter_video_frames(clip, info)]
+    assert len(kept) == len(fully_kept) == 4
+
+    def index_of(frame: np.ndarray) -> int:
+        matches = [i for i, candidate in enumerate(every_frame) if np.array_equal(candidate, frame)]
+        assert matches, "a kept frame is not any frame of the clip: decoded from a missing reference"
+        return matches[0]
+
+    for frame, full in zip(kept, fully_kept, strict=True):
+        assert abs(index_of(frame) - index_of(full)) <= 2
+
+
 def test_rotation_metadata_swaps_the_frame_size(generated: dict[str, Path]) -> None:
     info = probe_video(generated["rotated"])
     assert (info.width, info.height) == (120, 160)
