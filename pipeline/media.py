@@ -249,7 +249,10 @@ def iter_video_frames(
     """Yield ``(t_s, frame)`` for one frame every ``interval_s`` seconds of ``[start_s, start_s+duration_s)``.
 
     Frames are RGB uint8 arrays of shape (H, W, 3) at the display size in ``info``. The fps filter makes
-    ffmpeg convert only the kept frames; frames stream through a pipe so memory stays at one frame.
+    ffmpeg convert only the kept frames; frames stream through a pipe so memory stays at one frame. Every
+    second the video reaches gets a frame: the fps filter alone rounds a last part-second under half away
+    (a 0.4 s clip had no frame at all, and a 3.4 s one none for its fourth second); ``eof_action=pass``
+    keeps the last frame for it.
 
     Frames that no other frame refers to (most B-frames) are never decoded (``-skip_frame noref``):
     nothing is decoded from a missing reference, so every kept frame is exactly what a full decode gives,
@@ -267,7 +270,7 @@ def iter_video_frames(
         input_kwargs["t"] = duration_s
     stream = (
         ffmpeg.input(str(path), **input_kwargs)
-        .filter("fps", fps=1.0 / interval_s)
+        .filter("fps", fps=1.0 / interval_s, eof_action="pass")
         .output("pipe:", format="rawvideo", pix_fmt="rgb24")
         .global_args("-nostdin", "-loglevel", "error")
     )

@@ -151,6 +151,19 @@ def test_kept_frames_are_decoded_exactly_though_frames_nobody_refers_to_are_skip
         assert abs(index_of(frame) - index_of(full)) <= 2
 
 
+@pytest.mark.parametrize(("duration_s", "seconds"), [(0.3, [0.0]), (3.4, [0.0, 1.0, 2.0, 3.0])])
+def test_every_second_a_video_reaches_gets_a_frame_whole_or_in_windows(
+    tmp_path: Path, duration_s: float, seconds: list[float]
+) -> None:
+    clip = lavfi(
+        tmp_path / "c.mp4", "-f", "lavfi", "-i", f"testsrc=duration={duration_s}:size=160x120:rate=25"
+    )
+    info = probe_video(clip)
+    assert [t for t, _ in iter_video_frames(clip, info)] == seconds
+    windows = [iter_video_frames(clip, info, start_s=s, duration_s=1.0) for s in seconds]
+    assert [t for window in windows for t, _ in window] == seconds  # the distributed scanner's segments
+
+
 def test_rotation_metadata_swaps_the_frame_size(generated: dict[str, Path]) -> None:
     info = probe_video(generated["rotated"])
     assert (info.width, info.height) == (120, 160)
