@@ -55,9 +55,12 @@ _IMAGE_SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (0, b"MM\x00*"),  # TIFF, big-endian
     (8, b"WEBP"),  # RIFF....WEBP
 )
+# The compressed streams are those tarfile's "r:*" reads; one holding no tar is a decode_error there.
 _ARCHIVE_SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (0, b"PK\x03\x04"),  # zip
     (0, b"\x1f\x8b"),  # gzip (tar.gz)
+    (0, b"BZh"),  # bzip2 (tar.bz2)
+    (0, b"\xfd7zXZ\x00"),  # xz (tar.xz)
     (257, b"ustar"),  # tar
 )
 _SNIFF_BYTES = 512

@@ -24,7 +24,13 @@ from workers.errors import ArchiveDecodeError, ArchiveRejectedError
 
 COPY_BLOCK_BYTES = 1 << 20
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
-ZIP_ENCRYPTED_FLAG = 0x1  # general purpose bit 0 (APPNOTE 4.4.4)
+# General purpose bits (APPNOTE 4.4.4) under which zipfile lists a member and then cannot open it.
+ZIP_UNREADABLE_FLAGS = {0x1: "encrypted", 0x20: "compressed patched data", 0x40: "strongly encrypted"}
+# The compression methods zipfile inflates. Any other (Deflate64, which Windows writes for large folders;
+# implode, PPMd...) lists like the rest, then raises NotImplementedError once the member is opened.
+ZIP_READABLE_METHODS = frozenset(
+    {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+)
 
 
 @dataclass(frozen=True)
@@ -103,8 +109,11 @@ def _zip_kind(info: zipfile.ZipInfo) -> str | None:
         return "symbolic link"
     if file_type not in (0, stat.S_IFREG):
         return "not a regular file"
-    if info.flag_bits & ZIP_ENCRYPTED_FLAG:
-        return "encrypted"
+    for flag, why in ZIP_UNREADABLE_FLAGS.items():
+        if info.flag_bits & flag:
+            return why
+    if info.compress_type not in ZIP_READABLE_METHODS:
+        return f"compressed with method {info.compress_type}, which cannot be decompressed here"
     return None
 
 
@@ -167,8 +176,17 @@ def extract_member(path: Path, name: str, destination: Path, limits: ArchiveLimi
 # -- format plumbing --------------------------------------------------------------------------------------
 
 _Entry = tuple[str, int, int, "str | None"]  # raw name, size, compressed size, why not extracted
-# UnicodeDecodeError: a zip entry flagged UTF-8 whose name is not (zipfile refuses the whole directory)
-_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, OSError, UnicodeDecodeError)
+# UnicodeDecodeError: a zip entry flagged UTF-8 whose name is not (zipfile refuses the whole directory);
+# NotImplementedError: one that needs a zip version zipfile does not read (it refuses the directory too)
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    tarfile.TarError,
+    zlib.error,
+    EOFError,
+    OSError,
+    UnicodeDecodeError,
+    NotImplementedError,
+)
 
 
 def _open_tar(path: Path) -> tarfile.TarFile:

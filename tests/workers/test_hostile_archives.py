@@ -3,9 +3,13 @@ that are not UTF-8. Each object must be read as the object it is, and end with e
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
+import lzma
 import os
+import struct
 import tarfile
 import uuid
 import zipfile
@@ -14,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.media import detect_media_type
 from tests.workers.conftest import AWS_ENV, s3_client
 from workers.archives import extract_member, list_members
 from workers.errors import ArchiveDecodeError
@@ -85,6 +90,86 @@ def test_a_zip_whose_utf8_flagged_names_are_not_utf8_is_a_decode_error(tmp_path:
     path.write_bytes(buffer.getvalue().replace("\u00e9".encode(), b"\xff\xfe"))  # both headers, same length
     with pytest.raises(ArchiveDecodeError, match="utf-8"):  # a decode_error row, not an 'error' of ours
         list_members(path)
+
+
+# The stream compressions tarfile's "r:*" reads: the sniffer must send each of them to the archive task.
+COMPRESSIONS = pytest.mark.parametrize(
+    "compress", [gzip.compress, bz2.compress, lzma.compress], ids=["gz", "bz2", "xz"]
+)
+
+
+@COMPRESSIONS
+def test_compressed_tars_are_sniffed_as_archives_and_listed(tmp_path: Path, compress: Any) -> None:
+    plain = latin1_tar(tmp_path / "plain.tar", {b"photo.jpg": b"the bytes of the photo"})
+    path = tmp_path / "packed"  # no extension: the content decides
+    path.write_bytes(compress(plain.read_bytes()))
+    assert detect_media_type(path) == "archive"  # was "unknown" for bzip2 and xz: an 'unsupported' row
+    assert [member.name for member in list_members(path).members] == ["photo.jpg"]
+
+
+@COMPRESSIONS
+def test_a_compressed_stream_that_holds_no_tar_is_a_decode_error(tmp_path: Path, compress: Any) -> None:
+    path = tmp_path / "notes"
+    path.write_bytes(compress(b"a compressed text file, not a tar\n" * 20))
+    assert detect_media_type(path) == "archive"
+    with pytest.raises(ArchiveDecodeError, match="cannot be read as a zip or tar archive"):
+        list_members(path)  # a decode_error row with its reason, as a gzip that holds no tar has always had
+
+
+ZIP_DEFLATE64 = 9  # APPNOTE 4.4.5; Windows writes it for large folders, and zipfile cannot inflate it
+
+
+def patched_zip(name: str, data: bytes, *, method: int = 0, flags: int = 0, version: int = 20) -> bytes:
+    """A one-member zip of stored bytes whose headers (local and central alike) claim ``method``, the
+    general purpose ``flags`` and the zip ``version`` needed to extract."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr(name, data)
+    raw = bytearray(buffer.getvalue())
+    fields = struct.pack("<HHH", version, flags, method)
+    raw[4:10] = fields  # local file header: signature, version needed, flags, method
+    central = raw.index(b"PK\x01\x02")
+    raw[central + 6 : central + 12] = fields  # central: signature, version made by, then the same three
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({"method": ZIP_DEFLATE64}, "method 9"),
+        ({"flags": 0x20}, "patched data"),
+        ({"flags": 0x40}, "strongly encrypted"),
+    ],
+)
+def test_zip_members_zipfile_cannot_open_are_left_out_with_a_reason(
+    tmp_path: Path, headers: dict[str, int], reason: str
+) -> None:
+    path = tmp_path / "unreadable.zip"
+    path.write_bytes(patched_zip("big.jpg", b"the bytes of the photo", **headers))
+    listing = list_members(path)
+    assert listing.members == ()  # the archive row then says why it holds nothing to analyse
+    ((name, why),) = listing.rejected
+    assert name == "big.jpg" and reason in why
+    with pytest.raises(ArchiveDecodeError):  # never NotImplementedError: an 'error' row is a failure of ours
+        extract_member(path, "big.jpg", tmp_path / "out")
+
+
+def test_a_zip_of_a_version_zipfile_does_not_read_is_a_decode_error(tmp_path: Path) -> None:
+    path = tmp_path / "future.zip"
+    path.write_bytes(patched_zip("photo.jpg", b"the bytes of the photo", version=99))
+    with pytest.raises(ArchiveDecodeError, match="zip file version 9.9"):
+        list_members(path)
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_zip_members_in_every_readable_method_are_extracted(tmp_path: Path, method: int) -> None:
+    path = tmp_path / "members.zip"
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        archive.writestr("photo.jpg", b"the bytes of the photo" * 100)
+    listing = list_members(path)
+    assert [member.name for member in listing.members] == ["photo.jpg"] and listing.rejected == ()
+    extract_member(path, "photo.jpg", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == b"the bytes of the photo" * 100
 
 
 @pytest.mark.services
