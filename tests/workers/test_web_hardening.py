@@ -1,11 +1,17 @@
 """What a hostile or careless client can send ``deepscan serve``: file names that climb out of the upload
-folder, request bodies without end, ids beyond what the database holds. Each gets a 4xx with a reason or
-a harmless name; none writes outside the upload folder, fills the memory or ends in a 500.
+folder, request bodies without end, ids beyond what the database holds, requests that wait on a busy pool.
+Each gets a 4xx with a reason or a harmless name; none writes outside the upload folder, fills the memory,
+starves the server of threads or ends in a 500.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,11 +22,17 @@ from fastapi.testclient import TestClient
 
 from tests.workers.conftest import wait_for
 from tests.workers.serving import serve
-from tests.workers.test_api import TOKEN, make_settings
+from tests.workers.test_api import PNG_MAGIC, TOKEN, make_settings, upload, wait_job
+from workers.web import app as web_app
 from workers.web.app import create_app, encode_cursor, safe_filename
+from workers.web.jobs import Job, JobPool, Upload
 
 BEYOND_INT32 = 2**31  # ids are INTEGER: PostgreSQL's int4 ends below this
 BEYOND_INT64 = 2**63  # and SQLite's below this
+# more requests waiting for one explanation than AnyIO has worker threads (40), which every sync route and
+# sync dependency of the app shares
+EXPLANATION_WAITERS = 48
+PROMPT_S = 10.0  # a request the server is free to answer gets its answer within this, on two busy cores
 
 
 @contextmanager
@@ -113,3 +125,107 @@ def test_ids_beyond_the_database_get_a_4xx_not_a_500(random_pack: Path, tmp_path
             ):
                 response = api.get(url, params=params)
                 assert response.status_code < 500, (url, params, response.status_code, response.text)
+
+
+def test_requests_waiting_for_an_explanation_leave_the_server_free(
+    random_pack: Path, tmp_path: Path, samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An explanation waits for the pool (minutes behind long videos): were each request waiting for one
+    to hold a worker thread, a few dozen would leave none for /healthz, a job's poll or an upload. With the
+    pool's one thread busy, many requests wait for the same explanation while the server answers the
+    rest; one that stops waiting does not cancel the explanation the others wait for; all get the PNG
+    once the pool is free."""
+    with api_client(random_pack, tmp_path, web_workers=1) as api:
+        job = wait_job(api, upload(api, samples / "face.jpg").json()["url"])
+        assert job["explanation"]["status"] == "available", job
+        pool: JobPool = api.app.state.pool  # type: ignore[attr-defined]
+        release = threading.Event()
+        pool._executor.submit(release.wait)  # the pool's one thread, on a long job until released
+        with ThreadPoolExecutor(EXPLANATION_WAITERS + 8, thread_name_prefix="client") as clients:
+
+            def promptly(send: Callable[[], Any], what: str) -> Any:
+                try:
+                    return clients.submit(send).result(timeout=PROMPT_S)
+                except FutureTimeout:
+                    pytest.fail(f"{what}: no answer within {PROMPT_S:g} s while explanations are awaited")
+
+            try:
+                waiting = [
+                    clients.submit(api.get, job["explanation_url"]) for _ in range(EXPLANATION_WAITERS)
+                ]
+
+                def explanation_status() -> str:
+                    polled = promptly(lambda: api.get(job["url"]), "a job's poll")
+                    return str(polled.json()["explanation"]["status"])
+
+                wait_for(
+                    lambda: explanation_status() == "pending",
+                    timeout_s=PROMPT_S,
+                    what="the explanation queued",
+                )
+                for _ in range(3):  # while the waiting requests arrive, and after
+                    health = promptly(lambda: api.get("/healthz"), "/healthz")
+                    assert health.status_code == 200 and health.json()["active_jobs"] == 0
+                    assert explanation_status() == "pending"
+                    time.sleep(0.5)
+                created = promptly(lambda: upload(api, samples / "short.wav"), "an upload")
+                assert created.status_code == 202, created.text
+                assert not any(request.done() for request in waiting)
+
+                monkeypatch.setattr(web_app, "EXPLANATION_WAIT_S", 0.5)
+                impatient = promptly(lambda: api.get(job["explanation_url"]), "an impatient request")
+                assert impatient.status_code == 503 and "ask again later" in impatient.json()["detail"]
+                assert explanation_status() == "pending"  # still queued for the others
+            finally:
+                release.set()
+            for request in waiting:
+                png = request.result(timeout=120)
+                assert png.status_code == 200 and png.content.startswith(PNG_MAGIC), png.text
+        assert api.get(job["url"]).json()["explanation"]["status"] == "ready"
+        assert wait_job(api, created.json()["url"])["result"]["status"] == "too_short"  # queued behind it
+
+
+class PausingJobs(OrderedDict[str, Job]):
+    """A pool's jobs whose next iteration, once ``pause`` is set, stops after its first job until a job is
+    added (or a second passes): an upload lands in the middle of it, every time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pause, self.paused, self.added = False, threading.Event(), threading.Event()
+
+    def __setitem__(self, key: str, value: Job) -> None:
+        super().__setitem__(key, value)
+        self.added.set()
+
+    def values(self) -> Iterator[Job]:  # type: ignore[override]
+        for i, job in enumerate(super().values()):
+            yield job
+            if i == 0 and self.pause:
+                self.pause = False
+                self.paused.set()
+                self.added.wait(timeout=1.0)
+
+
+def test_counting_the_active_jobs_never_meets_an_upload_half_way(random_pack: Path, tmp_path: Path) -> None:
+    """/healthz counts the pool's jobs while uploads add them (and forget old ones) on other threads: a
+    count that met an upload half way would fail ("OrderedDict mutated during iteration"), a 500."""
+    pool = JobPool(random_pack, workers=1, queue_max=4)
+    jobs = pool._jobs = PausingJobs()
+
+    def an_upload(name: str) -> list[Upload]:
+        path = tmp_path / name
+        path.write_bytes(b"not media")
+        return [Upload(name, path, path.stat().st_size)]
+
+    try:
+        pool.submit(an_upload("first.txt") + an_upload("second.txt"))
+        jobs.pause = True
+        jobs.added.clear()
+        with ThreadPoolExecutor(1) as health:
+            counted = health.submit(pool.active)
+            assert jobs.paused.wait(timeout=PROMPT_S)
+            pool.submit(an_upload("third.txt"))  # on this thread, while the count holds the first job
+            assert counted.result(timeout=PROMPT_S) in (0, 1, 2)
+        assert len(jobs) == 3
+    finally:
+        pool.close()

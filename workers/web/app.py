@@ -8,6 +8,7 @@ TOKEN``; the page, its assets, ``/docs``, ``/healthz`` and ``/metrics`` hold no 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -444,7 +445,7 @@ def create_app(settings: Settings) -> FastAPI:
     png = {"content": {"image/png": {}}, "description": "PNG"}
 
     @api.get("/jobs/{job_id}/explanation.png", response_class=Response, responses={200: png}, tags=["jobs"])
-    def get_explanation(job_id: str, jobs: Annotated[JobPool, Depends(pool)]) -> Response:
+    async def get_explanation(job_id: str, jobs: Annotated[JobPool, Depends(pool)]) -> Response:
         """The face that drove the verdict beside its LIME explanation; computed on first request."""
         job = job_or_404(job_id, jobs)
         if not job.finished:
@@ -453,9 +454,12 @@ def create_app(settings: Settings) -> FastAPI:
             future = jobs.request_explanation(job)
         except LookupError as e:
             raise HTTPException(404, str(e)) from e
+        # Awaited, not waited for on a thread: a sync route runs on one of AnyIO's worker threads (40, shared
+        # by every sync route and dependency), and a few dozen requests waiting for the pool would hold them
+        # all. Shielded: a timeout, or a client that goes away, must not cancel what other requests share.
         try:
-            data = future.result(timeout=EXPLANATION_WAIT_S)
-        except TimeoutError as e:
+            data = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), EXPLANATION_WAIT_S)
+        except asyncio.TimeoutError as e:
             raise HTTPException(503, "the explanation is still being computed: ask again later") from e
         except Exception as e:
             logger.exception("explanation of job %s failed", job_id)

@@ -244,15 +244,20 @@ class JobPool:
 
     def active(self) -> int:
         """Jobs queued or running."""
+        with self._lock:  # uploads add and forget jobs on other threads
+            return self._active()
+
+    def _active(self) -> int:
+        """``active``, for a caller that holds the lock."""
         return sum(not job.finished for job in self._jobs.values())
 
     def submit(self, uploads: list[Upload], *, explain: ExplainPolicy = ExplainPolicy.FLAGGED) -> list[Job]:
         """Queue one job per upload, all or none: raises ``PoolBusyError`` when they would not fit."""
         with self._lock:
-            room = self.workers + self.queue_max - self.active()
-            if len(uploads) > room:
+            active = self._active()
+            if len(uploads) > self.workers + self.queue_max - active:
                 raise PoolBusyError(
-                    f"{self.active()} jobs are queued or running and at most {self.workers + self.queue_max} "
+                    f"{active} jobs are queued or running and at most {self.workers + self.queue_max} "
                     f"may be: {len(uploads)} more do not fit, try again later"
                 )
             scan_id = self._create_scan(len(uploads))
