@@ -2,7 +2,9 @@
 
 Exit status: 0 when every input was analysed, 1 when some could not be (each still has its line and its
 row), 2 for usage or configuration errors. ``scan --wait``: 0 when the scan completed, 1 when it could not
-finish (timeout, broker unreachable), 2 for usage or configuration errors.
+finish (timeout, broker unreachable), 2 for usage or configuration errors. Ctrl-C: 130. ``scan`` and
+``detect`` stopped by SIGTERM: 143, with what Ctrl-C leaves: a scan still queuing (or a ``detect`` run)
+marked failed; one wholly queued is left to the workers, who finish it.
 
 A new group of commands is a module with a ``register(sub)`` that adds its subparsers, each with its
 ``func``; naming it in ``COMMAND_MODULES`` is all it takes to appear. Command modules import heavy
@@ -20,7 +22,15 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from workers.cli import analysis, packs, scanning, web
-from workers.cli.helpers import EXIT_INCOMPLETE, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, Subparsers
+from workers.cli.helpers import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    Subparsers,
+    Terminated,
+)
 from workers.errors import ScanError, UsageError
 
 __all__ = [
@@ -82,3 +92,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return EXIT_TERMINATED

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workers.cli.helpers import EXIT_OK, EXIT_SOME_FAILED, Subparsers
+from workers.cli.helpers import EXIT_OK, EXIT_SOME_FAILED, Subparsers, sigterm_unwinds
 from workers.cli.output import Writer
 from workers.errors import UsageError
 
@@ -72,6 +72,7 @@ def iter_inputs(paths: Sequence[str]) -> Iterator[Path | ObjectRef]:
             yield path
 
 
+@sigterm_unwinds()
 def cmd_detect(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 

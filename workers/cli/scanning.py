@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workers.cli.helpers import EXIT_INCOMPLETE, EXIT_OK, Subparsers
+from workers.cli.helpers import EXIT_INCOMPLETE, EXIT_OK, Subparsers, sigterm_unwinds
 from workers.cli.output import ScanProgressReport, Writer, format_checks, format_scans
 from workers.errors import UsageError
 
@@ -77,6 +77,7 @@ def register(sub: Subparsers) -> None:
     db.set_defaults(func=cmd_db)
 
 
+@sigterm_unwinds()
 def cmd_scan(args: argparse.Namespace) -> int:
     from workers import producer
     from workers.resources import open_sessions
