@@ -166,13 +166,18 @@ def analyze_object(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> N
     elif media_type == "archive" and obj.member is None:
         expand_archive.apply_async(kwargs={"ref": ref, "scan_id": scan_id})
     else:
+        # The digest of the content before the analysis reads it. A local file is read in place, and may
+        # still be being written: a digest taken after the analysis would pin the verdict on a partial file
+        # to the finished one, which the next scan then skips as already analysed. Taken first, it names
+        # content no newer than what was analysed, so a file that changed meanwhile is analysed again.
+        content_sha256 = sha256_file(path)
         if media_type == "archive":
             result = MediaResult(path=obj.result_uri, media_type="archive")
             result.fail(UnsupportedMediaError("an archive inside an archive is not expanded"))
         else:
             result = resources.analyzer().analyze_file(path)
             result.path = obj.result_uri  # not the worker's local copy
-        rows.write_row(obj, scan_id, result, content_sha256=sha256_file(path))
+        rows.write_row(obj, scan_id, result, content_sha256=content_sha256)
 
 
 def queue_object(ref: ObjectRef, scan_id: int | None) -> None:
@@ -187,6 +192,7 @@ def split_video(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None
     soundtrack), then the verdict."""
     obj, started_s = ObjectRef.from_dict(ref), time.time()
     path = resources.local_copies().path(obj)
+    sha256 = sha256_file(path)  # before anything reads it: see ``analyze_object``
     try:
         info = probe_video(path)
     except DeepscanError as e:
@@ -200,7 +206,7 @@ def split_video(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> None
         info,
         segment_s=segment_s,
         started_s=started_s,
-        sha256=sha256_file(path),
+        sha256=sha256,
         provenance=provenance,
     ).delay()
 
@@ -343,6 +349,7 @@ def expand_archive(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> N
     """List an archive's members (under limits), give the archive its row, queue one task per member."""
     obj = ObjectRef.from_dict(ref)
     path = resources.local_copies().path(obj)
+    content_sha256 = sha256_file(path)  # before anything reads it: see ``analyze_object``
     try:
         listing = list_members(path)
         if not listing.members:
@@ -352,6 +359,6 @@ def expand_archive(self: Task, *, ref: dict[str, Any], scan_id: int | None) -> N
         rows.write_failure(obj, scan_id, e, media_type="archive")
         return
     members = [obj.for_member(m.name, m.size_bytes) for m in listing.members]
-    rows.record_expansion(obj, scan_id, listing, content_sha256=sha256_file(path))
+    rows.record_expansion(obj, scan_id, listing, content_sha256=content_sha256)
     for member in members:
         queue_object(member, scan_id)
