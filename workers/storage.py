@@ -101,6 +101,22 @@ class ObjectRef:
         return asdict(self)
 
     @classmethod
+    def of_result_row(cls, row: dict[str, Any]) -> ObjectRef | None:
+        """The object a result row was analysed from, the inverse of ``result_uri`` and ``row_extra``; None
+        for a row whose media is not stored (an upload, deleted once analysed, or a pseudo-URI)."""
+        uri: str = row["uri"]
+        if uri.startswith("s3://"):
+            # a key may hold '#' itself ("Scan #3.jpg"): the row's key (a member's is its archive's) says
+            # where the object's URI ends, the URI alone does not
+            container = f"s3://{row['bucket']}/{row['key']}"
+        elif uri.startswith("file://"):
+            # a '#' of the path is quoted (Path.as_uri): the first one starts a member's name
+            container = uri.partition("#")[0]
+        else:
+            return None
+        return cls(container, etag=row.get("etag"), member=uri[len(container) + 1 :] or None)
+
+    @classmethod
     def for_local_file(cls, path: Path) -> ObjectRef:
         """The ref of a local file, its sha256 as the version (None for a file that cannot be read)."""
         try:

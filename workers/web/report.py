@@ -62,21 +62,6 @@ def triage_key(row: dict[str, Any]) -> tuple[bool, float, float, int]:
     return (p is None, -(p or 0.0), -sure, row["id"])
 
 
-def _object_ref(row: dict[str, Any]) -> ObjectRef | None:
-    """Where the row's media is: its object, or its archive and the member's name (``ARCHIVE_URI#MEMBER``)."""
-    uri: str = row["uri"]
-    if uri.startswith("s3://"):
-        # a key may hold '#' itself ("Scan #3.jpg"): the row's key (a member's is its archive's) says
-        # where the object's URI ends, the URI alone does not
-        container = f"s3://{row['bucket']}/{row['key']}"
-    elif uri.startswith("file://"):
-        # a '#' of the path is quoted (Path.as_uri): the first one starts a member's name
-        container = uri.partition("#")[0]
-    else:
-        return None  # an upload (deleted once analysed) or a pseudo-URI
-    return ObjectRef(container, etag=row.get("etag"), member=uri[len(container) + 1 :] or None)
-
-
 def _with_box(frame: np.ndarray, target: ExplainTarget | None, label: str | None) -> np.ndarray:
     if target is None:
         return frame
@@ -142,7 +127,7 @@ def write_report(
                 item.timeline = f"{ASSETS}/{name}"
             if row["media_type"] not in ("image", "video"):
                 continue
-            ref = _object_ref(row)
+            ref = ObjectRef.of_result_row(row)
             if ref is None:
                 item.media_note = "the media is not kept (an upload, deleted once analysed)"
                 continue
