@@ -17,8 +17,9 @@ is the next ``--per-set`` images of the same order, disjoint from ``eval``, for 
 - ``negatives``: the scikit-image stills without a face (the coffee cup is ``workers.samples``' ``no_face.png``),
   whole, and ``NEGATIVE_CROPS_PER_STILL`` random square crops of each resized to 224 px, plus noise images.
 
-Two detectors are compared: ``single pass`` (the frontal cascade on the frame, as deepscan 0.7.0 ran it)
-and ``default`` (``DetectorOptions()``: the later passes run only when the earlier ones found nothing).
+Three detectors are compared: ``single pass`` (the frontal cascade on the frame, as deepscan 0.7.0 ran it),
+``unverified`` (the later passes run only when the earlier ones found nothing, as in 0.10.0) and ``default``
+(``DetectorOptions()``: those passes, each box shown to the face verifier).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ FACELESS_STILLS = (
 )  # fmt: skip
 
 DETECTORS: dict[str, DetectorOptions] = {
-    "single pass": DetectorOptions(border_fraction=0.0, profile=False),
+    "single pass": DetectorOptions(border_fraction=0.0, profile=False, min_face_score=0.0),
+    "unverified": DetectorOptions(min_face_score=0.0),
     "default": DetectorOptions(),
 }
 

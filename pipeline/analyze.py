@@ -224,6 +224,12 @@ class Analyzer:
         self.audio_threshold = manifest.threshold("audio")
         self.vote_threshold = manifest.threshold("video_vote")
 
+    def warm_up(self) -> None:
+        """Trace the pack's members and the face verifier, so that the first object costs what the
+        hundredth does (``ModelPack.warm_up``, ``FaceDetector.warm_up``)."""
+        self.pack.warm_up()
+        self.detector.warm_up()
+
     # -- batch-first building blocks ------------------------------------------------------------------
 
     def find_faces(self, t_s: float, frame: np.ndarray) -> FoundFaces:

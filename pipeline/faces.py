@@ -8,12 +8,20 @@ Faces that fill the frame (tight crops, profile pictures) are what the plain cas
 needs a little room around the face, and histogram equalisation over a frame with a flat border (a padded
 crop) crushes the face's contrast. When the first pass finds nothing, later passes look for one face that
 fills much of the frame (``benchmarks/face_recall.py`` has the figures).
+
+Haar also finds faces where there are none: a shirt and tie, a striped sleeve, a door (32 of the 78 boxes
+on the four research clips). Every box is therefore shown to a face verifier, MTCNN's output network
+(ONet, Zhang et al. 2016: a 48 px face/non-face classifier) built here in Keras 3 with the weights the
+``mtcnn`` package ships, and a pass whose boxes it all rejects counts as a pass that found nothing.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,6 +31,12 @@ PROFILE_CASCADE_FILE = "haarcascade_profileface.xml"  # faces turned to one side
 CROP_MARGIN = 1.3  # square side = 1.3 x the larger box side, as in the training crops (DFDC winner: +1/3)
 DETECT_MAX_SIDE_PX = 960  # frames are detected at most this large; boxes are mapped back to full size
 BORDER_GREY = 128  # the border of the later passes: mid-grey, what a plain background looks like
+# The face verifier: MTCNN's ONet weights as the mtcnn package ships them (a joblib list of arrays, in the
+# layer order of ``_onet``), read from its folder without importing it (its __init__ imports TensorFlow).
+VERIFIER_PACKAGE = "mtcnn"
+VERIFIER_WEIGHTS = ("assets", "weights", "onet.lz4")
+VERIFIER_INPUT_PX = 48
+VERIFIER_BATCH = 8  # boxes are verified in batches of at most 8, padded to a power of two (4 shapes)
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,9 @@ class DetectorOptions:
     # The later passes look for a face that fills the frame: their boxes must span at least this fraction
     # of the frame's shorter side. Smaller finds there were mostly texture (coins, clock faces, cells).
     fill_fraction: float = 1 / 3
+    # Boxes the face verifier scores below this are not faces; 0 turns verification off. 0.7 is the
+    # output network's threshold in the MTCNN paper's reference implementation, not tuned here.
+    min_face_score: float = 0.7
 
 
 class FaceDetector:
@@ -66,7 +83,8 @@ class FaceDetector:
     3. the profile cascade on that bordered frame and on its mirror image.
 
     Passes 2 and 3 keep only boxes of at least ``fill_fraction`` of the frame's shorter side. Boxes are
-    mapped back to frame pixels and cut to the frame.
+    mapped back to frame pixels and cut to the frame; then the face verifier keeps those it scores at least
+    ``min_face_score`` (a pass whose boxes it all rejects found nothing).
     """
 
     def __init__(
@@ -78,6 +96,12 @@ class FaceDetector:
             Path(cascade_path) if cascade_path else haarcascades / HAAR_CASCADE_FILE
         )
         self._profile = _load_cascade(haarcascades / PROFILE_CASCADE_FILE) if self.options.profile else None
+        self._verifier = FaceVerifier() if self.options.min_face_score > 0 else None
+
+    def warm_up(self) -> None:
+        """Build and trace the face verifier (shared by the process's detectors) ahead of the first frame."""
+        if self._verifier is not None:
+            self._verifier.warm_up()
 
     def detect(self, frame: np.ndarray) -> list[FaceBox]:
         """Find faces in an RGB uint8 frame of shape (H, W, 3); largest first, inside the frame."""
@@ -88,10 +112,10 @@ class FaceDetector:
             gray = cv2.resize(
                 gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
             )
-        found = self._find(self._cascade, cv2.equalizeHist(gray))
+        boxes = self._faces(frame, self._find(self._cascade, cv2.equalizeHist(gray)), scale)
         opts = self.options
         border = round(opts.border_fraction * max(gray.shape))
-        if not found and border > 0:
+        if not boxes and border > 0:
             bordered = _with_border(gray, border)
             passes = [(self._cascade, False)] + (
                 [(self._profile, False), (self._profile, True)] if self._profile else []
@@ -101,28 +125,106 @@ class FaceDetector:
                 image = bordered[:, ::-1] if mirrored else bordered
                 found = [
                     (bordered.shape[1] - 2 * border - x - w, y, w, h) if mirrored else (x, y, w, h)
-                    for (x, y, w, h) in self._find(cascade, image, offset=border)
+                    for (x, y, w, h) in self._find(cascade, image, offset=border, min_px=int(min_side))
                     if max(w, h) >= min_side
                 ]
-                if found:
+                boxes = self._faces(frame, found, scale)
+                if boxes:
                     break
-        boxes = [_clipped(box, scale, width, height) for box in found]
-        boxes = [box for box in boxes if box.w > 0 and box.h > 0]
         boxes.sort(key=lambda b: b.w * b.h, reverse=True)
         return boxes[: opts.max_faces]
 
+    def _faces(
+        self, frame: np.ndarray, found: list[tuple[int, int, int, int]], scale: float
+    ) -> list[FaceBox]:
+        """The boxes of one pass (at detection scale) in frame pixels, cut to the frame, those the verifier
+        rejects left out."""
+        height, width = frame.shape[:2]
+        boxes = [_clipped(box, scale, width, height) for box in found]
+        boxes = [box for box in boxes if box.w > 0 and box.h > 0]
+        if self._verifier is None or not boxes:
+            return boxes
+        scores = self._verifier.face_scores(frame, boxes)
+        return [box for box, score in zip(boxes, scores, strict=True) if score >= self.options.min_face_score]
+
     def _find(
-        self, cascade: cv2.CascadeClassifier, gray: np.ndarray, *, offset: int = 0
+        self, cascade: cv2.CascadeClassifier, gray: np.ndarray, *, offset: int = 0, min_px: int = 0
     ) -> list[tuple[int, int, int, int]]:
-        """Boxes (x, y, w, h) at detection scale, shifted by ``-offset`` (the border around ``gray``)."""
+        """Boxes (x, y, w, h) at detection scale, shifted by ``-offset`` (the border around ``gray``), none
+        smaller than ``min_px`` or ``min_face_px`` (the cascade does not search smaller windows)."""
         opts = self.options
+        side = max(opts.min_face_px, min_px)
         found = cascade.detectMultiScale(
             np.ascontiguousarray(gray),
             scaleFactor=opts.scale_factor,
             minNeighbors=opts.min_neighbors,
-            minSize=(opts.min_face_px, opts.min_face_px),
+            minSize=(side, side),
         )
         return [(int(x) - offset, int(y) - offset, int(w), int(h)) for (x, y, w, h) in found]
+
+
+class FaceVerifier:
+    """MTCNN's output network as a face/non-face classifier of boxes. The network is built on first use,
+    once per process, and shared (inference only): a process that never detects never loads Keras for it."""
+
+    def face_scores(self, frame: np.ndarray, boxes: list[FaceBox]) -> np.ndarray:
+        """P(face) of every box of an RGB uint8 frame: the box resized to 48 px, as ONet was trained."""
+        side = VERIFIER_INPUT_PX
+        patches = np.zeros((len(boxes), side, side, 3), dtype=np.float32)
+        for i, box in enumerate(boxes):
+            region = frame[box.y : box.y + box.h, box.x : box.x + box.w]
+            interpolation = cv2.INTER_AREA if min(box.w, box.h) >= side else cv2.INTER_LINEAR
+            patches[i] = cv2.resize(region, (side, side), interpolation=interpolation)
+        patches = (patches - 127.5) / 128.0  # ONet's input scaling
+        model, scores = _onet(), []
+        for start in range(0, len(boxes), VERIFIER_BATCH):
+            chunk = patches[start : start + VERIFIER_BATCH]
+            padded = np.zeros((1 << (len(chunk) - 1).bit_length(), side, side, 3), dtype=np.float32)
+            padded[: len(chunk)] = chunk
+            scores.append(np.asarray(model.predict_on_batch(padded))[: len(chunk), 1])
+        return np.concatenate(scores)
+
+    def warm_up(self) -> None:
+        """Build the network and trace every batch shape it is given, so that the first frame a process
+        detects in costs what the hundredth does."""
+        frame = np.full((VERIFIER_INPUT_PX, VERIFIER_INPUT_PX, 3), BORDER_GREY, dtype=np.uint8)
+        box = FaceBox(0, 0, VERIFIER_INPUT_PX, VERIFIER_INPUT_PX)
+        for k in range(VERIFIER_BATCH.bit_length()):
+            self.face_scores(frame, [box] * (1 << k))
+
+
+def verifier_weights_path() -> Path:
+    """Where the mtcnn package keeps ONet's weights (found without importing the package)."""
+    spec = importlib.util.find_spec(VERIFIER_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"the face verifier's weights need the {VERIFIER_PACKAGE!r} package")
+    return Path(spec.origin).parent.joinpath(*VERIFIER_WEIGHTS)
+
+
+@functools.cache
+def _onet() -> Any:
+    """ONet in Keras 3 (any backend), its face-probability output only, with the shipped weights.
+
+    The layers are those of mtcnn's ``network/onet.py`` in the same order (the weight list follows it); the
+    Permute before Flatten matches the original Caffe weights' column-major flattening.
+    """
+    import joblib  # mtcnn's dependency; reads its lz4-compressed weight list
+    import keras
+    from keras import layers
+
+    x = inputs = keras.Input((VERIFIER_INPUT_PX, VERIFIER_INPUT_PX, 3))
+    for filters, pool, stride, padding in ((32, 3, 2, "same"), (64, 3, 2, "valid"), (64, 2, 2, "same")):
+        x = layers.Conv2D(filters, 3)(x)
+        x = layers.PReLU(shared_axes=[1, 2])(x)
+        x = layers.MaxPooling2D(pool, stride, padding=padding)(x)
+    x = layers.PReLU(shared_axes=[1, 2])(layers.Conv2D(128, 2)(x))
+    x = layers.Flatten()(layers.Permute((2, 1, 3))(x))
+    x = layers.PReLU()(layers.Dense(256)(x))
+    box_offsets, landmarks = layers.Dense(4)(x), layers.Dense(10)(x)
+    face = layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, [box_offsets, landmarks, face])
+    model.set_weights(joblib.load(verifier_weights_path()))
+    return keras.Model(inputs, face, name="face_verifier")
 
 
 def _load_cascade(path: Path) -> cv2.CascadeClassifier:

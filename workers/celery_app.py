@@ -210,7 +210,7 @@ def _load_models(**_: Any) -> None:
 
     try:
         started = time.perf_counter()
-        resources.analyzer().pack.warm_up()
+        resources.analyzer().warm_up()
         logger.info("models loaded and warmed in %.1f s", time.perf_counter() - started)
     except DeepscanError:  # the tasks record it on each row (status model_error); keep the worker up
         logger.exception("could not load the model pack")

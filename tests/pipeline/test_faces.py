@@ -5,7 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.faces import CROP_MARGIN, DetectorOptions, FaceBox, FaceDetector, square_crop, to_model_input
+from pipeline.faces import (
+    CROP_MARGIN,
+    DetectorOptions,
+    FaceBox,
+    FaceDetector,
+    FaceVerifier,
+    square_crop,
+    to_model_input,
+)
 from workers.samples import face_image
 
 
@@ -65,7 +73,7 @@ def test_model_input_is_scaled_float() -> None:
 # --- faces that fill the frame: tight crops, padded crops, faces turned aside -------------------------------
 
 # the frontal cascade alone, as deepscan 0.7.0 ran it
-SINGLE_PASS = DetectorOptions(border_fraction=0.0, profile=False)
+SINGLE_PASS = DetectorOptions(border_fraction=0.0, profile=False, min_face_score=0.0)
 
 
 def tight_astronaut(fraction: float = 0.8, side_px: int = 224) -> np.ndarray:
@@ -132,3 +140,54 @@ def test_the_later_passes_invent_no_face_in_stills_without_one(detector: FaceDet
     assert detector.detect(load_image(samples / "no_face.png")) == []
     for still in (data.coffee(), data.chelsea(), data.rocket(), data.astronaut()[300:, :200]):
         assert detector.detect(np.ascontiguousarray(still)) == []
+
+
+# --- the face verifier: boxes Haar finds that are not faces ------------------------------------------------
+
+
+def test_the_verifier_is_mtcnns_output_network() -> None:
+    """The Keras 3 network with the shipped weights scores patches as the mtcnn package's own ONet does."""
+    from mtcnn.network.onet import ONet  # the reference (TensorFlow)
+    from mtcnn.utils.tensorflow import load_weights
+
+    from pipeline.faces import _onet
+
+    reference = ONet()
+    reference.build()
+    reference.set_weights(load_weights("onet.lz4"))
+    patches = np.random.default_rng(0).normal(0.0, 0.6, (8, 48, 48, 3)).astype(np.float32)
+    ours = np.asarray(_onet().predict_on_batch(patches))
+    np.testing.assert_allclose(ours, np.asarray(reference(patches)[2]), atol=1e-5)
+
+
+FACELESS_CROPS = [
+    ("coins", 96, 0, 0),
+    ("brick", 128, 0, 320),
+    ("grass", 128, 128, 128),
+    ("clock", 160, 80, 80),
+]
+
+
+@pytest.mark.parametrize(("still", "side", "y", "x"), FACELESS_CROPS, ids=lambda v: str(v))
+def test_boxes_haar_finds_in_textures_are_not_faces(
+    detector: FaceDetector, still: str, side: int, y: int, x: int
+) -> None:
+    import cv2
+    from skimage import data
+
+    image = getattr(data, still)()
+    image = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
+    crop = cv2.resize(
+        np.ascontiguousarray(image[y : y + side, x : x + side]), (224, 224), interpolation=cv2.INTER_CUBIC
+    )
+    assert FaceDetector(DetectorOptions(min_face_score=0.0)).detect(crop)  # Haar alone finds a "face"
+    assert detector.detect(crop) == []
+
+
+def test_the_verifier_scores_a_face_as_one(detector: FaceDetector) -> None:
+    image = face_image()
+    (box,) = detector.detect(image)
+    verifier = FaceVerifier()
+    (score,) = verifier.face_scores(image, [box])
+    assert score > 0.95
+    assert verifier.face_scores(image, [FaceBox(300, 300, box.w, box.h)])[0] < 0.3  # her suit, not a face

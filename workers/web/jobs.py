@@ -39,6 +39,7 @@ from db.models import ScanKind
 from db.session import session_scope
 from pipeline.analyze import Analyzer, MediaResult
 from pipeline.errors import DeepscanError, ResultStatus
+from pipeline.faces import FaceVerifier
 from pipeline.media import sha256_file
 from pipeline.pack import ModelPack, read_manifest
 from pipeline.provenance import ProvenanceOptions
@@ -216,6 +217,7 @@ class JobPool:
         # Traced here, not on the first upload: benchmarks/web_latency.py measured a first explanation of
         # 53 s against 20-22 s for the next ones when its batch of 64 was traced on first use.
         pack.warm_up()
+        FaceVerifier().warm_up()  # shared by the jobs' detectors
         logger.info("model pack %s ready in %.1f s", pack.manifest.label, time.perf_counter() - started)
         return pack
 
