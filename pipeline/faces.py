@@ -11,8 +11,10 @@ fills much of the frame (``benchmarks/face_recall.py`` has the figures).
 
 Haar also finds faces where there are none: a shirt and tie, a striped sleeve, a door (32 of the 78 boxes
 on the four research clips). Every box is therefore shown to a face verifier, MTCNN's output network
-(ONet, Zhang et al. 2016: a 48 px face/non-face classifier) built here in Keras 3 with the weights the
-``mtcnn`` package ships, and a pass whose boxes it all rejects counts as a pass that found nothing.
+(O-Net, Zhang et al. 2016: a 48 px face/non-face classifier) built here in Keras 3 with the weights the
+``mtcnn`` package ships, and a pass whose boxes it all rejects counts as a pass that found nothing. When
+no pass finds a face in a nearly square image (a crop cut tighter than Haar's window, a head tilted past
+what the cascades find), the image as a whole is one face if MTCNN's R-Net and O-Net both say so.
 """
 
 from __future__ import annotations
@@ -31,12 +33,17 @@ PROFILE_CASCADE_FILE = "haarcascade_profileface.xml"  # faces turned to one side
 CROP_MARGIN = 1.3  # square side = 1.3 x the larger box side, as in the training crops (DFDC winner: +1/3)
 DETECT_MAX_SIDE_PX = 960  # frames are detected at most this large; boxes are mapped back to full size
 BORDER_GREY = 128  # the border of the later passes: mid-grey, what a plain background looks like
-# The face verifier: MTCNN's ONet weights as the mtcnn package ships them (a joblib list of arrays, in the
-# layer order of ``_onet``), read from its folder without importing it (its __init__ imports TensorFlow).
+# The face verifier: MTCNN's networks as the mtcnn package ships their weights (joblib lists of arrays, in
+# the layer order of ``_mtcnn_stage``), read from its folder without importing it (its __init__ imports
+# TensorFlow). Per stage: input side, conv blocks (filters, pool, stride, padding), last conv's filters,
+# hidden units, and the box-regression outputs before the face/non-face output.
 VERIFIER_PACKAGE = "mtcnn"
-VERIFIER_WEIGHTS = ("assets", "weights", "onet.lz4")
-VERIFIER_INPUT_PX = 48
+MTCNN_STAGES: dict[str, tuple[int, tuple[tuple[int, int, int, str], ...], int, int, tuple[int, ...]]] = {
+    "rnet": (24, ((28, 3, 2, "same"), (48, 3, 2, "valid")), 64, 128, (4,)),
+    "onet": (48, ((32, 3, 2, "same"), (64, 3, 2, "valid"), (64, 2, 2, "same")), 128, 256, (4, 10)),
+}
 VERIFIER_BATCH = 8  # boxes are verified in batches of at most 8, padded to a power of two (4 shapes)
+PROPOSAL_MIN_SCORE = 0.7  # R-Net's threshold in the MTCNN reference implementation
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,10 @@ class DetectorOptions:
     # Boxes the face verifier scores below this are not faces; 0 turns verification off. 0.7 is the
     # output network's threshold in the MTCNN paper's reference implementation, not tuned here.
     min_face_score: float = 0.7
+    # Last, when no pass finds a face: a frame no more oblong than this that R-Net and the verifier take
+    # for a face as a whole is one face box (a face crop cut tighter than Haar's window, a profile picture); 0 turns
+    # it off. Video frames (16:9) are more oblong than 1.5 and are never taken whole.
+    whole_frame_max_aspect: float = 1.5
 
 
 class FaceDetector:
@@ -80,7 +91,9 @@ class FaceDetector:
 
     1. the frontal cascade on the histogram-equalised frame;
     2. the frontal cascade on the frame as it is (not equalised) inside a mid-grey border;
-    3. the profile cascade on that bordered frame and on its mirror image.
+    3. the profile cascade on that bordered frame and on its mirror image;
+    4. the whole frame as one box, when it is nearly square (``whole_frame_max_aspect``): MTCNN's R-Net
+       and then the verifier (O-Net) must both take it for a face.
 
     Passes 2 and 3 keep only boxes of at least ``fill_fraction`` of the frame's shorter side. Boxes are
     mapped back to frame pixels and cut to the frame; then the face verifier keeps those it scores at least
@@ -131,6 +144,12 @@ class FaceDetector:
                 boxes = self._faces(frame, found, scale)
                 if boxes:
                     break
+        nearly_square = max(height, width) <= opts.whole_frame_max_aspect * min(height, width)
+        if not boxes and nearly_square and self._verifier is not None:  # unverified, any frame would pass
+            whole = FaceBox(0, 0, width, height)
+            # No cascade proposed it: R-Net judges it first, as MTCNN's own proposals are judged.
+            if self._verifier.proposal_scores(frame, [whole])[0] >= PROPOSAL_MIN_SCORE:
+                boxes = self._faces(frame, [(0, 0, width, height)], 1.0)
         boxes.sort(key=lambda b: b.w * b.h, reverse=True)
         return boxes[: opts.max_faces]
 
@@ -164,67 +183,79 @@ class FaceDetector:
 
 
 class FaceVerifier:
-    """MTCNN's output network as a face/non-face classifier of boxes. The network is built on first use,
-    once per process, and shared (inference only): a process that never detects never loads Keras for it."""
+    """MTCNN's last two stages as face/non-face classifiers of boxes: O-Net (48 px) checks every box, R-Net
+    (24 px) stands in for the proposals no cascade made. The networks are built on first use, once per
+    process, and shared (inference only): a process that never detects never loads Keras for them."""
 
     def face_scores(self, frame: np.ndarray, boxes: list[FaceBox]) -> np.ndarray:
-        """P(face) of every box of an RGB uint8 frame: the box resized to 48 px, as ONet was trained."""
-        side = VERIFIER_INPUT_PX
-        patches = np.zeros((len(boxes), side, side, 3), dtype=np.float32)
-        for i, box in enumerate(boxes):
-            region = frame[box.y : box.y + box.h, box.x : box.x + box.w]
-            interpolation = cv2.INTER_AREA if min(box.w, box.h) >= side else cv2.INTER_LINEAR
-            patches[i] = cv2.resize(region, (side, side), interpolation=interpolation)
-        patches = (patches - 127.5) / 128.0  # ONet's input scaling
-        model, scores = _onet(), []
-        for start in range(0, len(boxes), VERIFIER_BATCH):
-            chunk = patches[start : start + VERIFIER_BATCH]
-            padded = np.zeros((1 << (len(chunk) - 1).bit_length(), side, side, 3), dtype=np.float32)
-            padded[: len(chunk)] = chunk
-            scores.append(np.asarray(model.predict_on_batch(padded))[: len(chunk), 1])
-        return np.concatenate(scores)
+        """O-Net's P(face) of every box of an RGB uint8 frame."""
+        return _stage_scores("onet", frame, boxes)
+
+    def proposal_scores(self, frame: np.ndarray, boxes: list[FaceBox]) -> np.ndarray:
+        """R-Net's P(face) of every box: what MTCNN asks of a proposal before O-Net sees it."""
+        return _stage_scores("rnet", frame, boxes)
 
     def warm_up(self) -> None:
-        """Build the network and trace every batch shape it is given, so that the first frame a process
-        detects in costs what the hundredth does."""
-        frame = np.full((VERIFIER_INPUT_PX, VERIFIER_INPUT_PX, 3), BORDER_GREY, dtype=np.uint8)
-        box = FaceBox(0, 0, VERIFIER_INPUT_PX, VERIFIER_INPUT_PX)
+        """Build the networks and trace every batch shape they are given, so that the first frame a
+        process detects in costs what the hundredth does."""
+        frame = np.full((48, 48, 3), BORDER_GREY, dtype=np.uint8)
+        box = FaceBox(0, 0, 48, 48)
         for k in range(VERIFIER_BATCH.bit_length()):
             self.face_scores(frame, [box] * (1 << k))
+        self.proposal_scores(frame, [box])  # only the whole frame, one box, goes to R-Net
 
 
-def verifier_weights_path() -> Path:
-    """Where the mtcnn package keeps ONet's weights (found without importing the package)."""
+def _stage_scores(stage: str, frame: np.ndarray, boxes: list[FaceBox]) -> np.ndarray:
+    """P(face) of every box by one MTCNN stage: the box resized to the stage's input, as it was trained."""
+    side = MTCNN_STAGES[stage][0]
+    patches = np.zeros((len(boxes), side, side, 3), dtype=np.float32)
+    for i, box in enumerate(boxes):
+        region = frame[box.y : box.y + box.h, box.x : box.x + box.w]
+        interpolation = cv2.INTER_AREA if min(box.w, box.h) >= side else cv2.INTER_LINEAR
+        patches[i] = cv2.resize(region, (side, side), interpolation=interpolation)
+    patches = (patches - 127.5) / 128.0  # MTCNN's input scaling
+    model, scores = _mtcnn_stage(stage), []
+    for start in range(0, len(boxes), VERIFIER_BATCH):
+        chunk = patches[start : start + VERIFIER_BATCH]
+        padded = np.zeros((1 << (len(chunk) - 1).bit_length(), side, side, 3), dtype=np.float32)
+        padded[: len(chunk)] = chunk
+        scores.append(np.asarray(model.predict_on_batch(padded))[: len(chunk), 1])
+    return np.concatenate(scores)
+
+
+def verifier_weights_path(stage: str) -> Path:
+    """Where the mtcnn package keeps a stage's weights (found without importing the package)."""
     spec = importlib.util.find_spec(VERIFIER_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(f"the face verifier's weights need the {VERIFIER_PACKAGE!r} package")
-    return Path(spec.origin).parent.joinpath(*VERIFIER_WEIGHTS)
+    return Path(spec.origin).parent / "assets" / "weights" / f"{stage}.lz4"
 
 
 @functools.cache
-def _onet() -> Any:
-    """ONet in Keras 3 (any backend), its face-probability output only, with the shipped weights.
+def _mtcnn_stage(stage: str) -> Any:
+    """An MTCNN stage in Keras 3 (any backend), its face-probability output only, with the shipped weights.
 
-    The layers are those of mtcnn's ``network/onet.py`` in the same order (the weight list follows it); the
-    Permute before Flatten matches the original Caffe weights' column-major flattening.
+    The layers are those of mtcnn's ``network/rnet.py`` and ``network/onet.py`` in the same order (the
+    weight list follows it); the Permute before Flatten matches the original Caffe weights' column-major
+    flattening.
     """
-    import joblib  # mtcnn's dependency; reads its lz4-compressed weight list
+    import joblib  # mtcnn's dependency; reads its lz4-compressed weight lists
     import keras
     from keras import layers
 
-    x = inputs = keras.Input((VERIFIER_INPUT_PX, VERIFIER_INPUT_PX, 3))
-    for filters, pool, stride, padding in ((32, 3, 2, "same"), (64, 3, 2, "valid"), (64, 2, 2, "same")):
+    side, blocks, last_filters, hidden, regressions = MTCNN_STAGES[stage]
+    x = inputs = keras.Input((side, side, 3))
+    for filters, pool, stride, padding in blocks:
         x = layers.Conv2D(filters, 3)(x)
         x = layers.PReLU(shared_axes=[1, 2])(x)
         x = layers.MaxPooling2D(pool, stride, padding=padding)(x)
-    x = layers.PReLU(shared_axes=[1, 2])(layers.Conv2D(128, 2)(x))
+    x = layers.PReLU(shared_axes=[1, 2])(layers.Conv2D(last_filters, 2)(x))
     x = layers.Flatten()(layers.Permute((2, 1, 3))(x))
-    x = layers.PReLU()(layers.Dense(256)(x))
-    box_offsets, landmarks = layers.Dense(4)(x), layers.Dense(10)(x)
+    x = layers.PReLU()(layers.Dense(hidden)(x))
     face = layers.Dense(2, activation="softmax")(x)
-    model = keras.Model(inputs, [box_offsets, landmarks, face])
-    model.set_weights(joblib.load(verifier_weights_path()))
-    return keras.Model(inputs, face, name="face_verifier")
+    everything = keras.Model(inputs, [*(layers.Dense(n)(x) for n in regressions), face])
+    everything.set_weights(joblib.load(verifier_weights_path(stage)))
+    return keras.Model(inputs, face, name=f"face_verifier_{stage}")
 
 
 def _load_cascade(path: Path) -> cv2.CascadeClassifier:

@@ -145,19 +145,23 @@ def test_the_later_passes_invent_no_face_in_stills_without_one(detector: FaceDet
 # --- the face verifier: boxes Haar finds that are not faces ------------------------------------------------
 
 
-def test_the_verifier_is_mtcnns_output_network() -> None:
-    """The Keras 3 network with the shipped weights scores patches as the mtcnn package's own ONet does."""
-    from mtcnn.network.onet import ONet  # the reference (TensorFlow)
+@pytest.mark.parametrize(("stage", "reference_class"), [("onet", "ONet"), ("rnet", "RNet")])
+def test_the_verifier_networks_are_mtcnns(stage: str, reference_class: str) -> None:
+    """Built in Keras 3 from the shipped weights, each stage scores patches as the mtcnn package's own
+    network (TensorFlow) does."""
+    import importlib
+
     from mtcnn.utils.tensorflow import load_weights
 
-    from pipeline.faces import _onet
+    from pipeline.faces import MTCNN_STAGES, _mtcnn_stage
 
-    reference = ONet()
+    reference = getattr(importlib.import_module(f"mtcnn.network.{stage}"), reference_class)()
     reference.build()
-    reference.set_weights(load_weights("onet.lz4"))
-    patches = np.random.default_rng(0).normal(0.0, 0.6, (8, 48, 48, 3)).astype(np.float32)
-    ours = np.asarray(_onet().predict_on_batch(patches))
-    np.testing.assert_allclose(ours, np.asarray(reference(patches)[2]), atol=1e-5)
+    reference.set_weights(load_weights(f"{stage}.lz4"))
+    side = MTCNN_STAGES[stage][0]
+    patches = np.random.default_rng(0).normal(0.0, 0.6, (8, side, side, 3)).astype(np.float32)
+    ours = np.asarray(_mtcnn_stage(stage).predict_on_batch(patches))
+    np.testing.assert_allclose(ours, np.asarray(reference(patches)[-1]), atol=1e-5)
 
 
 FACELESS_CROPS = [
@@ -191,3 +195,25 @@ def test_the_verifier_scores_a_face_as_one(detector: FaceDetector) -> None:
     (score,) = verifier.face_scores(image, [box])
     assert score > 0.95
     assert verifier.face_scores(image, [FaceBox(300, 300, box.w, box.h)])[0] < 0.3  # her suit, not a face
+
+
+def tilted(image: np.ndarray, degrees: float) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    return cv2.warpAffine(image, turn, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def test_a_tight_crop_no_cascade_finds_is_one_face_when_the_verifier_says_so(detector: FaceDetector) -> None:
+    crop = tilted(tight_astronaut(0.9), 25)  # a head tilted past what the cascades find
+    assert FaceDetector(DetectorOptions(whole_frame_max_aspect=0.0)).detect(crop) == []
+    assert detector.detect(crop) == [FaceBox(0, 0, 224, 224)]
+
+
+def test_a_video_frame_is_never_taken_whole(detector: FaceDetector) -> None:
+    import cv2
+
+    frame = cv2.resize(tilted(tight_astronaut(0.9), 25), (398, 224), interpolation=cv2.INTER_AREA)  # 16:9
+    assert detector.detect(frame) == []
+    assert FaceDetector(DetectorOptions(whole_frame_max_aspect=2.0)).detect(frame) != []  # a face to ONet
