@@ -283,14 +283,32 @@ def _clipped(box: tuple[int, int, int, int], scale: float, width: int, height: i
 def square_crop(frame: np.ndarray, box: FaceBox, margin: float = CROP_MARGIN) -> np.ndarray:
     """Cut a square of side ``margin * max(w, h)`` centred on the box, shifted to stay inside the frame.
 
+    A box that is the whole frame (an image that is a face crop, cut as DFDC's were: the detector's last
+    pass) has no margin to cut: it gets one by mirroring its edges outwards (``with_margin``), as training
+    gives those crops theirs, so that the members see it as they saw them.
+
     Returns a uint8 view-copy of shape (S, S, 3); S shrinks only when the frame itself is smaller.
     """
     height, width = frame.shape[:2]
+    if (box.x, box.y, box.w, box.h) == (0, 0, width, height):
+        return with_margin(frame, margin)
     side = min(round(max(box.w, box.h) * margin), height, width)
     cx, cy = box.x + box.w / 2, box.y + box.h / 2
     x0 = int(np.clip(round(cx - side / 2), 0, width - side))
     y0 = int(np.clip(round(cy - side / 2), 0, height - side))
     return frame[y0 : y0 + side, x0 : x0 + side].copy()
+
+
+def with_margin(tight: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarray:
+    """A face crop that is the face box alone inside a mirrored border: a square of side ``margin`` times
+    its larger side, the crop in the centre as a margin crop's box is (the context outside is unknown)."""
+    height, width = tight.shape[:2]
+    larger = max(height, width)
+    side = larger + 2 * max(0, round((larger * margin - larger) / 2))
+    top, left = (side - height) // 2, (side - width) // 2
+    return cv2.copyMakeBorder(
+        tight, top, side - height - top, left, side - width - left, cv2.BORDER_REFLECT_101
+    )
 
 
 # What a member sees of a face (a manifest field of image members, see pipeline.pack.MemberSpec):

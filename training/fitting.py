@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.faces import CROP_MARGIN, to_model_input
+from pipeline.faces import to_model_input, with_margin
 from training.metrics import roc_auc
 from training.pseudofakes import PseudoFakes, pseudo_fake
 
@@ -84,13 +84,6 @@ def balanced_weights(samples: Sequence[Sample]) -> np.ndarray:
     groups = Counter((s.source, s.label) for s in samples)
     raw = np.array([1.0 / groups[(s.source, s.label)] for s in samples], dtype=np.float64)
     return (raw * len(samples) / raw.sum()).astype(np.float32)
-
-
-def with_margin(tight: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarray:
-    """A tight face crop inside a mirrored border, so that it fills the centre as a margin crop's box does."""
-    side = tight.shape[0]
-    pad = max(0, round((side * margin - side) / 2))
-    return cv2.copyMakeBorder(tight, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
 
 
 def load_crops(samples: Sequence[Sample], side_px: int = CROP_SIDE_PX) -> np.ndarray:

@@ -11,8 +11,10 @@ from pipeline.faces import (
     FaceBox,
     FaceDetector,
     FaceVerifier,
+    face_region,
     square_crop,
     to_model_input,
+    with_margin,
 )
 from workers.samples import face_image
 
@@ -59,8 +61,21 @@ def test_square_crop_has_margin_and_stays_inside() -> None:
     assert crop.shape == (round(40 * CROP_MARGIN),) * 2 + (3,)
     edge = square_crop(frame, FaceBox(180, 80, 30, 30))  # partly outside: shifted, not padded
     assert edge.shape == (39, 39, 3)
-    huge = square_crop(frame, FaceBox(0, 0, 200, 100))  # larger than the frame: clipped to its height
+    huge = square_crop(frame, FaceBox(10, 0, 190, 100))  # larger than the frame: clipped to its height
     assert huge.shape == (100, 100, 3)
+
+
+def test_a_box_that_is_the_whole_frame_gets_a_mirrored_margin_and_the_tight_region_is_the_frame() -> None:
+    """A face crop taken whole (the detector's last pass) reaches the members as training's tight crops do."""
+    frame = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    crop = square_crop(frame, FaceBox(0, 0, 224, 224))
+    assert crop.shape[0] == 224 + 2 * 34  # 1.3x, the margin mirrored, not the frame shifted and cut
+    np.testing.assert_array_equal(crop[34:-34, 34:-34], frame)
+    np.testing.assert_array_equal(crop[34:-34, 33], frame[:, 1])  # BORDER_REFLECT_101
+    assert face_region(crop, "tight").shape[0] == 225  # the frame and a pixel of mirror, as in training
+    oblong = with_margin(frame[:, :160])  # a crop no more oblong than 1.5: squared by the mirror too
+    assert oblong.shape[:2] == (292, 292)
+    np.testing.assert_array_equal(oblong[34:258, 66:226], frame[:, :160])
 
 
 def test_model_input_is_scaled_float() -> None:

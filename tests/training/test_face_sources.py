@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline.errors import DeepscanError
-from pipeline.faces import CROP_MARGIN, face_region, to_model_input
+from pipeline.faces import CROP_MARGIN, face_region, to_model_input, with_margin
 from tests.training.test_recipes import make_dataset
 from training.face_datasets import find_face_samples
-from training.fitting import load_crops, make_face_sequence, split_samples, with_margin
+from training.fitting import load_crops, make_face_sequence, split_samples
 from training.pseudofakes import PseudoFakes, local_edit, pseudo_fake, self_blend
 
 
