@@ -39,7 +39,7 @@ def test_bundled_pack_reproduces_the_image_figures_in_its_card(shared_data: Path
     manifest = analyzer.pack.manifest
     recorded = manifest.info["image_training"]
     folders = [shared_data / name for name in recorded["data"].split("+")]  # faces, or faces+faces2
-    evaluation = evaluate_images(
+    evaluation, _ = evaluate_images(
         analyzer.pack, folders, tight_sources=recorded.get("tight_sources") or (), split="test"
     )
     for subset, figures in recorded["test_ensemble"].items():

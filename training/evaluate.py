@@ -1,7 +1,9 @@
 """Evaluation of a pack on a labelled dataset: every member and the ensemble, overall and per source.
 
-Image datasets are face crops under ``real/``/``fake/`` folders (scored as crops, the way the members were
-trained); audio datasets are clips in the same layout (scored as the CLI scores a clip).
+Image datasets are face crops under ``real/``/``fake/`` folders, scored as crops (the way the members were
+trained) or, with ``through_detector``, the way ``deepscan detect`` scores an image: the face detector's
+largest box in the file, cut by ``square_crop`` (files in which it finds no face are left out and listed).
+Audio datasets are clips in the same layout (scored as the CLI scores a clip).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.ensemble import aggregate
+from pipeline.faces import FaceDetector, square_crop
+from pipeline.media import load_image
 from pipeline.pack import ModelPack
 from training.face_datasets import find_face_samples
-from training.fitting import load_crops, split_samples
+from training.fitting import Sample, load_crops, split_samples
 from training.metrics import CONFIDENCE_LEVEL, Report, auc_difference, report, roc_curve
 
 ENSEMBLE = "ensemble"
@@ -77,26 +81,49 @@ def evaluate_images(
     *,
     tight_sources: Sequence[str] = (),
     split: str | None = "test",
-) -> Evaluation:
+    through_detector: bool = False,
+) -> tuple[Evaluation, list[Path]]:
     """Score the face crops of one folder or several (only the given split of the training split scheme,
-    clusters whole, or all); ``tight_sources`` as in ``training.face_datasets``."""
+    clusters whole, or all); ``tight_sources`` as in ``training.face_datasets``. Returns the evaluation and
+    the files left out: those in which the detector found no face (``through_detector`` only)."""
     folders = [data] if isinstance(data, str | Path) else list(data)
     samples = find_face_samples(folders, tight_sources)
     if split is not None:
         samples = split_samples(samples)[split]
     if not samples:
         raise ValueError(f"no labelled images in {', '.join(map(str, folders))} (split {split})")
-    member_scores = np.concatenate(
-        [
-            pack.score_faces(list(load_crops(samples[i : i + EVAL_BATCH])))
-            for i in range(0, len(samples), EVAL_BATCH)
-        ]
-    )
+    detector = FaceDetector() if through_detector else None
+    scored, member_scores, missed = [], [], []
+    for i in range(0, len(samples), EVAL_BATCH):
+        batch = samples[i : i + EVAL_BATCH]
+        crops, found = _crops(batch, detector)
+        missed += [s.path for s in batch if s not in found]
+        scored += found
+        member_scores.append(pack.score_faces(crops))
+    if not scored:
+        raise ValueError(f"no face found in any of the {len(samples)} images")
     manifest = pack.manifest
-    scores = {m.name: member_scores[:, j] for j, m in enumerate(manifest.image_members)}
-    scores[ENSEMBLE] = aggregate(member_scores, manifest.aggregation)
+    every_member = np.concatenate(member_scores)
+    scores = {m.name: every_member[:, j] for j, m in enumerate(manifest.image_members)}
+    scores[ENSEMBLE] = aggregate(every_member, manifest.aggregation)
     thresholds = {name: 0.5 for name in scores} | {ENSEMBLE: manifest.threshold("image")}
-    return Evaluation(np.array([s.label for s in samples]), [s.source for s in samples], scores, thresholds)
+    labels = np.array([s.label for s in scored])
+    return Evaluation(labels, [s.source for s in scored], scores, thresholds), missed
+
+
+def _crops(samples: Sequence[Sample], detector: FaceDetector | None) -> tuple[list[np.ndarray], list[Sample]]:
+    """The crops of ``samples`` as training holds them (no detector), or as the image path cuts them: the
+    largest face the detector finds, with the samples it found one in."""
+    if detector is None:
+        return list(load_crops(samples)), list(samples)
+    crops, found = [], []
+    for sample in samples:
+        frame = load_image(sample.path)
+        boxes = detector.detect(frame)
+        if boxes:
+            crops.append(square_crop(frame, boxes[0]))
+            found.append(sample)
+    return crops, found
 
 
 def evaluate_audio(

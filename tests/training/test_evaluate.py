@@ -23,7 +23,8 @@ from workers.samples import write_wav
 
 def test_every_member_and_the_ensemble_per_source(random_pack: Path, tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "faces", per_class=6)
-    evaluation = evaluate_images(ModelPack.load(random_pack), data, split=None)
+    evaluation, missed = evaluate_images(ModelPack.load(random_pack), data, split=None)
+    assert missed == []
     assert set(evaluation.reports) == {"spectral", "densenet121", ENSEMBLE}
     assert set(evaluation.reports[ENSEMBLE]) == {"all", "gan", "swap"}
     assert evaluation.reports[ENSEMBLE]["all"].n == 24 and evaluation.reports["spectral"]["swap"].n == 12
@@ -33,6 +34,27 @@ def test_every_member_and_the_ensemble_per_source(random_pack: Path, tmp_path: P
     r = evaluation.reports[ENSEMBLE]["gan"]
     assert f"| {r.auc:.3f} | {r.auc_low:.3f}-{r.auc_high:.3f} |" in table
     assert plot_roc(evaluation, tmp_path / "roc.png").stat().st_size > 1000
+
+
+def test_through_the_detector_each_file_is_scored_as_detect_scores_it(
+    random_pack: Path, tmp_path: Path
+) -> None:
+    """The largest detected face cut from the file, as the image path cuts it; faceless files left out."""
+    import cv2
+
+    from pipeline.analyze import Analyzer
+    from pipeline.media import load_image
+
+    data = make_dataset(tmp_path / "faces", per_class=2)
+    blank = data / "gan" / "real" / "blank.jpg"
+    cv2.imwrite(str(blank), np.full((128, 128, 3), 90, np.uint8))
+    pack = ModelPack.load(random_pack)
+    evaluation, missed = evaluate_images(pack, data, split=None, through_detector=True)
+    assert blank in missed and len(missed) + len(evaluation.labels) == 9
+    analyzer = Analyzer(pack, score_soundtrack=False)
+    kept = sorted(set(data.rglob("*.jpg")) - set(missed))
+    (scored,) = analyzer.score_frames([load_image(kept[0])])  # its largest face first
+    assert np.isclose(evaluation.scores[ENSEMBLE], scored.face_probabilities[0], atol=1e-5).any()
 
 
 def test_spoof_families_are_each_measured_against_all_real_clips() -> None:

@@ -106,6 +106,12 @@ def register(sub: Subparsers) -> None:
         default="test",
         help="which part of the training split scheme to score (default: test, kept apart)",
     )
+    evaluate.add_argument(
+        "--through-detector",
+        action="store_true",
+        help="image: score each file as `deepscan detect` does (its largest detected face, cut from the file) "
+        "instead of as a training crop; files without a detected face are left out and counted",
+    )
     evaluate.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     evaluate.add_argument("--roc", metavar="PNG", help="write ROC curves of every member and the ensemble")
     evaluate.add_argument(
@@ -340,9 +346,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for path, reason in unscored:
                 logger.warning("no score for %s: %s", path, reason)
         else:
-            evaluation = evaluate_images(
-                pack, args.data, tight_sources=_names(args.tight_sources), split=split
+            evaluation, missed = evaluate_images(
+                pack,
+                args.data,
+                tight_sources=_names(args.tight_sources),
+                split=split,
+                through_detector=args.through_detector,
             )
+            if args.through_detector:
+                n = len(missed) + len(evaluation.labels)
+                logger.warning("no face found in %d of %d images (left out)", len(missed), n)
+                for path in missed:
+                    logger.info("no face found in %s", path)
     except (ValueError, DeepscanError) as e:
         raise UsageError(str(e)) from e
     table = to_markdown(evaluation)
