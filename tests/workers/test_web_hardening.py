@@ -90,16 +90,16 @@ def test_a_safe_file_name_is_one_storable_path_component() -> None:
 
 
 def test_every_request_body_is_bounded_before_it_is_read(api: TestClient) -> None:
-    """A scan request is a URI and a flag: a body of megabytes is refused with a 413 that says so, before
-    the token is checked (FastAPI reads a body before it runs the route's dependencies), declared or
-    chunked; an ordinary request still gets its answer."""
+    """A scan request is a URI and a flag: a body of megabytes is refused with a 413 that says so, declared
+    or chunked, and without the token with a 401; an ordinary request still gets its answer."""
     padding = "x" * (8 << 20)
     body = f'{{"uri": "s3://bucket/", "padding": "{padding}"}}'.encode()
-    anonymous = {"Authorization": ""}
-    declared = api.post(
-        "/api/v1/scans", content=body, headers={**anonymous, "Content-Type": "application/json"}
-    )
+    declared = api.post("/api/v1/scans", content=body, headers={"Content-Type": "application/json"})
     assert declared.status_code == 413 and "bytes" in declared.json()["detail"]
+    anonymous = api.post(
+        "/api/v1/scans", content=body, headers={"Authorization": "", "Content-Type": "application/json"}
+    )
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"] == "Bearer"
 
     def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
         for i in range(0, len(body), 1 << 16):
@@ -109,6 +109,46 @@ def test_every_request_body_is_bounded_before_it_is_read(api: TestClient) -> Non
     assert streamed.status_code == 413 and "bytes" in streamed.json()["detail"]
     ordinary = api.post("/api/v1/scans", json={"uri": "s3://bucket/"})
     assert ordinary.status_code == 503 and "DEEPSCAN_BROKER_URL" in ordinary.json()["detail"]
+
+
+@contextmanager
+def listening(app: Any) -> Iterator[int]:
+    """``app`` served by uvicorn on a free loopback port, in a thread; yields the port."""
+    import uvicorn
+
+    from tests.workers.serving import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or None, timeout_s=60, what="uvicorn listening")
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_an_upload_without_the_token_is_refused_before_its_body_is_read(
+    random_pack: Path, tmp_path: Path
+) -> None:
+    """FastAPI receives a body before a route's dependencies check the token: without the gate, anyone
+    could make the server take in (and spool to disk) an upload of up to DEEPSCAN_UPLOAD_MAX_MB. A client
+    that promises 10 MB and sends a few bytes without the token gets its 401 at once."""
+    import socket
+
+    app = create_app(make_settings(random_pack, tmp_path, api_token=TOKEN))
+    with listening(app) as port, socket.create_connection(("127.0.0.1", port), timeout=PROMPT_S) as sock:
+        sock.sendall(
+            b"POST /api/v1/jobs HTTP/1.1\r\nHost: deepscan\r\nAuthorization: Bearer wrong\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n--b\r\n"
+        )
+        answer = b""
+        while chunk := sock.recv(1 << 16):  # a timeout here: the server waits for the other 10 MB
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"bearer token" in answer
 
 
 def test_ids_beyond_the_database_get_a_4xx_not_a_500(random_pack: Path, tmp_path: Path, db_url: str) -> None:

@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Quer
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
@@ -68,6 +69,7 @@ JSON_MAX_BYTES = 64 << 10
 ROW_ID_MAX = 2**31 - 1  # ids are INTEGER columns (db.models): PostgreSQL's int4, the narrower database
 NAME_MAX_BYTES = 255  # a file name on ext4, XFS and most others (NAME_MAX)
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+UNAUTHORISED = "a valid bearer token is required (Authorization: Bearer ...)"
 
 
 # -- schemas (what /docs shows) -------------------------------------------------------------------------
@@ -166,6 +168,33 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class TokenGate:
+    """Refuse a request to the API without the server's bearer token before its body is read.
+
+    FastAPI reads a body (an upload is spooled to disk, up to ``DEEPSCAN_UPLOAD_MAX_MB``) before it runs
+    a route's dependencies, so ``authorised`` alone lets anyone make the server receive one. ``authorised``
+    still guards every API route (and states the scheme in /docs); this only answers first.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and self.token and (path == API or path.startswith(f"{API}/")):
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, given = get_authorization_scheme_param(header)
+            if scheme.lower() != "bearer" or not token_matches(given, self.token):
+                response = JSONResponse(
+                    {"detail": UNAUTHORISED},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 # -- helpers --------------------------------------------------------------------------------------------
 
 
@@ -256,18 +285,19 @@ RowId = Annotated[int, PathParam(ge=1, le=ROW_ID_MAX)]
 bearer = HTTPBearer(auto_error=False, description="DEEPSCAN_API_TOKEN, when the server has one")
 
 
+def token_matches(given: str, token: str) -> bool:
+    """Whether a client's bearer token is the server's (in constant time)."""
+    return secrets.compare_digest(given.encode(), token.encode())
+
+
 def authorised(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
     token: str = request.app.state.api_token
     if not token:
         return
-    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-        raise HTTPException(
-            401,
-            "a valid bearer token is required (Authorization: Bearer ...)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if credentials is None or not token_matches(credentials.credentials, token):
+        raise HTTPException(401, UNAUTHORISED, headers={"WWW-Authenticate": "Bearer"})
 
 
 def pool(request: Request) -> JobPool:
@@ -350,6 +380,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.api_token = token
     app.add_middleware(BodyLimit, upload_bytes=limit_bytes)
+    app.add_middleware(TokenGate, token=token)  # added last: runs first, before a byte of body is read
     app.mount("/static", StaticFiles(directory=PACKAGE_DIR / "static"), name="static")
     # Prometheus metrics (workers.metrics), open like /healthz: counts and latencies, no media and no rows
     queues = (LIGHT_QUEUE, GPU_QUEUE) if settings.broker_url else ()
