@@ -19,14 +19,16 @@ what the cascades find), the image as a whole is one face if MTCNN's R-Net and O
 
 from __future__ import annotations
 
-import functools
 import importlib.util
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from pipeline.errors import ModelPackError
 
 HAAR_CASCADE_FILE = "haarcascade_frontalface_default.xml"  # shipped inside opencv-python-headless<5
 PROFILE_CASCADE_FILE = "haarcascade_profileface.xml"  # faces turned to one side; shipped alongside
@@ -74,12 +76,14 @@ class DetectorOptions:
     # The later passes look for a face that fills the frame: their boxes must span at least this fraction
     # of the frame's shorter side. Smaller finds there were mostly texture (coins, clock faces, cells).
     fill_fraction: float = 1 / 3
-    # Boxes the face verifier scores below this are not faces; 0 turns verification off. 0.7 is the
-    # output network's threshold in the MTCNN paper's reference implementation, not tuned here.
+    # Boxes the face verifier scores below this are not faces; 0 turns verification off (and with it the
+    # whole-frame pass, which only the networks can accept). 0.7 is the output network's threshold in the
+    # MTCNN paper's reference implementation, not tuned here.
     min_face_score: float = 0.7
-    # Last, when no pass finds a face: a frame no more oblong than this that R-Net and the verifier take
-    # for a face as a whole is one face box (a face crop cut tighter than Haar's window, a profile picture); 0 turns
-    # it off. Video frames (16:9) are more oblong than 1.5 and are never taken whole.
+    # Last, when no pass finds a face: a frame no more oblong than this (and at least min_face_px on its
+    # shorter side) that R-Net and the verifier take for a face as a whole is one face box (a face crop cut
+    # tighter than Haar's window, a profile picture, a close-up); 0 turns it off. A 16:9 video frame is
+    # more oblong than 1.5 and is never taken whole.
     whole_frame_max_aspect: float = 1.5
 
 
@@ -145,7 +149,8 @@ class FaceDetector:
                 if boxes:
                     break
         nearly_square = max(height, width) <= opts.whole_frame_max_aspect * min(height, width)
-        if not boxes and nearly_square and self._verifier is not None:  # unverified, any frame would pass
+        large_enough = min(gray.shape) >= opts.min_face_px
+        if not boxes and nearly_square and large_enough and self._verifier is not None:  # unverified: any
             whole = FaceBox(0, 0, width, height)
             # No cascade proposed it: R-Net judges it first, as MTCNN's own proposals are judged.
             if self._verifier.proposal_scores(frame, [whole])[0] >= PROPOSAL_MIN_SCORE:
@@ -156,15 +161,17 @@ class FaceDetector:
     def _faces(
         self, frame: np.ndarray, found: list[tuple[int, int, int, int]], scale: float
     ) -> list[FaceBox]:
-        """The boxes of one pass (at detection scale) in frame pixels, cut to the frame, those the verifier
-        rejects left out."""
+        """The boxes of one pass (at detection scale) in frame pixels, those the verifier rejects left out,
+        cut to the frame. The verifier sees each box whole, what lies outside the frame mid-grey."""
         height, width = frame.shape[:2]
-        boxes = [_clipped(box, scale, width, height) for box in found]
-        boxes = [box for box in boxes if box.w > 0 and box.h > 0]
-        if self._verifier is None or not boxes:
-            return boxes
-        scores = self._verifier.face_scores(frame, boxes)
-        return [box for box, score in zip(boxes, scores, strict=True) if score >= self.options.min_face_score]
+        boxes = [FaceBox(*(round(v / scale) for v in box)) for box in found]
+        boxes = [box for box in boxes if _cut_to_frame(box, width, height) is not None]
+        if self._verifier is not None and boxes:
+            scores = self._verifier.face_scores(frame, boxes)
+            boxes = [
+                box for box, score in zip(boxes, scores, strict=True) if score >= self.options.min_face_score
+            ]
+        return [cut for box in boxes if (cut := _cut_to_frame(box, width, height)) is not None]
 
     def _find(
         self, cascade: cv2.CascadeClassifier, gray: np.ndarray, *, offset: int = 0, min_px: int = 0
@@ -206,13 +213,12 @@ class FaceVerifier:
 
 
 def _stage_scores(stage: str, frame: np.ndarray, boxes: list[FaceBox]) -> np.ndarray:
-    """P(face) of every box by one MTCNN stage: the box resized to the stage's input, as it was trained."""
+    """P(face) of every box by one MTCNN stage, as MTCNN shows it a proposal: the square of the box's larger
+    side around its centre, what lies outside the frame mid-grey, resized to the stage's input."""
     side = MTCNN_STAGES[stage][0]
-    patches = np.zeros((len(boxes), side, side, 3), dtype=np.float32)
-    for i, box in enumerate(boxes):
-        region = frame[box.y : box.y + box.h, box.x : box.x + box.w]
-        interpolation = cv2.INTER_AREA if min(box.w, box.h) >= side else cv2.INTER_LINEAR
-        patches[i] = cv2.resize(region, (side, side), interpolation=interpolation)
+    if not boxes:
+        return np.zeros(0, dtype=np.float32)
+    patches = np.stack([_square_patch(frame, box, side) for box in boxes]).astype(np.float32)
     patches = (patches - 127.5) / 128.0  # MTCNN's input scaling
     model, scores = _mtcnn_stage(stage), []
     for start in range(0, len(boxes), VERIFIER_BATCH):
@@ -223,16 +229,48 @@ def _stage_scores(stage: str, frame: np.ndarray, boxes: list[FaceBox]) -> np.nda
     return np.concatenate(scores)
 
 
+def _square_patch(frame: np.ndarray, box: FaceBox, side_px: int) -> np.ndarray:
+    """The square of side max(w, h) centred on ``box`` (which may overhang the frame), resized to
+    ``side_px``; the parts outside the frame are mid-grey (0 after MTCNN's scaling, as mtcnn pads)."""
+    height, width = frame.shape[:2]
+    size = max(box.w, box.h)
+    x0, y0 = round(box.x + box.w / 2 - size / 2), round(box.y + box.h / 2 - size / 2)
+    inside = frame[max(0, y0) : min(height, y0 + size), max(0, x0) : min(width, x0 + size)]
+    square = cv2.copyMakeBorder(
+        inside,
+        max(0, -y0),
+        max(0, y0 + size - height),
+        max(0, -x0),
+        max(0, x0 + size - width),
+        cv2.BORDER_CONSTANT,
+        value=(BORDER_GREY,) * 3,
+    )
+    interpolation = cv2.INTER_AREA if size >= side_px else cv2.INTER_LINEAR
+    return cv2.resize(square, (side_px, side_px), interpolation=interpolation)
+
+
 def verifier_weights_path(stage: str) -> Path:
     """Where the mtcnn package keeps a stage's weights (found without importing the package)."""
     spec = importlib.util.find_spec(VERIFIER_PACKAGE)
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"the face verifier's weights need the {VERIFIER_PACKAGE!r} package")
+        raise ModelPackError(f"the face verifier's weights need the {VERIFIER_PACKAGE!r} package")
     return Path(spec.origin).parent / "assets" / "weights" / f"{stage}.lz4"
 
 
-@functools.cache
+_built_stages: dict[str, Any] = {}
+_building = threading.Lock()
+
+
 def _mtcnn_stage(stage: str) -> Any:
+    """The network of an MTCNN stage, built once per process (threads asking at once wait for the one
+    build, so a warmed network is never replaced by a cold one)."""
+    with _building:
+        if stage not in _built_stages:
+            _built_stages[stage] = _build_stage(stage)
+        return _built_stages[stage]
+
+
+def _build_stage(stage: str) -> Any:
     """An MTCNN stage in Keras 3 (any backend), its face-probability output only, with the shipped weights.
 
     The layers are those of mtcnn's ``network/rnet.py`` and ``network/onet.py`` in the same order (the
@@ -254,7 +292,11 @@ def _mtcnn_stage(stage: str) -> Any:
     x = layers.PReLU()(layers.Dense(hidden)(x))
     face = layers.Dense(2, activation="softmax")(x)
     everything = keras.Model(inputs, [*(layers.Dense(n)(x) for n in regressions), face])
-    everything.set_weights(joblib.load(verifier_weights_path(stage)))
+    path = verifier_weights_path(stage)
+    try:
+        everything.set_weights(joblib.load(path))
+    except (OSError, ImportError, ValueError) as e:  # missing, unreadable (lz4 absent) or of another shape
+        raise ModelPackError(f"could not load the face verifier's weights {path}: {e}") from e
     return keras.Model(inputs, face, name=f"face_verifier_{stage}")
 
 
@@ -270,24 +312,23 @@ def _with_border(gray: np.ndarray, border: int) -> np.ndarray:
     return cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_CONSTANT, value=BORDER_GREY)
 
 
-def _clipped(box: tuple[int, int, int, int], scale: float, width: int, height: int) -> FaceBox:
-    """A box at detection scale mapped back to frame pixels and cut to the frame of size (W, H)."""
-    x, y, w, h = (round(v / scale) for v in box)
-    if x < 0:
-        x, w = 0, w + x
-    if y < 0:
-        y, h = 0, h + y
-    return FaceBox(x, y, min(w, width - x), min(h, height - y))
+def _cut_to_frame(box: FaceBox, width: int, height: int) -> FaceBox | None:
+    """The part of ``box`` (frame pixels) inside a frame of size (W, H); None when nothing is."""
+    x0, y0 = max(0, box.x), max(0, box.y)
+    x1, y1 = min(width, box.x + box.w), min(height, box.y + box.h)
+    return FaceBox(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
 
 
 def square_crop(frame: np.ndarray, box: FaceBox, margin: float = CROP_MARGIN) -> np.ndarray:
     """Cut a square of side ``margin * max(w, h)`` centred on the box, shifted to stay inside the frame.
 
-    A box that is the whole frame (an image that is a face crop, cut as DFDC's were: the detector's last
-    pass) has no margin to cut: it gets one by mirroring its edges outwards (``with_margin``), as training
-    gives those crops theirs, so that the members see it as they saw them.
+    A box that is the whole frame (an image that is a face crop, cut as DFDC's were: the detector's
+    whole-frame pass, or a later pass's box cut to the frame) has no margin to cut: it gets one by
+    mirroring its edges outwards (``with_margin``), as training gives those crops theirs, so that the
+    members see it as they saw them.
 
-    Returns a uint8 view-copy of shape (S, S, 3); S shrinks only when the frame itself is smaller.
+    Returns a uint8 copy of shape (S, S, 3): S is the margin's side, smaller when the frame is, and
+    ``CROP_MARGIN`` times the frame's larger side for a whole-frame box.
     """
     height, width = frame.shape[:2]
     if (box.x, box.y, box.w, box.h) == (0, 0, width, height):
