@@ -31,6 +31,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db import queries
@@ -64,7 +65,8 @@ EXPLANATION_WAIT_S = 600.0  # a GET of an explanation waits this long for the po
 COPY_BLOCK_BYTES = 1 << 20
 MIB = 1 << 20
 # Every body but an upload's is a small JSON object (a scan request: a URI, its S3 key at most 1024 bytes,
-# and a flag); FastAPI reads a body whole, before it checks the token, so each needs a bound.
+# and a flag); FastAPI reads a body whole before a route runs (TokenGate refuses one without the token
+# first), so each needs a bound.
 JSON_MAX_BYTES = 64 << 10
 ROW_ID_MAX = 2**31 - 1  # ids are INTEGER columns (db.models): PostgreSQL's int4, the narrower database
 NAME_MAX_BYTES = 255  # a file name on ext4, XFS and most others (NAME_MAX)
@@ -180,9 +182,10 @@ class TokenGate:
         self.app, self.token = app, token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] == "http" and self.token and (path == API or path.startswith(f"{API}/")):
-            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        path = get_route_path(scope) if scope["type"] == "http" else ""  # without --root-path's prefix
+        if self.token and (path == API or path.startswith(f"{API}/")):
+            # the first Authorization header, as HTTPBearer (``authorised``) reads it
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"").decode("latin-1")
             scheme, given = get_authorization_scheme_param(header)
             if scheme.lower() != "bearer" or not token_matches(given, self.token):
                 response = JSONResponse(
