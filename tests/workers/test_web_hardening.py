@@ -112,14 +112,15 @@ def test_every_request_body_is_bounded_before_it_is_read(api: TestClient) -> Non
 
 
 @contextmanager
-def listening(app: Any) -> Iterator[int]:
-    """``app`` served by uvicorn on a free loopback port, in a thread; yields the port."""
+def listening(app: Any, root_path: str = "") -> Iterator[int]:
+    """``app`` served by uvicorn on a free loopback port (under ``root_path``), in a thread; yields the port."""
     import uvicorn
 
     from tests.workers.serving import free_port
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", root_path=root_path)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -130,16 +131,21 @@ def listening(app: Any) -> Iterator[int]:
         thread.join(timeout=30)
 
 
+@pytest.mark.parametrize("root_path", ["", "/deepscan"])
 def test_an_upload_without_the_token_is_refused_before_its_body_is_read(
-    random_pack: Path, tmp_path: Path
+    random_pack: Path, tmp_path: Path, root_path: str
 ) -> None:
     """FastAPI receives a body before a route's dependencies check the token: without the gate, anyone
     could make the server take in (and spool to disk) an upload of up to DEEPSCAN_UPLOAD_MAX_MB. A client
-    that promises 10 MB and sends a few bytes without the token gets its 401 at once."""
+    that promises 10 MB and sends a few bytes without the token gets its 401 at once, also behind a
+    proxy that strips a path prefix (``--root-path``: the app sees the prefix in the path)."""
     import socket
 
     app = create_app(make_settings(random_pack, tmp_path, api_token=TOKEN))
-    with listening(app) as port, socket.create_connection(("127.0.0.1", port), timeout=PROMPT_S) as sock:
+    with (
+        listening(app, root_path) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=PROMPT_S) as sock,
+    ):
         sock.sendall(
             b"POST /api/v1/jobs HTTP/1.1\r\nHost: deepscan\r\nAuthorization: Bearer wrong\r\n"
             b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000\r\n\r\n--b\r\n"
@@ -269,3 +275,18 @@ def test_counting_the_active_jobs_never_meets_an_upload_half_way(random_pack: Pa
         assert len(jobs) == 3
     finally:
         pool.close()
+
+
+def test_behind_a_path_prefix_an_upload_has_the_upload_limit(random_pack: Path, tmp_path: Path) -> None:
+    """With ``--root-path`` the app sees the prefix in the path: the upload route must still be told
+    from the JSON routes, or every upload over 64 KiB would be refused as a JSON body."""
+    app = create_app(make_settings(random_pack, tmp_path, api_token=TOKEN))
+    with listening(app, "/deepscan") as port:
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/jobs",
+            files={"file": ("big.bin", b"\0" * (256 << 10), "application/octet-stream")},
+            data={"explain": "never"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=PROMPT_S,
+        )
+    assert response.status_code == 202, response.text

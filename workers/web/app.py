@@ -146,7 +146,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        upload = scope["method"] == "POST" and scope["path"] == JOBS_PATH
+        upload = scope["method"] == "POST" and get_route_path(scope) == JOBS_PATH  # without --root-path
         limit_bytes = self.upload_bytes if upload else JSON_MAX_BYTES
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
