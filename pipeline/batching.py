@@ -29,6 +29,25 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+def predict_padded(model: Any, batch: np.ndarray, max_batch: int) -> np.ndarray:
+    """``model.predict_on_batch`` over the rows of ``batch``, in chunks of at most ``max_batch`` rows, each
+    padded with zeros to a power of two; the outputs of the real rows, in order.
+
+    Padding bounds the distinct batch shapes a backend compiles to log2(max_batch) + 1 per model; without
+    it every new row count retraces the graph.
+    """
+    out = []
+    for i in range(0, len(batch), max_batch):
+        chunk = batch[i : i + max_batch]
+        padded_size = 1 << (len(chunk) - 1).bit_length()
+        if padded_size != len(chunk):
+            chunk = np.concatenate(
+                [chunk, np.zeros((padded_size - len(chunk), *chunk.shape[1:]), chunk.dtype)]
+            )
+        out.append(np.asarray(model.predict_on_batch(chunk))[: min(max_batch, len(batch) - i)])
+    return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
+
+
 class _Raised:
     """An exception the producer thread raised, carried to the consumer."""
 

@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.batching import predict_padded
 from pipeline.errors import ModelPackError
 
 HAAR_CASCADE_FILE = "haarcascade_frontalface_default.xml"  # shipped inside opencv-python-headless<5
@@ -165,13 +166,15 @@ class FaceDetector:
         cut to the frame. The verifier sees each box whole, what lies outside the frame mid-grey."""
         height, width = frame.shape[:2]
         boxes = [FaceBox(*(round(v / scale) for v in box)) for box in found]
-        boxes = [box for box in boxes if _cut_to_frame(box, width, height) is not None]
-        if self._verifier is not None and boxes:
-            scores = self._verifier.face_scores(frame, boxes)
-            boxes = [
-                box for box, score in zip(boxes, scores, strict=True) if score >= self.options.min_face_score
+        pairs = [(box, cut) for box in boxes if (cut := _cut_to_frame(box, width, height)) is not None]
+        if self._verifier is not None and pairs:
+            scores = self._verifier.face_scores(frame, [box for box, _ in pairs])
+            pairs = [
+                pair
+                for pair, score in zip(pairs, scores, strict=True)
+                if score >= self.options.min_face_score
             ]
-        return [cut for box in boxes if (cut := _cut_to_frame(box, width, height)) is not None]
+        return [cut for _, cut in pairs]
 
     def _find(
         self, cascade: cv2.CascadeClassifier, gray: np.ndarray, *, offset: int = 0, min_px: int = 0
@@ -220,13 +223,7 @@ def _stage_scores(stage: str, frame: np.ndarray, boxes: list[FaceBox]) -> np.nda
         return np.zeros(0, dtype=np.float32)
     patches = np.stack([_square_patch(frame, box, side) for box in boxes]).astype(np.float32)
     patches = (patches - 127.5) / 128.0  # MTCNN's input scaling
-    model, scores = _mtcnn_stage(stage), []
-    for start in range(0, len(boxes), VERIFIER_BATCH):
-        chunk = patches[start : start + VERIFIER_BATCH]
-        padded = np.zeros((1 << (len(chunk) - 1).bit_length(), side, side, 3), dtype=np.float32)
-        padded[: len(chunk)] = chunk
-        scores.append(np.asarray(model.predict_on_batch(padded))[: len(chunk), 1])
-    return np.concatenate(scores)
+    return predict_padded(_mtcnn_stage(stage), patches, VERIFIER_BATCH)[:, 1]
 
 
 def _square_patch(frame: np.ndarray, box: FaceBox, side_px: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import AudioFrontEnd, member_inputs
+from pipeline.batching import predict_padded
 from pipeline.ensemble import Aggregation
 from pipeline.errors import ModelPackError
 from pipeline.faces import CROP_GEOMETRIES, to_model_input
@@ -282,24 +283,9 @@ class ModelPack:
         return cls(directory, manifest, models)
 
     def _predict(self, name: str, batch: np.ndarray) -> np.ndarray:
-        """P(fake) for every row of ``batch``, in chunks padded to a power of two.
-
-        Padding bounds the distinct batch shapes a backend compiles to log2(PREDICT_BATCH) + 1 per member;
-        without it every new face count retraces the graph.
-        """
-        model = self.models[name]
-        out = []
-        for i in range(0, len(batch), PREDICT_BATCH):
-            chunk = batch[i : i + PREDICT_BATCH]
-            padded_size = 1 << (len(chunk) - 1).bit_length()
-            if padded_size != len(chunk):
-                chunk = np.concatenate(
-                    [chunk, np.zeros((padded_size - len(chunk), *chunk.shape[1:]), chunk.dtype)]
-                )
-            out.append(
-                np.asarray(model.predict_on_batch(chunk)).reshape(-1)[: min(PREDICT_BATCH, len(batch) - i)]
-            )
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        """P(fake) for every row of ``batch``, in chunks of ``PREDICT_BATCH`` padded to a power of two
+        (``predict_padded``: a bounded number of shapes to trace per member)."""
+        return predict_padded(self.models[name], batch, PREDICT_BATCH).reshape(-1)
 
     def warm_up(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Run every member on blank inputs of ``batch_sizes`` (default: what the backend needs traced), so
