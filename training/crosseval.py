@@ -37,16 +37,9 @@ from pipeline.audio import AudioFrontEnd
 from pipeline.ensemble import aggregate
 from pipeline.pack import ModelPack
 from training.audio_datasets import AudioItem, held_out, load_audio_datasets, speaker_disjoint_split
+from training.audio_windows import WindowFeatures, balanced_batches, window_features
 from training.fitting import FitConfig, fit_member
-from training.logmel_stats import (
-    DEFAULT_HIDDEN,
-    FLOOR_STATISTICS,
-    WindowFeatures,
-    balanced_batches,
-    fit_floor,
-    fit_head,
-    window_features,
-)
+from training.logmel_stats import DEFAULT_HIDDEN, FLOOR_STATISTICS, fit_floor, fit_head
 from training.metrics import eer, roc_auc
 from training.recipes import (
     DataDirs,

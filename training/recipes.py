@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import AudioFrontEnd, member_inputs, split_windows
+from pipeline.audio import AudioFrontEnd, split_windows
 from pipeline.ensemble import Aggregation, aggregate, logit
 from pipeline.errors import DeepscanError, ModelPackError
 from pipeline.faces import CROP_GEOMETRIES, to_model_input
@@ -30,6 +30,7 @@ from pipeline.pack import (
     write_manifest,
 )
 from training.audio_datasets import AudioItem, held_out, load_audio_datasets, speaker_disjoint_split
+from training.audio_windows import balanced_batches, window_features
 from training.evaluate import ENSEMBLE, Evaluation, ensemble_against_best_member
 from training.face_datasets import face_splits
 from training.fitting import (
@@ -39,7 +40,6 @@ from training.fitting import (
     balanced_weights,
     fit_member,
     load_crops,
-    make_array_sequence,
     make_face_sequence,
 )
 from training.metrics import eer, threshold_at_fpr
@@ -436,17 +436,6 @@ def _usable_clips(
             logger.warning("skipping %s: %s", item.path, e.reason)
 
 
-def load_audio_windows(items: Sequence[AudioItem], front_end: AudioFrontEnd) -> tuple[np.ndarray, np.ndarray]:
-    """Spectrogram windows of every usable clip. Returns (features (N, F, T, 1), labels (N,))."""
-    features, labels = [], []
-    for item, windows in _usable_clips(items, front_end):
-        features.append(member_inputs(windows, front_end))
-        labels.extend([item.label] * len(windows))
-    if not features:
-        raise DeepscanError("no usable audio clips")
-    return np.concatenate(features), np.asarray(labels, dtype=np.int64)
-
-
 def clip_scores(window_scores: np.ndarray, clips: np.ndarray, n_clips: int) -> np.ndarray:
     """Mean window score per clip (NaN for clips without windows)."""
     sums = np.bincount(clips, weights=window_scores, minlength=n_clips)
@@ -469,9 +458,11 @@ def train_audio_member(
     front_end: AudioFrontEnd = AudioFrontEnd(),
     config: FitConfig = FitConfig(epochs=15, batch_size=32),
     holdout_families: Sequence[str] = (),
+    copies: int = 1,
     name: str | None = None,
     pack_name: str = "deepscan-default",
     version: str | None = None,
+    cache_dir: Path | None = None,
     verbose: int = 1,
 ) -> Manifest:
     """Train an audio CNN on the clips of ``data_dir`` (one dataset folder or several, any layout
@@ -482,7 +473,10 @@ def train_audio_member(
     replaced, other audio members stay and are fused with it (``fit_audio_fusion``). The split is
     speaker-disjoint. Spoof families in ``holdout_families`` (their fakes, and the recordings of their
     collection) are kept out of training and validation entirely: their test figures are the ones that
-    predict unseen generators.
+    predict unseen generators. Training windows are the clips as they are plus ``copies`` processed copies
+    of each (class-neutral degradations), in batches where every dataset weighs alike within its class:
+    the recipe the leave-one-family-out sweep measures (``training.crosseval``, variant ``audio_cnn``).
+    With ``cache_dir`` the windows' inputs are kept there and read back next time.
     """
     architecture, build = audio_member_builder(front_end)
     out_dir = Path(out_dir)
@@ -490,22 +484,23 @@ def train_audio_member(
     name = name or f"audio_{front_end.feature}"
     _audio_pack_with(out_dir, name, front_end)  # refuses windows the pack cannot fuse, before training
     splits = _audio_splits(data_dir, holdout_families)
-    data = {split: load_audio_windows(splits[split], front_end) for split in ("train", "val")}
-    x_train, y_train = data["train"]
-    weights = np.where(y_train == 1, 0.5 / max(y_train.mean(), 1e-6), 0.5 / max(1 - y_train.mean(), 1e-6))
-    order = np.random.default_rng(config.seed).permutation(len(y_train))
-    train = (x_train[order], y_train[order].astype(np.float32)[:, None], weights[order].astype(np.float32))
-    del data["train"], x_train
+    windows = partial(window_features, front_end=front_end, seed=config.seed, cache_dir=cache_dir,
+                                statistics=False)  # fmt: skip
+    train, val = windows(splits["train"], copies=copies), windows(splits["val"])
+    logger.info("%s: %d training windows (%d copies of each clip), %d validation", name, len(train.labels),
+                copies, len(val.labels))  # fmt: skip
     _, state = fit_member(
         lambda: build(front_end.input_shape),
         name,
-        make_array_sequence(*train, batch_size=config.batch_size, seed=config.seed),
-        data["val"][0],
-        data["val"][1],
+        balanced_batches(train, config),
+        val.x,
+        val.labels,
         out_dir / "checkpoints",
         config,
         verbose=verbose,
     )
+    recipe = {"copies": copies, "train_windows": len(train.labels), "val_windows": len(val.labels)}
+    del train
     file = f"{name}.keras"
     _save_inference_copy(out_dir / "checkpoints" / f"{name}.best.keras", out_dir / file)
     spec = MemberSpec(
@@ -521,7 +516,7 @@ def train_audio_member(
     base = _base_manifest(previous, pack_name, version, [spec])
     write_manifest(out_dir, replace(base, members=(*members, spec), audio=layout))
     (out_dir / f"{name}.report.json").write_text(
-        json.dumps({"state": state, "config": config.__dict__}, indent=2)
+        json.dumps({"state": state, "config": config.__dict__, "recipe": recipe}, indent=2)
     )
     return fit_audio_fusion(data_dir, out_dir, holdout_families=holdout_families, config=config)
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline.audio import AudioFrontEnd
 from pipeline.layers import LOGMEL_STATISTICS, LogMelStatistics
 from training.audio_datasets import AudioItem, load_audio_datasets
-from training.logmel_stats import WindowFeatures, balanced_window_weights, statistic_columns, window_features
+from training.audio_windows import WindowFeatures, balanced_window_weights, statistic_columns, window_features
 from training.spoofs import NO_PROCESSING
 
 

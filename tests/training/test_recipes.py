@@ -267,6 +267,10 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
     for name in ("train", "val"):  # the held-out family never reaches training or early stopping
         assert info["split_clips"][name] == sum(1 for item in splits[name] if item.family != "click")
     assert info["split_clips"]["test"] == len(splits["test"])  # but it is measured
+    # every 2 s training clip gives two 1 s windows, and so does its processed copy
+    recipe = json.loads((tmp_path / "pack" / "audio_logmel.report.json").read_text())["recipe"]
+    assert recipe == {"copies": 1, "train_windows": 4 * info["split_clips"]["train"],
+                      "val_windows": 2 * info["split_clips"]["val"]}  # fmt: skip
     figures = info["test_clips"]
     assert {"all", "tone", "click", "held_out_pooled"} <= set(figures)
     assert figures["tone"]["n"] == figures["click"]["n"]  # each family against the same real clips

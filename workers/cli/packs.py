@@ -75,7 +75,10 @@ def register(sub: Subparsers) -> None:
     )
     audio.add_argument("--hidden", type=int, default=32, help="logmel_stats: hidden units (0: logistic)")
     audio.add_argument(
-        "--copies", type=int, default=1, help="logmel_stats: processed copies of every training clip"
+        "--copies",
+        type=int,
+        default=1,
+        help="processed copies of every training clip (class-neutral degradations)",
     )
     audio.add_argument(
         "--holdout-families", default="", help="comma-separated spoof families kept out of training"
@@ -304,8 +307,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             front_end=front_end,
             config=config,
             holdout_families=_names(args.holdout_families),
+            copies=args.copies,
             pack_name=args.name,
             version=args.version,
+            cache_dir=Path(args.out) / "cache",
             verbose=verbose,
         )
     if args.fuse_only and args.version:  # training sets it as it writes the pack; a refit has to here
