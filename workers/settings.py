@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     web_workers: int = Field(default=1, ge=1)
     # Jobs waiting for the pool beyond those running; an upload that would exceed it gets a 503.
     web_queue_max: int = Field(default=32, ge=1)
+    # At shutdown, how long deepscan serve waits for the analyses it is running; an upload still waiting,
+    # or one whose analysis outlasts this, gets an error row saying the server stopped (upload it again).
+    shutdown_grace_s: float = Field(default=30, ge=0)
     # With a broker, where deepscan serve puts uploads for the workers to analyse: s3://bucket/prefix/, or
     # a folder on a disk the server and the workers share. Each is removed once its row is in. Unset: the
     # server analyses uploads itself, broker or not.

@@ -290,3 +290,61 @@ def test_behind_a_path_prefix_an_upload_has_the_upload_limit(random_pack: Path, 
             timeout=PROMPT_S,
         )
     assert response.status_code == 202, response.text
+
+
+class HeldAnalyzer:
+    """A real analyzer whose analyses wait for ``release`` once they have started."""
+
+    def __init__(self, analyzer: Any) -> None:
+        self.analyzer, self.started, self.release = analyzer, threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.analyzer, name)
+
+    def analyze_file(self, path: Path) -> Any:
+        self.started.set()
+        assert self.release.wait(timeout=PROMPT_S)
+        return self.analyzer.analyze_file(path)
+
+
+@pytest.mark.parametrize("grace_s", [0.2, PROMPT_S], ids=["analysis-outlasts-grace", "analysis-in-grace"])
+def test_at_shutdown_every_upload_keeps_one_row(random_pack: Path, tmp_path: Path, grace_s: float) -> None:
+    """The server stops with one upload being analysed and one waiting: the waiting one is not started and
+    the running one gets the grace period; each has exactly one row, its verdict or an error that says
+    the server stopped (none lost, none invented)."""
+    from db import queries
+    from db.session import session_scope
+    from pipeline.analyze import Analyzer
+    from workers.resources import open_sessions
+
+    sessions = open_sessions(f"sqlite:///{tmp_path / 'deepscan.db'}")  # rows on PostgreSQL: test_rows.py
+    pool = JobPool(random_pack, workers=1, queue_max=4, sessions=sessions)
+    held = HeldAnalyzer(Analyzer(pool.wait_ready(timeout_s=60)))
+    pool._analyzer = lambda: held  # type: ignore[method-assign]
+    uploads = []
+    for name in ("running.txt", "waiting.txt"):
+        path = tmp_path / name
+        path.write_bytes(b"not media")
+        uploads.append(Upload(name, path, path.stat().st_size))
+    running, waiting = pool.submit(uploads)
+    assert held.started.wait(timeout=PROMPT_S)
+    if grace_s >= PROMPT_S:  # the analysis ends inside the grace period
+        threading.Timer(0.3, held.release.set).start()
+    pool.close(grace_s=grace_s)
+    held.release.set()  # an analysis that outlasted the grace period ends now: it must not write again
+    wait_for(
+        lambda: running.analysis and running.analysis.done(), timeout_s=PROMPT_S, what="the held analysis"
+    )
+
+    with session_scope(sessions) as session:
+        stored = {r.uri: (r.status, r.reason) for r in queries.list_results(session, scan_id=running.scan_id)}
+    assert stored[waiting.uri] == (
+        "error",
+        "deepscan serve stopped before analysing this upload: upload it again",
+    )
+    if grace_s >= PROMPT_S:
+        assert running.status.value == "done" and stored[running.uri][0] == "unsupported"
+    else:
+        assert running.status.value == "failed"
+        assert stored[running.uri] == ("error", running.error) and "while analysing" in (running.error or "")
+    assert len(stored) == 2 and waiting.status.value == "failed"

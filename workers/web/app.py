@@ -372,8 +372,8 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.pool, app.state.sessions, app.state.uploads = pool, sessions, Path(uploads)
             try:
                 yield
-            finally:
-                pool.close()
+            finally:  # before the uploads folder goes: no analysis may be left reading it
+                await asyncio.to_thread(pool.close, settings.shutdown_grace_s)
 
     app = FastAPI(
         title="deepscan",

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -41,7 +41,7 @@ from pipeline.analyze import Analyzer, MediaResult
 from pipeline.errors import DeepscanError, ResultStatus
 from pipeline.faces import FaceVerifier
 from pipeline.media import sha256_file
-from pipeline.pack import ModelPack, read_manifest
+from pipeline.pack import Manifest, ModelPack, read_manifest
 from pipeline.provenance import ProvenanceOptions
 from workers import rows
 from workers.resources import shared_pack
@@ -53,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 MEDIA_RESULT_FIELDS = tuple(f.name for f in fields(MediaResult))  # a job's result: what detect prints
 JOBS_KEPT = 256  # finished jobs remembered; each holds its result and at most a 256 px crop
+SHUTDOWN_BEFORE_START = "deepscan serve stopped before analysing this upload: upload it again"
+SHUTDOWN_WHILE_RUNNING = (
+    "deepscan serve stopped while analysing this upload (it had {grace_s:g} s to finish): upload it again"
+)
 
 
 class JobStatus(str, Enum):
@@ -103,6 +107,8 @@ class Job:
     explanation: Future[bytes] | None = None
     explanation_info: dict[str, Any] = field(default_factory=dict)
     timeline: bytes | None = None
+    analysis: Future[None] | None = field(default=None, repr=False)  # the pool's handle on _run
+    claimed: bool = False  # the row is being written: by the analysis, or by close() giving up on it
 
     @property
     def finished(self) -> bool:
@@ -271,7 +277,7 @@ class JobPool:
                 self._jobs[job.id] = job
             self._forget_old()
         for job in jobs:
-            self._executor.submit(self._run, job)
+            job.analysis = self._executor.submit(self._run, job)
         return jobs
 
     def get(self, job_id: str) -> Job | None:
@@ -294,12 +300,22 @@ class JobPool:
             analysed = analyzer.analyze_file(job.upload)
             analysed.path = job.filename
             self._keep_explain_target(job, analyzer, analysed.to_dict())
-            self._record(job, analysed, analyzer)
+            if not self._claim(job):
+                return  # close() gave up waiting and wrote the job's row
+            self._record(job, analysed, analyzer.pack.manifest, content_sha256=sha256_file(job.upload))
             status, result = JobStatus.DONE, analysed.to_dict()
         except Exception as e:  # analyze_file records bad media itself: this is a failure of ours
             logger.exception("job %s (%s) failed", job.id, job.filename)
             error = f"{type(e).__name__}: {e}"
+            if self._claim(job):
+                self._record_failure(job, error)
         self._finish(job, status, result, error)
+
+    def _claim(self, job: Job) -> bool:
+        """Whether the caller is the one to write ``job``'s row: the first to ask."""
+        with self._lock:
+            first, job.claimed = not job.claimed, True
+            return first
 
     def _finish(self, job: Job, status: JobStatus, result: dict[str, Any] | None, error: str | None) -> None:
         """Remove the upload, then publish the outcome; explain it when the job's policy says so."""
@@ -398,22 +414,29 @@ class JobPool:
                 total=total,
             ).id
 
-    def _record(self, job: Job, result: MediaResult, analyzer: Analyzer) -> None:
+    def _record(
+        self, job: Job, result: MediaResult, manifest: Manifest, *, content_sha256: str | None
+    ) -> None:
         """Upsert the job's row and complete its scan when it was the request's last file."""
         if self.sessions is None:
             return
-        manifest = analyzer.pack.manifest
-        assert job.upload is not None
-        sha256 = sha256_file(job.upload)
-        ref = ObjectRef(uri=job.uri, sha256=sha256, size_bytes=job.size_bytes)
+        ref = ObjectRef(uri=job.uri, sha256=content_sha256, size_bytes=job.size_bytes)
         rows.write_row(
             ref,
             job.scan_id,
             result,
-            content_sha256=sha256,
+            content_sha256=content_sha256,
             sessions=self.sessions,
             model=(manifest.name, manifest.version),
         )
+
+    def _record_failure(self, job: Job, reason: str) -> None:
+        """The row of a job the server failed (status ``error``, ``reason``): every upload keeps its row."""
+        failed = MediaResult(path=job.filename).fail(DeepscanError(reason))
+        try:
+            self._record(job, failed, self.manifest, content_sha256=None)
+        except Exception:  # the database itself failed: the job still finishes, its error says why
+            logger.exception("job %s (%s): its error row could not be written", job.id, job.filename)
 
     # -- figures ------------------------------------------------------------------------------------------
 
@@ -465,7 +488,22 @@ class JobPool:
             job.timeline = timeline_png(result, threshold=self.image_threshold)
         return job.timeline
 
-    def close(self) -> None:
-        """Stop taking work; cancel what waits; uploads of cancelled jobs are the caller's to remove."""
+    def close(self, grace_s: float = 0.0) -> None:
+        """Stop taking work: jobs still waiting are not started, and the analyses running get up to
+        ``grace_s`` to finish. A job left unfinished either way fails, with a row that says the server
+        stopped before it was analysed (upload it again): every upload keeps its row. Jobs handed to the
+        workers are theirs to finish. Uploads left on disk are the caller's to remove.
+        """
         self._closing.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            here = [job for job in self._jobs.values() if not job.finished and job.id not in self._sent]
+        wait([job.analysis for job in here if job.analysis is not None], timeout=grace_s)
+        for job in here:
+            running = job.status is JobStatus.RUNNING
+            if job.finished or job.id in self._sent or not self._claim(job):
+                continue  # finished in time, handed to the workers, or writing its row now
+            reason = SHUTDOWN_WHILE_RUNNING.format(grace_s=grace_s) if running else SHUTDOWN_BEFORE_START
+            logger.warning("job %s (%s): %s", job.id, job.filename, reason)
+            self._record_failure(job, reason)
+            job.error, job.finished_at, job.status = reason, time.time(), JobStatus.FAILED
