@@ -487,7 +487,7 @@ def train_audio_member(
     windows = partial(window_features, front_end=front_end, seed=config.seed, cache_dir=cache_dir,
                                 statistics=False)  # fmt: skip
     train, val = windows(splits["train"], copies=copies), windows(splits["val"])
-    logger.info("%s: %d training windows (%d copies of each clip), %d validation", name, len(train.labels),
+    logger.info("%s: %d training windows (each clip and %d processed copies), %d validation", name, len(train.labels),
                 copies, len(val.labels))  # fmt: skip
     _, state = fit_member(
         lambda: build(front_end.input_shape),
