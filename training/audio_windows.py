@@ -35,10 +35,11 @@ FEATURE_BATCH = 256  # windows per call of the statistics layer
 
 @dataclass(frozen=True)
 class WindowFeatures:
-    """Statistics of every window of a list of clips, with what each window came from.
+    """Every window of a list of clips, with what each window came from.
 
-    ``x`` (N, D) float32; ``labels``, ``clips`` (index into ``items``) and ``copies`` (0: the clip as it
-    is, k > 0: its k-th processed copy) are (N,) int64.
+    ``x`` float32: (N, D) statistics, or the member inputs themselves ((N, F, T, 1) spectrograms, (N, S, 1)
+    waveforms); ``labels``, ``clips`` (index into ``items``) and ``copies`` (0: the clip as it is, k > 0:
+    its k-th processed copy) are (N,) int64.
     """
 
     x: np.ndarray
@@ -84,7 +85,9 @@ def _cache_key(items: Sequence[AudioItem], front_end: AudioFrontEnd, copies: int
     digest = hashlib.sha1()
     for item in items:
         stat = item.path.stat()
-        digest.update(f"{item.path.resolve()}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\n".encode())
+        digest.update(
+            f"{item.path.resolve()}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\x1f{item.label}\n".encode()
+        )
     contents = LOGMEL_STATISTICS if statistics else "inputs"
     digest.update(json.dumps([front_end.to_dict(), copies, repr(processing), seed, contents]).encode())
     return digest.hexdigest()[:20]

@@ -487,20 +487,21 @@ def train_audio_member(
     windows = partial(window_features, front_end=front_end, seed=config.seed, cache_dir=cache_dir,
                                 statistics=False)  # fmt: skip
     train, val = windows(splits["train"], copies=copies), windows(splits["val"])
-    logger.info("%s: %d training windows (each clip and %d processed copies), %d validation", name, len(train.labels),
-                copies, len(val.labels))  # fmt: skip
+    recipe = {"copies": copies, "train_windows": len(train.labels), "val_windows": len(val.labels)}
+    logger.info("%s: %d training windows (the clips and %d processed copies of each), %d validation", name,
+                recipe["train_windows"], copies, recipe["val_windows"])  # fmt: skip
+    batches = balanced_batches(train, config)  # shuffled: a copy of the windows
+    del train
     _, state = fit_member(
         lambda: build(front_end.input_shape),
         name,
-        balanced_batches(train, config),
+        batches,
         val.x,
         val.labels,
         out_dir / "checkpoints",
         config,
         verbose=verbose,
     )
-    recipe = {"copies": copies, "train_windows": len(train.labels), "val_windows": len(val.labels)}
-    del train
     file = f"{name}.keras"
     _save_inference_copy(out_dir / "checkpoints" / f"{name}.best.keras", out_dir / file)
     spec = MemberSpec(

@@ -47,14 +47,16 @@ def verify_members(directory: Path, manifest: Manifest) -> None:
 def push_pack(directory: Path, uri: str, *, endpoint_url: str | None) -> Manifest:
     """Upload the pack in ``directory`` below ``uri`` (``s3://bucket/prefix``), its manifest last.
 
-    The members are verified first: a pack that would not load is not pushed.
+    The members are verified first: a pack that would not load is not pushed. Only the files of the pack
+    folder itself go (manifest, members, card, reports): training's working folders in it (``checkpoints/``,
+    ``cache/``, gigabytes) stay behind.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
     manifest = read_manifest(directory)
     verify_members(directory, manifest)
     bucket, prefix = _prefix(uri)
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
     files.sort(key=lambda p: p.name == MANIFEST_FILE)  # stable: everything else first
     client = s3_client(endpoint_url)
     for path in files:

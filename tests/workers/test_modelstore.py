@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -53,8 +54,14 @@ def test_a_pushed_pack_is_pulled_verified_and_cached_once(
     s3_endpoint: str, bucket: str, random_pack: Path, tmp_path: Path
 ) -> None:
     uri = f"s3://{bucket}/packs/test-pack/0.0.1"
-    manifest = push_pack(random_pack, uri, endpoint_url=s3_endpoint)
+    trained = tmp_path / "trained"  # the pack as training leaves it: its working folders beside it
+    shutil.copytree(random_pack, trained)
+    for leftover in ("checkpoints/member.best.keras", "cache/logmel_inputs-0123.npz"):
+        (trained / leftover).parent.mkdir(exist_ok=True)
+        (trained / leftover).write_bytes(b"\0" * 1024)
+    manifest = push_pack(trained, uri, endpoint_url=s3_endpoint)
     keys = {o["Key"] for o in s3_client(s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {f"packs/test-pack/0.0.1/{p.name}" for p in random_pack.iterdir() if p.is_file()}
     assert {f"packs/test-pack/0.0.1/{m.file}" for m in manifest.members} | {
         f"packs/test-pack/0.0.1/{MANIFEST_FILE}"
     } <= keys

@@ -25,7 +25,7 @@ from tests.workers.serving import serve
 from tests.workers.test_api import PNG_MAGIC, TOKEN, make_settings, upload, wait_job
 from workers.web import app as web_app
 from workers.web.app import create_app, encode_cursor, safe_filename
-from workers.web.jobs import Job, JobPool, Upload
+from workers.web.jobs import Job, JobPool, PoolBusyError, Upload
 
 BEYOND_INT32 = 2**31  # ids are INTEGER: PostgreSQL's int4 ends below this
 BEYOND_INT64 = 2**63  # and SQLite's below this
@@ -330,7 +330,11 @@ def test_at_shutdown_every_upload_keeps_one_row(random_pack: Path, tmp_path: Pat
     assert held.started.wait(timeout=PROMPT_S)
     if grace_s >= PROMPT_S:  # the analysis ends inside the grace period
         threading.Timer(0.3, held.release.set).start()
+    started = time.monotonic()
     pool.close(grace_s=grace_s)
+    assert time.monotonic() - started < PROMPT_S / 2  # it waits for the analysis, not the whole grace period
+    with pytest.raises(PoolBusyError, match="shutting down"):
+        pool.submit(uploads[:1])
     held.release.set()  # an analysis that outlasted the grace period ends now: it must not write again
     wait_for(
         lambda: running.analysis and running.analysis.done(), timeout_s=PROMPT_S, what="the held analysis"

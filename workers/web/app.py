@@ -372,7 +372,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.pool, app.state.sessions, app.state.uploads = pool, sessions, Path(uploads)
             try:
                 yield
-            finally:  # before the uploads folder goes: no analysis may be left reading it
+            finally:  # before the uploads folder goes: what runs gets the grace period, the rest a row
                 await asyncio.to_thread(pool.close, settings.shutdown_grace_s)
 
     app = FastAPI(

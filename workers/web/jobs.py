@@ -262,6 +262,8 @@ class JobPool:
     def submit(self, uploads: list[Upload], *, explain: ExplainPolicy = ExplainPolicy.FLAGGED) -> list[Job]:
         """Queue one job per upload, all or none: raises ``PoolBusyError`` when they would not fit."""
         with self._lock:
+            if self._closing.is_set():
+                raise PoolBusyError("deepscan serve is shutting down: try again later")
             active = self._active()
             if len(uploads) > self.workers + self.queue_max - active:
                 raise PoolBusyError(
@@ -292,23 +294,30 @@ class JobPool:
         job.status, job.started_at = JobStatus.RUNNING, time.time()
         assert job.upload is not None
         if self.handoff is not None:
-            self._hand_off(job, self.handoff)
+            if self._claim(job):  # from here the row is the workers' to write, or ours if the send fails
+                self._hand_off(job, self.handoff)
             return
         status, result, error = JobStatus.FAILED, None, None
+        owns_row = False
         try:
             analyzer = self._analyzer()
             analysed = analyzer.analyze_file(job.upload)
             analysed.path = job.filename
             self._keep_explain_target(job, analyzer, analysed.to_dict())
-            if not self._claim(job):
-                return  # close() gave up waiting and wrote the job's row
-            self._record(job, analysed, analyzer.pack.manifest, content_sha256=sha256_file(job.upload))
-            status, result = JobStatus.DONE, analysed.to_dict()
+            content_sha256 = sha256_file(job.upload)
+            owns_row = self._claim(job)
+            if owns_row:
+                self._record(job, analysed, analyzer.pack.manifest, self._ref(job, content_sha256))
+                status, result = JobStatus.DONE, analysed.to_dict()
         except Exception as e:  # analyze_file records bad media itself: this is a failure of ours
-            logger.exception("job %s (%s) failed", job.id, job.filename)
-            error = f"{type(e).__name__}: {e}"
-            if self._claim(job):
+            owns_row = owns_row or self._claim(job)
+            if owns_row:
+                logger.exception("job %s (%s) failed", job.id, job.filename)
+                error = f"{type(e).__name__}: {e}"
                 self._record_failure(job, error)
+        if not owns_row:  # close() stopped waiting and wrote the job's row: what this found is dropped
+            logger.info("job %s (%s) ended after the server stopped waiting for it", job.id, job.filename)
+            return
         self._finish(job, status, result, error)
 
     def _claim(self, job: Job) -> bool:
@@ -325,9 +334,13 @@ class JobPool:
         # the status goes last: a client that sees the job finished sees its result and timings too
         job.result, job.error, job.finished_at = result, error, time.time()
         job.status = status
-        if job.crop is not None and (
-            job.explain is ExplainPolicy.ALWAYS
-            or (job.explain is ExplainPolicy.FLAGGED and (result or {}).get("label") == "fake")
+        if (
+            job.crop is not None
+            and not self._closing.is_set()
+            and (
+                job.explain is ExplainPolicy.ALWAYS
+                or (job.explain is ExplainPolicy.FLAGGED and (result or {}).get("label") == "fake")
+            )
         ):
             self.request_explanation(job)
 
@@ -338,7 +351,9 @@ class JobPool:
             ref = handoff.send(job)
         except Exception as e:  # the store or the broker is down: the server's failure, not the media's
             logger.exception("job %s (%s) could not be handed to the workers", job.id, job.filename)
-            self._finish(job, JobStatus.FAILED, None, f"{type(e).__name__}: {e}")
+            error = f"{type(e).__name__}: {e}"
+            self._record_failure(job, error)
+            self._finish(job, JobStatus.FAILED, None, error)
             return
         with self._lock:
             self._sent[job.id] = (job, ref, time.monotonic())
@@ -381,6 +396,10 @@ class JobPool:
         assert self.handoff is not None
         with self._lock:
             self._sent.pop(job.id, None)
+        if (
+            status is JobStatus.FAILED
+        ):  # no row from the workers (yet): this one says why; theirs would replace it
+            self._record_failure(job, error or "no result from the workers", ref)
         try:
             remove_stored(ref, endpoint_url=self.handoff.endpoint_url)
         except DeepscanError as e:
@@ -414,27 +433,30 @@ class JobPool:
                 total=total,
             ).id
 
-    def _record(
-        self, job: Job, result: MediaResult, manifest: Manifest, *, content_sha256: str | None
-    ) -> None:
+    def _ref(self, job: Job, content_sha256: str | None = None) -> ObjectRef:
+        """The key of the job's row when this server analyses the upload: ``upload://JOB/NAME``."""
+        return ObjectRef(uri=job.uri, sha256=content_sha256, size_bytes=job.size_bytes)
+
+    def _record(self, job: Job, result: MediaResult, manifest: Manifest, ref: ObjectRef) -> None:
         """Upsert the job's row and complete its scan when it was the request's last file."""
         if self.sessions is None:
             return
-        ref = ObjectRef(uri=job.uri, sha256=content_sha256, size_bytes=job.size_bytes)
         rows.write_row(
             ref,
             job.scan_id,
             result,
-            content_sha256=content_sha256,
+            content_sha256=ref.sha256,
             sessions=self.sessions,
             model=(manifest.name, manifest.version),
         )
 
-    def _record_failure(self, job: Job, reason: str) -> None:
-        """The row of a job the server failed (status ``error``, ``reason``): every upload keeps its row."""
+    def _record_failure(self, job: Job, reason: str, ref: ObjectRef | None = None) -> None:
+        """The row of a job the server failed (status ``error``, ``reason``), under ``ref`` (default: the
+        job's own key; a job handed to the workers fails under the key of its stored copy, which a late
+        row of theirs replaces): every upload keeps one row."""
         failed = MediaResult(path=job.filename).fail(DeepscanError(reason))
         try:
-            self._record(job, failed, self.manifest, content_sha256=None)
+            self._record(job, failed, self.manifest, ref or self._ref(job))
         except Exception:  # the database itself failed: the job still finishes, its error says why
             logger.exception("job %s (%s): its error row could not be written", job.id, job.filename)
 
@@ -489,20 +511,22 @@ class JobPool:
         return job.timeline
 
     def close(self, grace_s: float = 0.0) -> None:
-        """Stop taking work: jobs still waiting are not started, and the analyses running get up to
-        ``grace_s`` to finish. A job left unfinished either way fails, with a row that says the server
-        stopped before it was analysed (upload it again): every upload keeps its row. Jobs handed to the
-        workers are theirs to finish. Uploads left on disk are the caller's to remove.
+        """Stop taking work: uploads are refused, jobs still waiting are not started, and the analyses
+        running get up to ``grace_s`` to finish. A job left unfinished either way fails, with a row that says
+        the server stopped (upload it again): every upload keeps one row. Jobs handed to the workers are
+        theirs to finish. An analysis that outlasts the grace period still runs until it ends (Python waits
+        for it at exit), then drops what it found. Uploads left on disk are the caller's to remove.
         """
         self._closing.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
         with self._lock:
-            here = [job for job in self._jobs.values() if not job.finished and job.id not in self._sent]
-        wait([job.analysis for job in here if job.analysis is not None], timeout=grace_s)
+            here = [job for job in self._jobs.values() if not job.finished and not job.claimed]
+        # a cancelled future never counts as done for wait(): only the analyses started are waited for
+        wait([job.analysis for job in here if job.analysis and not job.analysis.cancelled()], timeout=grace_s)
         for job in here:
             running = job.status is JobStatus.RUNNING
-            if job.finished or job.id in self._sent or not self._claim(job):
-                continue  # finished in time, handed to the workers, or writing its row now
+            if not self._claim(job):
+                continue  # finished in time, or handed to the workers
             reason = SHUTDOWN_WHILE_RUNNING.format(grace_s=grace_s) if running else SHUTDOWN_BEFORE_START
             logger.warning("job %s (%s): %s", job.id, job.filename, reason)
             self._record_failure(job, reason)
