@@ -126,6 +126,16 @@ def active_scan(session: Session, *, uri: str, since: datetime) -> Scan | None:
     return session.execute(stmt).scalar_one_or_none()
 
 
+def stale_queuing_scans(session: Session, *, uri: str, unchanged_since: datetime) -> list[Scan]:
+    """The scans of ``uri`` still 'queuing' that have not changed since ``unchanged_since``: a producer that
+    was killed (a worker lost mid-listing) leaves its scan so, and nothing else will finish it."""
+    last_change = func.coalesce(Scan.updated_at, Scan.created_at)
+    stmt = select(Scan).where(
+        Scan.uri == uri, Scan.status == ScanStatus.QUEUING, last_change < unchanged_since
+    )
+    return list(session.execute(stmt.order_by(Scan.id)).scalars())
+
+
 def _upsert_statement(
     session: Session, table: type[Result | ScanObject]
 ) -> postgresql.Insert | sqlite.Insert:

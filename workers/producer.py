@@ -52,6 +52,9 @@ DATABASE_OUTAGE_GRACE_S = 300.0
 DATABASE_RETRY_MAX_DELAY_S = 15.0
 # A queuing or running scan older than this is taken for abandoned: a scheduled run no longer waits on it.
 ACTIVE_SCAN_MAX_AGE = timedelta(hours=24)
+# A live producer counts a page of PAGE_SIZE objects far more often than this, even analysing them itself
+# (no broker); a 'queuing' scan unchanged this long has lost its producer.
+QUEUING_STALE_AFTER = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ def start_scan(
     else:
         check_broker()
     with session_scope(sessions) as session:
+        if skip_if_active:
+            _fail_abandoned_scans(session, source)
         if skip_if_active and (
             active := queries.active_scan(session, uri=source, since=utcnow() - ACTIVE_SCAN_MAX_AGE)
         ):
@@ -177,6 +182,18 @@ def start_scan(
     _through_database_outage(start_running, f"scan {scan_id}")
     logger.info("scan %d of %s: %d queued, %d skipped", scan_id, source, queued, skipped)
     return QueuedScan(scan_id, source, queued, skipped)
+
+
+def _fail_abandoned_scans(session: Session, source: str) -> None:
+    """Mark failed the scans of ``source`` left 'queuing' by a producer that died (killed, not interrupted:
+    an interrupted one marks its scan itself). Without this a scheduled scan whose worker was lost while
+    listing would find its own scan under way when the task is handed out again, and skip every later run
+    for ``ACTIVE_SCAN_MAX_AGE``."""
+    unchanged_since = utcnow() - QUEUING_STALE_AFTER
+    for scan in queries.stale_queuing_scans(session, uri=source, unchanged_since=unchanged_since):
+        error = f"its producer stopped while queuing: no page of objects counted for {QUEUING_STALE_AFTER}"
+        queries.finish_scan(session, scan_id=scan.id, status=ScanStatus.FAILED, error=error)
+        logger.warning("scan %d of %s: %s; marked failed", scan.id, source, error)
 
 
 def _report_progress(

@@ -574,6 +574,76 @@ def test_a_database_outage_while_queuing_is_waited_out_page_by_page(
         get_settings.cache_clear()
 
 
+def test_a_scan_left_queuing_by_a_killed_producer_does_not_hold_back_scheduled_scans(
+    db_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A scheduled scan's worker is killed while listing (no exception handler runs): its scan stays
+    'queuing', and the task handed out again must not take that scan for one under way for a day. A
+    queuing scan that still counts pages is under way (the scheduled run skips); one unchanged for
+    ``QUEUING_STALE_AFTER`` is marked failed with the reason, and the run goes ahead."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from db.models import Scan, ScanKind, ScanStatus, utcnow
+    from db.session import make_engine, migrate, session_factory, session_scope
+    from workers import producer
+    from workers.settings import get_settings
+    from workers.storage import canonical_source
+
+    migrate(db_url)
+    engine = make_engine(db_url)
+    sessions = session_factory(engine)
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"face{i}.jpg").write_bytes(f"object {i}".encode())
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    members = (MemberSpec("spectral", "image", "spectral.keras", (64, 64), "spectral"),)
+    (pack / "manifest.json").write_text(json.dumps(Manifest("test-pack", "0.0.1", members).to_dict()))
+    monkeypatch.setenv("DEEPSCAN_BROKER_URL", "redis://127.0.0.1:6379/15")
+    monkeypatch.setenv("DEEPSCAN_MODELS_DIR", str(pack))
+    get_settings.cache_clear()
+    queued: list[str] = []
+    monkeypatch.setattr(producer, "check_broker", lambda: None)  # nothing is published: see `queued`
+    monkeypatch.setattr(producer, "queue_object", lambda ref, scan_id: queued.append(ref.uri))
+    source = canonical_source(str(folder))
+
+    def set_last_change(scan_id: int, when: Any) -> None:
+        with session_scope(sessions) as session:
+            session.execute(update(Scan).where(Scan.id == scan_id).values(updated_at=when))
+
+    def scheduled_run() -> Any:
+        return producer.start_scan(str(folder), kind=ScanKind.BEAT, skip_if_active=True, sessions=sessions)
+
+    try:
+        with session_scope(sessions) as session:
+            killed = queries.create_scan(
+                session, uri=source, kind=ScanKind.BEAT, model_name="test-pack", model_version="0.0.1",
+                status=ScanStatus.QUEUING,
+            ).id  # fmt: skip
+        # counting a page is the producer's sign of life
+        set_last_change(killed, utcnow() - 2 * producer.QUEUING_STALE_AFTER)
+        with session_scope(sessions) as session:
+            queries.add_to_scan(session, scan_id=killed, queued=1)
+        assert scheduled_run() is None and queued == []  # under way: skipped, as before
+        with session_scope(sessions) as session:
+            assert session.get_one(Scan, killed).status == ScanStatus.QUEUING
+
+        set_last_change(killed, utcnow() - producer.QUEUING_STALE_AFTER - timedelta(minutes=1))
+        scan = scheduled_run()
+        assert scan is not None and scan.queued == 3 and len(queued) == 3
+        with session_scope(sessions) as session:
+            left = session.get_one(Scan, killed)
+            assert left.status == ScanStatus.FAILED and left.finished_at is not None
+            assert "its producer stopped while queuing" in (left.error or "")
+            assert session.get_one(Scan, scan.scan_id).status == ScanStatus.RUNNING
+    finally:
+        engine.dispose()
+        get_settings.cache_clear()
+
+
 # -- the broker away -------------------------------------------------------------------------------------
 
 REDIS_DOWN_S = 12  # longer than the waiting producer's broker check interval (10 s): it meets the outage
