@@ -507,6 +507,29 @@ def test_the_producer_waits_out_a_database_outage_after_queuing(db_url: str, mon
         engine.dispose()
 
 
+def producer_without_broker(tmp_path: Path, monkeypatch: Any, *, n_objects: int) -> tuple[Path, list[str]]:
+    """A folder of ``n_objects`` files and a producer that publishes nothing: what it would queue is
+    appended to the list returned. A manifest-only pack (the producer reads its name and version)."""
+    from workers import producer
+    from workers.settings import get_settings
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for i in range(n_objects):
+        (folder / f"face{i}.jpg").write_bytes(f"object {i}".encode())
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    members = (MemberSpec("spectral", "image", "spectral.keras", (64, 64), "spectral"),)
+    (pack / "manifest.json").write_text(json.dumps(Manifest("test-pack", "0.0.1", members).to_dict()))
+    monkeypatch.setenv("DEEPSCAN_BROKER_URL", "redis://127.0.0.1:6379/15")
+    monkeypatch.setenv("DEEPSCAN_MODELS_DIR", str(pack))
+    get_settings.cache_clear()
+    queued: list[str] = []
+    monkeypatch.setattr(producer, "check_broker", lambda: None)
+    monkeypatch.setattr(producer, "queue_object", lambda ref, scan_id: queued.append(ref.uri))
+    return folder, queued
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_database_outage_while_queuing_is_waited_out_page_by_page(
     db_url: str, tmp_path: Path, monkeypatch: Any
@@ -529,20 +552,7 @@ def test_a_database_outage_while_queuing_is_waited_out_page_by_page(
     proxy = OutageProxy(url.host or "127.0.0.1", url.port or 5432)
     engine = make_engine(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
     sessions = session_factory(engine)
-    folder = tmp_path / "media"
-    folder.mkdir()
-    for i in range(6):
-        (folder / f"face{i}.jpg").write_bytes(f"object {i}".encode())
-    pack = tmp_path / "pack"
-    pack.mkdir()
-    members = (MemberSpec("spectral", "image", "spectral.keras", (64, 64), "spectral"),)
-    (pack / "manifest.json").write_text(json.dumps(Manifest("test-pack", "0.0.1", members).to_dict()))
-    monkeypatch.setenv("DEEPSCAN_BROKER_URL", "redis://127.0.0.1:6379/15")
-    monkeypatch.setenv("DEEPSCAN_MODELS_DIR", str(pack))
-    get_settings.cache_clear()
-    queued: list[str] = []
-    monkeypatch.setattr(producer, "check_broker", lambda: None)  # nothing is published: see `queued`
-    monkeypatch.setattr(producer, "queue_object", lambda ref, scan_id: queued.append(ref.uri))
+    folder, queued = producer_without_broker(tmp_path, monkeypatch, n_objects=6)
     monkeypatch.setattr(producer, "PAGE_SIZE", 2)
 
     def outage_after_the_first_object(progress: Any) -> None:
@@ -594,20 +604,7 @@ def test_a_scan_left_queuing_by_a_killed_producer_does_not_hold_back_scheduled_s
     migrate(db_url)
     engine = make_engine(db_url)
     sessions = session_factory(engine)
-    folder = tmp_path / "media"
-    folder.mkdir()
-    for i in range(3):
-        (folder / f"face{i}.jpg").write_bytes(f"object {i}".encode())
-    pack = tmp_path / "pack"
-    pack.mkdir()
-    members = (MemberSpec("spectral", "image", "spectral.keras", (64, 64), "spectral"),)
-    (pack / "manifest.json").write_text(json.dumps(Manifest("test-pack", "0.0.1", members).to_dict()))
-    monkeypatch.setenv("DEEPSCAN_BROKER_URL", "redis://127.0.0.1:6379/15")
-    monkeypatch.setenv("DEEPSCAN_MODELS_DIR", str(pack))
-    get_settings.cache_clear()
-    queued: list[str] = []
-    monkeypatch.setattr(producer, "check_broker", lambda: None)  # nothing is published: see `queued`
-    monkeypatch.setattr(producer, "queue_object", lambda ref, scan_id: queued.append(ref.uri))
+    folder, queued = producer_without_broker(tmp_path, monkeypatch, n_objects=3)
     source = canonical_source(str(folder))
 
     def set_last_change(scan_id: int, when: Any) -> None:
