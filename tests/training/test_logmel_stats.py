@@ -87,15 +87,16 @@ def test_a_logmel_stats_member_ships_in_a_pack_and_scores_through_it(tmp_path: P
     assert main([
         "train", "audio", "--architecture", "logmel_stats", "--data", str(data), "--out", str(pack_dir),
         "--epochs", "4", "--copies", "1", "--hidden", "8", "--holdout-families", "click",
+        "--member-name", "audio_stats",
     ]) == 0  # fmt: skip
     pack = ModelPack.load(pack_dir)  # checksums verified
     (member,) = pack.manifest.audio_members
     assert (member.name, member.architecture, member.front_end) == (
-        "audio_logmel_stats", "logmel_stats", AudioFrontEnd.for_feature("logmel"),
+        "audio_stats", "logmel_stats", AudioFrontEnd.for_feature("logmel"),
     )  # fmt: skip
     info = pack.manifest.info["audio_training"]
     assert info["holdout_families"] == ["click"] and "held_out_pooled" in info["test_clips"]
-    report = json.loads((pack_dir / "audio_logmel_stats.report.json").read_text())
+    report = json.loads((pack_dir / "audio_stats.report.json").read_text())
     assert report["recipe"]["copies"] == 1 and report["recipe"]["train_windows"] > 0
     # the pack's ordinary audio path scores a clip with it
     verdict = Analyzer(pack).score_audio(load_audio(next((data / "real").iterdir())))

@@ -73,6 +73,12 @@ def register(sub: Subparsers) -> None:
         help="default: audio_cnn over a spectrogram, raw_cnn over the waveform; logmel_stats: per-band "
         "log-mel statistics and a small head (member audio_logmel_stats)",
     )
+    audio.add_argument(
+        "--member-name",
+        metavar="NAME",
+        help="the member's name in the pack (default audio_<feature>; a member of that name is replaced, "
+        "others stay and are fused with it)",
+    )
     audio.add_argument("--hidden", type=int, default=32, help="logmel_stats: hidden units (0: logistic)")
     audio.add_argument(
         "--copies",
@@ -288,6 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             copies=args.copies,
             config=config,
             holdout_families=_names(args.holdout_families),
+            name=args.member_name or "audio_logmel_stats",
             pack_name=args.name,
             version=args.version,
             cache_dir=Path(args.out) / "cache",
@@ -308,6 +315,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config=config,
             holdout_families=_names(args.holdout_families),
             copies=args.copies,
+            name=args.member_name,
             pack_name=args.name,
             version=args.version,
             cache_dir=Path(args.out) / "cache",
