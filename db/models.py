@@ -115,8 +115,6 @@ class Scan(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)  # objects queued
     skipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # already analysed
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # the last change of its counts or status: a 'queuing' scan that stops changing has lost its producer
-    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error: Mapped[str | None] = mapped_column(Text)
 

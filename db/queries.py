@@ -126,14 +126,23 @@ def active_scan(session: Session, *, uri: str, since: datetime) -> Scan | None:
     return session.execute(stmt).scalar_one_or_none()
 
 
-def stale_queuing_scans(session: Session, *, uri: str, unchanged_since: datetime) -> list[Scan]:
-    """The scans of ``uri`` still 'queuing' that have not changed since ``unchanged_since``: a producer that
-    was killed (a worker lost mid-listing) leaves its scan so, and nothing else will finish it."""
-    last_change = func.coalesce(Scan.updated_at, Scan.created_at)
-    stmt = select(Scan).where(
-        Scan.uri == uri, Scan.status == ScanStatus.QUEUING, last_change < unchanged_since
+def fail_abandoned_scans(
+    session: Session, *, uri: str, kind: str, created_before: datetime, error: str
+) -> int:
+    """Mark failed, in one UPDATE, the scans of ``uri`` and ``kind`` still 'queuing' that were created before
+    ``created_before``: the caller knows their producer cannot still be running. Returns how many."""
+    stmt = (
+        update(Scan)
+        .where(
+            Scan.uri == uri,
+            Scan.kind == kind,
+            Scan.status == ScanStatus.QUEUING,
+            Scan.created_at < created_before,
+        )
+        .values(status=ScanStatus.FAILED, error=error, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
     )
-    return list(session.execute(stmt.order_by(Scan.id)).scalars())
+    return int(cast(CursorResult[Any], session.execute(stmt)).rowcount)
 
 
 def _upsert_statement(

@@ -31,6 +31,7 @@ from db.session import session_scope
 from pipeline.batching import batched
 from pipeline.errors import ModelPackError
 from workers import resources, rows
+from workers.celery_app import time_limits
 from workers.errors import ScanError, UsageError
 from workers.settings import get_settings
 from workers.storage import ObjectRef, canonical_source, list_objects
@@ -52,9 +53,9 @@ DATABASE_OUTAGE_GRACE_S = 300.0
 DATABASE_RETRY_MAX_DELAY_S = 15.0
 # A queuing or running scan older than this is taken for abandoned: a scheduled run no longer waits on it.
 ACTIVE_SCAN_MAX_AGE = timedelta(hours=24)
-# A live producer counts a page of PAGE_SIZE objects far more often than this, even analysing them itself
-# (no broker); a 'queuing' scan unchanged this long has lost its producer.
-QUEUING_STALE_AFTER = timedelta(hours=1)
+# A scheduled scan is queued by a Celery task, which its hard time limit ends: one still 'queuing' this long
+# after that limit (clocks of two hosts apart) has lost its producer.
+ABANDONED_MARGIN = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,8 @@ def start_scan(
     else:
         check_broker()
     with session_scope(sessions) as session:
-        if skip_if_active:
-            _fail_abandoned_scans(session, source)
+        if skip_if_active and kind is ScanKind.BEAT:
+            _fail_abandoned_scheduled_scans(session, source)
         if skip_if_active and (
             active := queries.active_scan(session, uri=source, since=utcnow() - ACTIVE_SCAN_MAX_AGE)
         ):
@@ -184,16 +185,18 @@ def start_scan(
     return QueuedScan(scan_id, source, queued, skipped)
 
 
-def _fail_abandoned_scans(session: Session, source: str) -> None:
-    """Mark failed the scans of ``source`` left 'queuing' by a producer that died (killed, not interrupted:
-    an interrupted one marks its scan itself). Without this a scheduled scan whose worker was lost while
-    listing would find its own scan under way when the task is handed out again, and skip every later run
-    for ``ACTIVE_SCAN_MAX_AGE``."""
-    unchanged_since = utcnow() - QUEUING_STALE_AFTER
-    for scan in queries.stale_queuing_scans(session, uri=source, unchanged_since=unchanged_since):
-        error = f"its producer stopped while queuing: no page of objects counted for {QUEUING_STALE_AFTER}"
-        queries.finish_scan(session, scan_id=scan.id, status=ScanStatus.FAILED, error=error)
-        logger.warning("scan %d of %s: %s; marked failed", scan.id, source, error)
+def _fail_abandoned_scheduled_scans(session: Session, source: str) -> None:
+    """Mark failed the scheduled scans of ``source`` left 'queuing' by a producer that was killed (OOM, the
+    hard time limit: an interrupted one marks its scan itself). Celery hands that task out again, and
+    without this the new run would find the scan under way and skip, as would every run for
+    ``ACTIVE_SCAN_MAX_AGE``. A scan queued by hand (``deepscan scan``) has no such bound and is left alone."""
+    hard_s = time_limits(get_settings().visibility_timeout_s)[1]
+    error = f"its producer stopped while queuing (a scheduled scan's task ends within {hard_s:.0f} s)"
+    created_before = utcnow() - timedelta(seconds=hard_s) - ABANDONED_MARGIN
+    if n := queries.fail_abandoned_scans(
+        session, uri=source, kind=ScanKind.BEAT.value, created_before=created_before, error=error
+    ):
+        logger.warning("%d scheduled scan(s) of %s marked failed: %s", n, source, error)
 
 
 def _report_progress(

@@ -588,9 +588,10 @@ def test_a_scan_left_queuing_by_a_killed_producer_does_not_hold_back_scheduled_s
     db_url: str, tmp_path: Path, monkeypatch: Any
 ) -> None:
     """A scheduled scan's worker is killed while listing (no exception handler runs): its scan stays
-    'queuing', and the task handed out again must not take that scan for one under way for a day. A
-    queuing scan that still counts pages is under way (the scheduled run skips); one unchanged for
-    ``QUEUING_STALE_AFTER`` is marked failed with the reason, and the run goes ahead."""
+    'queuing', and the task handed out again must not take that scan for one under way for a day. The
+    task's hard time limit bounds a live producer: a scheduled scan queuing for longer is marked failed
+    with the reason and the run goes ahead; a younger one is under way (the run skips). A scan queued by
+    hand has no such bound and is left alone."""
     from datetime import timedelta
 
     from sqlalchemy import update
@@ -605,37 +606,49 @@ def test_a_scan_left_queuing_by_a_killed_producer_does_not_hold_back_scheduled_s
     engine = make_engine(db_url)
     sessions = session_factory(engine)
     folder, queued = producer_without_broker(tmp_path, monkeypatch, n_objects=3)
+    monkeypatch.setenv("DEEPSCAN_VISIBILITY_TIMEOUT_S", "600")  # hard time limit 540 s
+    get_settings.cache_clear()
     source = canonical_source(str(folder))
 
-    def set_last_change(scan_id: int, when: Any) -> None:
+    def left_queuing(kind: ScanKind, minutes_ago: float) -> int:
         with session_scope(sessions) as session:
-            session.execute(update(Scan).where(Scan.id == scan_id).values(updated_at=when))
+            scan_id = queries.create_scan(
+                session, uri=source, kind=kind, model_name="test-pack", model_version="0.0.1",
+                status=ScanStatus.QUEUING,
+            ).id  # fmt: skip
+            created = utcnow() - timedelta(minutes=minutes_ago)
+            session.execute(update(Scan).where(Scan.id == scan_id).values(created_at=created))
+        return scan_id
+
+    def status(scan_id: int) -> tuple[str, str | None]:
+        with session_scope(sessions) as session:
+            scan = session.get_one(Scan, scan_id)
+            return scan.status, scan.error
 
     def scheduled_run() -> Any:
         return producer.start_scan(str(folder), kind=ScanKind.BEAT, skip_if_active=True, sessions=sessions)
 
     try:
+        by_hand = left_queuing(ScanKind.SCAN, minutes_ago=120)
+        assert scheduled_run() is None and status(by_hand) == ("queuing", None)
         with session_scope(sessions) as session:
-            killed = queries.create_scan(
-                session, uri=source, kind=ScanKind.BEAT, model_name="test-pack", model_version="0.0.1",
-                status=ScanStatus.QUEUING,
-            ).id  # fmt: skip
-        # counting a page is the producer's sign of life
-        set_last_change(killed, utcnow() - 2 * producer.QUEUING_STALE_AFTER)
-        with session_scope(sessions) as session:
-            queries.add_to_scan(session, scan_id=killed, queued=1)
-        assert scheduled_run() is None and queued == []  # under way: skipped, as before
-        with session_scope(sessions) as session:
-            assert session.get_one(Scan, killed).status == ScanStatus.QUEUING
+            queries.finish_scan(session, scan_id=by_hand)
 
-        set_last_change(killed, utcnow() - producer.QUEUING_STALE_AFTER - timedelta(minutes=1))
+        killed = left_queuing(ScanKind.BEAT, minutes_ago=5)  # 300 s: its producer may still be at it
+        assert scheduled_run() is None and queued == [] and status(killed) == ("queuing", None)
+
+        with session_scope(sessions) as session:  # 540 s of hard limit and 5 min of margin have passed
+            created = utcnow() - timedelta(seconds=540) - producer.ABANDONED_MARGIN - timedelta(seconds=5)
+            session.execute(update(Scan).where(Scan.id == killed).values(created_at=created))
         scan = scheduled_run()
         assert scan is not None and scan.queued == 3 and len(queued) == 3
-        with session_scope(sessions) as session:
-            left = session.get_one(Scan, killed)
-            assert left.status == ScanStatus.FAILED and left.finished_at is not None
-            assert "its producer stopped while queuing" in (left.error or "")
-            assert session.get_one(Scan, scan.scan_id).status == ScanStatus.RUNNING
+        left, error = status(killed)
+        assert (
+            left == "failed"
+            and "its producer stopped while queuing" in (error or "")
+            and "540 s" in (error or "")
+        )
+        assert status(scan.scan_id)[0] == "running"
     finally:
         engine.dispose()
         get_settings.cache_clear()
