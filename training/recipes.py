@@ -530,6 +530,8 @@ def _audio_pack_with(
     Raises ``ModelPackError`` when ``front_end`` cuts other windows than the pack's audio members do.
     """
     previous = read_manifest(out_dir) if (out_dir / MANIFEST_FILE).is_file() else None
+    if previous and any(m.name == name and m.kind != "audio" for m in previous.members):
+        raise ModelPackError(f"{name} is the name of one of the pack's image members: choose another")
     members = [m for m in previous.members if m.name != name] if previous else []
     layout = previous.audio if previous and any(m.kind == "audio" for m in members) else front_end
     if layout is None or not front_end.same_windows(layout):

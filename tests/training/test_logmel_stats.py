@@ -89,6 +89,8 @@ def test_a_logmel_stats_member_ships_in_a_pack_and_scores_through_it(tmp_path: P
         "--epochs", "4", "--copies", "1", "--hidden", "8", "--holdout-families", "click",
         "--member-name", "audio_stats",
     ]) == 0  # fmt: skip
+    for wrong in (["--member-name", "../x"], ["--member-name", "audio_stats", "--fuse-only"]):
+        assert main(["train", "audio", "--data", str(data), "--out", str(pack_dir), *wrong]) == 2
     pack = ModelPack.load(pack_dir)  # checksums verified
     (member,) = pack.manifest.audio_members
     assert (member.name, member.architecture, member.front_end) == (

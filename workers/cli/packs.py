@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,8 +77,8 @@ def register(sub: Subparsers) -> None:
     audio.add_argument(
         "--member-name",
         metavar="NAME",
-        help="the member's name in the pack (default audio_<feature>; a member of that name is replaced, "
-        "others stay and are fused with it)",
+        help="the member's name in the pack (letters, digits, _; default audio_<feature>, or "
+        "audio_logmel_stats; an audio member of that name is replaced, others stay and are fused with it)",
     )
     audio.add_argument("--hidden", type=int, default=32, help="logmel_stats: hidden units (0: logistic)")
     audio.add_argument(
@@ -276,7 +277,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             limit_per_split=args.limit,
             verbose=verbose,
         )
+    elif args.kind == "audio" and args.member_name and not re.fullmatch(r"[A-Za-z0-9_]+", args.member_name):
+        raise UsageError(f"--member-name {args.member_name!r}: letters, digits and _ only (it names a file)")
     elif args.kind == "audio" and args.fuse_only:
+        if args.member_name:
+            raise UsageError("--member-name names a member to train: --fuse-only trains none")
         from training.recipes import fit_audio_fusion
 
         manifest = fit_audio_fusion(args.data, args.out, holdout_families=_names(args.holdout_families))
