@@ -303,12 +303,14 @@ class JobPool:
             analyzer = self._analyzer()
             analysed = analyzer.analyze_file(job.upload)
             analysed.path = job.filename
-            self._keep_explain_target(job, analyzer, analysed.to_dict())
-            content_sha256 = sha256_file(job.upload)
+            as_dict = analysed.to_dict()
+            self._keep_explain_target(job, analyzer, as_dict)
+            # hashed before the claim: once close() has its answer the upload may be gone
+            content_sha256 = sha256_file(job.upload) if self.sessions is not None else None
             owns_row = self._claim(job)
             if owns_row:
                 self._record(job, analysed, analyzer.pack.manifest, self._ref(job, content_sha256))
-                status, result = JobStatus.DONE, analysed.to_dict()
+                status, result = JobStatus.DONE, as_dict
         except Exception as e:  # analyze_file records bad media itself: this is a failure of ours
             owns_row = owns_row or self._claim(job)
             if owns_row:
@@ -396,9 +398,7 @@ class JobPool:
         assert self.handoff is not None
         with self._lock:
             self._sent.pop(job.id, None)
-        if (
-            status is JobStatus.FAILED
-        ):  # no row from the workers (yet): this one says why; theirs would replace it
+        if status is JobStatus.FAILED:  # no row from the workers (yet): this one says why; theirs replaces it
             self._record_failure(job, error or "no result from the workers", ref)
         try:
             remove_stored(ref, endpoint_url=self.handoff.endpoint_url)
@@ -530,4 +530,4 @@ class JobPool:
             reason = SHUTDOWN_WHILE_RUNNING.format(grace_s=grace_s) if running else SHUTDOWN_BEFORE_START
             logger.warning("job %s (%s): %s", job.id, job.filename, reason)
             self._record_failure(job, reason)
-            job.error, job.finished_at, job.status = reason, time.time(), JobStatus.FAILED
+            self._finish(job, JobStatus.FAILED, None, reason)
