@@ -14,6 +14,8 @@ is the next ``--per-set`` images of the same order, disjoint from ``eval``, for 
 - ``faces2/dfdc``: DFDC face crops as their source cut them, a tight box resized to 224 px (the face is the
   whole image), and ``faces2/dfdc+grey``: the same crops centred on a mid-grey canvas so that the face
   spans ``PADDED_FACE_FRACTION`` of its side;
+- ``faces/faceswap_lfw in 1080p``: the same crops shrunk so that the face spans 80 to 240 px, pasted
+  into a 1080p frame: faces as small as a video's (80 px is the smallest searched, 40 px at 960);
 - ``negatives``: the scikit-image stills without a face (the coffee cup is ``workers.samples``' ``no_face.png``),
   whole, and ``NEGATIVE_CROPS_PER_STILL`` random square crops of each resized to 224 px, plus noise images.
 
@@ -29,6 +31,7 @@ import os
 import platform
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,8 @@ DETECTORS: dict[str, DetectorOptions] = {
     "unverified": DetectorOptions(min_face_score=0.0),
     "default": DetectorOptions(),
 }
+FRAME_HW = (1080, 1920)  # the small-face set: a face pasted into a 1080p frame
+SMALL_FACE_PX = (80, 240)  # its side there: 80 px is the smallest face searched (40 px at 960)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,23 @@ def _grey_padded(image: np.ndarray) -> tuple[np.ndarray, FaceBox]:
     return canvas, FaceBox(x, y, w, h)
 
 
+def _in_a_1080p_frame(image: np.ndarray) -> tuple[np.ndarray, FaceBox]:
+    """A margin crop shrunk so that its face spans 80 to 240 px, pasted into a 1080p frame (the coffee
+    still, stretched): a face as small as a video's. Size and place follow from the image's bytes."""
+    from skimage import data as stills
+
+    draw = zlib.crc32(image.tobytes())
+    low, high = SMALL_FACE_PX
+    face = low + draw % (high - low + 1)
+    side = round(face * CROP_MARGIN)
+    frame = cv2.resize(np.ascontiguousarray(stills.coffee()), FRAME_HW[::-1], interpolation=cv2.INTER_LINEAR)
+    y = (draw >> 8) % (FRAME_HW[0] - side)
+    x = (draw >> 16) % (FRAME_HW[1] - side)
+    frame[y : y + side, x : x + side] = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+    offset = (side - face) // 2
+    return frame, FaceBox(x + offset, y + offset, face, face)
+
+
 def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -111,6 +133,7 @@ def face_sets(data: Path, per_set: int, which: str, seed: int) -> list[FaceSet]:
         FaceSet("faces/faceswap_lfw", _sample(_files(data / "faces" / "faceswap_lfw"), per_set, which, seed), _margin_crop),
         FaceSet("faces/gan_ffhq_tpdne", _sample(_files(data / "faces" / "gan_ffhq_tpdne"), per_set, which, seed), _margin_crop),
         FaceSet("faces2/stylegan", _sample(_files(data / "faces2" / "stylegan"), per_set, which, seed), _margin_crop),
+        FaceSet("faces/faceswap_lfw in 1080p", _sample(_files(data / "faces" / "faceswap_lfw"), per_set, which, seed), _in_a_1080p_frame),
         FaceSet("faces2/dfdc", dfdc, _tight_crop),
         FaceSet("faces2/dfdc+grey", dfdc, _grey_padded),
     ]  # fmt: skip
