@@ -32,8 +32,12 @@ demo: venv
 	@# one scan of it on the embedded default, then the scan and its rows: see .ci/demo.sh
 	BIN=$(BIN) bash .ci/demo.sh $(DEMO_DIR)
 
+# Two test processes (pytest-xdist): much of the suite waits on worker processes, servers and time limits
+# while the rest computes, so two share CI's 2 cores well (17 min against 25 in one). TEST_PROCESSES=0 runs
+# the suite in one process; at most 6 (tests/workers/conftest.py gives each its own Redis databases).
+TEST_PROCESSES ?= 2
 test: venv services
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

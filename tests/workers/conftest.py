@@ -37,7 +37,19 @@ from tests.conftest import REPO, missing_service
 from tests.workers.serving import browser  # noqa: F401  (headless Chromium for the web app's tests)
 
 REDIS_URL = os.environ.get("DEEPSCAN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DBS = itertools.cycle(range(10, 16))  # one per stack; 0-9 are left to people running things
+
+
+def _redis_databases() -> Iterator[int]:
+    """One Redis database per stack, 10-15 (0-9 are left to people running things). Under pytest-xdist
+    (``make test`` runs two test processes) each process cycles through a share of its own."""
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    share = range(10, 16)[index :: int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))]
+    if not share:
+        raise RuntimeError("more test processes than Redis databases 10-15: run at most six")
+    return itertools.cycle(share)
+
+
+REDIS_DBS = _redis_databases()
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
