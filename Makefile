@@ -37,7 +37,7 @@ demo: venv
 # the suite in one process; at most 6 (tests/workers/conftest.py gives each its own Redis databases).
 TEST_PROCESSES ?= 2
 test: venv services
-	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --max-worker-restart=0 $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -354,13 +354,20 @@ def test_an_object_stuck_past_the_hard_time_limit_gets_a_timeout_row(
     stack = stack_factory(f"sqlite:///{tmp_path / 'stuck.db'}")
     proxy = StallingProxy(stack.s3_endpoint, marker="stuck")
     try:
-        # hard limit 54 s; the redelivery of unacknowledged tasks (60 s) also covers the pool process's
-        # start, which the limit does not count: TensorFlow, the pack and c2pa took up to 50 s on a loaded
-        # 2-core machine, and a 30 s timeout then handed the stuck task out a second time
+        # hard limit 54 s, redelivery of unacknowledged tasks after 60 s. The scan starts once the pool
+        # process has loaded the models: a task the worker took while it was still loading would spend
+        # that time (up to 50 s on a loaded 2-core machine: TensorFlow, the pack, c2pa) on the 60 s too,
+        # and be handed out a second time.
         stack.env.update(DEEPSCAN_VISIBILITY_TIMEOUT_S="60", DEEPSCAN_S3_ENDPOINT_URL=proxy.url)
         stack.put("media/a-stuck.jpg", samples / "face.jpg")
         stack.put("media/b-face.jpg", samples / "face.jpg")
         worker = stack.worker()
+        wait_for(
+            lambda: "models loaded and warmed" in stack.log("worker"),
+            timeout_s=180,
+            what="the pool process to load the models",
+            context=lambda: stack.log("worker")[-3000:],
+        )
         waiting = stack.cli_in_background(
             "scan", stack.uri("media/"), "--wait", "--timeout", str(SCAN_TIMEOUT_S)
         )

@@ -166,7 +166,7 @@ def worker_env(
     members = (MemberSpec("spectral", "image", "spectral.keras", (64, 64), "spectral"),)
     manifest = Manifest(name="test-pack", version="0.0.1", members=members)
     (pack / "manifest.json").write_text(json.dumps(manifest.to_dict()))
-    monkeypatch.setenv("DEEPSCAN_BROKER_URL", "redis://127.0.0.1:6379/15")  # never contacted here
+    monkeypatch.setenv("DEEPSCAN_BROKER_URL", "redis://127.0.0.1:9/0")  # never contacted here
     monkeypatch.setenv("DEEPSCAN_DATABASE_URL", db_url)
     monkeypatch.setenv("DEEPSCAN_MODELS_DIR", str(pack))
     get_settings.cache_clear()

@@ -521,7 +521,7 @@ def producer_without_broker(tmp_path: Path, monkeypatch: Any, *, n_objects: int)
     pack.mkdir()
     members = (MemberSpec("spectral", "image", "spectral.keras", (64, 64), "spectral"),)
     (pack / "manifest.json").write_text(json.dumps(Manifest("test-pack", "0.0.1", members).to_dict()))
-    monkeypatch.setenv("DEEPSCAN_BROKER_URL", "redis://127.0.0.1:6379/15")
+    monkeypatch.setenv("DEEPSCAN_BROKER_URL", "redis://127.0.0.1:9/0")
     monkeypatch.setenv("DEEPSCAN_MODELS_DIR", str(pack))
     get_settings.cache_clear()
     queued: list[str] = []
