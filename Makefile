@@ -33,8 +33,9 @@ demo: venv
 	BIN=$(BIN) bash .ci/demo.sh $(DEMO_DIR)
 
 # Two test processes (pytest-xdist): much of the suite waits on worker processes, servers and time limits
-# while the rest computes, so two share CI's 2 cores well (17 min against 25 in one). TEST_PROCESSES=0 runs
-# the suite in one process; at most 6 (tests/workers/conftest.py gives each its own Redis databases).
+# while the rest computes, so two share CI's 2 cores well (18 min against 30 in one, on one machine:
+# benchmarks/README.md). TEST_PROCESSES=0 runs the suite in one process; at most 6 (tests/workers/conftest.py
+# gives each its own Redis databases).
 TEST_PROCESSES ?= 2
 test: venv services
 	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --max-worker-restart=0 $(PYTEST_ARGS)
