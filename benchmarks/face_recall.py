@@ -27,6 +27,7 @@ Three detectors are compared: ``single pass`` (the frontal cascade on the frame,
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -100,16 +101,22 @@ def _grey_padded(image: np.ndarray) -> tuple[np.ndarray, FaceBox]:
     return canvas, FaceBox(x, y, w, h)
 
 
+@functools.cache
+def _background_1080p() -> np.ndarray:
+    """The coffee still stretched to a 1080p frame: the background of the small-face set."""
+    from skimage import data as stills
+
+    return cv2.resize(np.ascontiguousarray(stills.coffee()), FRAME_HW[::-1], interpolation=cv2.INTER_LINEAR)
+
+
 def _in_a_1080p_frame(image: np.ndarray) -> tuple[np.ndarray, FaceBox]:
     """A margin crop shrunk so that its face spans 80 to 240 px, pasted into a 1080p frame (the coffee
     still, stretched): a face as small as a video's. Size and place follow from the image's bytes."""
-    from skimage import data as stills
-
     draw = zlib.crc32(image.tobytes())
     low, high = SMALL_FACE_PX
     face = low + draw % (high - low + 1)
     side = round(face * CROP_MARGIN)
-    frame = cv2.resize(np.ascontiguousarray(stills.coffee()), FRAME_HW[::-1], interpolation=cv2.INTER_LINEAR)
+    frame = _background_1080p().copy()
     y = (draw >> 8) % (FRAME_HW[0] - side)
     x = (draw >> 16) % (FRAME_HW[1] - side)
     frame[y : y + side, x : x + side] = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
@@ -128,12 +135,13 @@ def _sample(files: list[Path], per_set: int, which: str, seed: int) -> list[Path
 
 
 def face_sets(data: Path, per_set: int, which: str, seed: int) -> list[FaceSet]:
+    lfw = _sample(_files(data / "faces" / "faceswap_lfw"), per_set, which, seed)
     dfdc = _sample(_files(data / "faces2" / "dfdc"), per_set, which, seed)
     return [
-        FaceSet("faces/faceswap_lfw", _sample(_files(data / "faces" / "faceswap_lfw"), per_set, which, seed), _margin_crop),
+        FaceSet("faces/faceswap_lfw", lfw, _margin_crop),
         FaceSet("faces/gan_ffhq_tpdne", _sample(_files(data / "faces" / "gan_ffhq_tpdne"), per_set, which, seed), _margin_crop),
         FaceSet("faces2/stylegan", _sample(_files(data / "faces2" / "stylegan"), per_set, which, seed), _margin_crop),
-        FaceSet("faces/faceswap_lfw in 1080p", _sample(_files(data / "faces" / "faceswap_lfw"), per_set, which, seed), _in_a_1080p_frame),
+        FaceSet("faces/faceswap_lfw in 1080p", lfw, _in_a_1080p_frame),
         FaceSet("faces2/dfdc", dfdc, _tight_crop),
         FaceSet("faces2/dfdc+grey", dfdc, _grey_padded),
     ]  # fmt: skip

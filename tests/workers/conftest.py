@@ -42,13 +42,14 @@ REDIS_URL = os.environ.get("DEEPSCAN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 def _redis_databases() -> Iterator[int]:
     """One Redis database per stack, 10-15 (0-9 are left to people running things). Under pytest-xdist
     (``make test`` runs two test processes) each process cycles through a share of its own."""
+    databases = range(10, 16)
     index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if count > 6:
-        raise RuntimeError("more test processes than Redis databases 10-15: run at most six")
+    if count > len(databases):
+        raise RuntimeError(f"more test processes than Redis databases 10-15: run at most {len(databases)}")
     if index >= count:  # a process xdist started in place of a crashed one: its number is past the count
         raise RuntimeError("a restarted test process would share another's Redis databases")
-    return itertools.cycle(range(10, 16)[index::count])
+    return itertools.cycle(databases[index::count])
 
 
 REDIS_DBS = _redis_databases()
