@@ -32,13 +32,11 @@ demo: venv
 	@# one scan of it on the embedded default, then the scan and its rows: see .ci/demo.sh
 	BIN=$(BIN) bash .ci/demo.sh $(DEMO_DIR)
 
-# One test process by default. TEST_PROCESSES=2 runs the suite in two (pytest-xdist): much of it waits on
-# worker processes, servers and time limits while the rest computes, so two share 2 cores well (18 min
-# against 30 in one, on one machine: benchmarks/README.md), but under that load
-# test_a_redis_restart_mid_scan_loses_nothing failed once in five runs (a chord part's result lost to the
-# Redis outage: an error row for the video), a race of the product to mend before two becomes the default.
-# At most 6 (tests/workers/conftest.py gives each its own Redis databases).
-TEST_PROCESSES ?= 0
+# Two test processes (pytest-xdist): much of the suite waits on worker processes, servers and time limits
+# while the rest computes, so two share 2 cores well (18 min against 30 in one, on one machine:
+# benchmarks/README.md). TEST_PROCESSES=0 runs it in one; at most 6 (tests/workers/conftest.py gives each
+# its own Redis databases).
+TEST_PROCESSES ?= 2
 test: venv services
 	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --max-worker-restart=0 $(PYTEST_ARGS)
 

@@ -49,6 +49,9 @@ PROCESS_START_TIMEOUT_S = 300.0
 # Tries of a result write (a chord part's) while the backend is unreachable: with Celery's backoff (10 ms,
 # doubling, at most 10 s apart) about two minutes.
 RESULT_STORE_RETRIES = 20
+# The result backend's other Redis calls (a chord's size, a task's delivery count) wait as long: tries 0, 1,
+# 2, 3, 4 s apart, then every 5 s (Celery's default gives up after 20 s).
+BACKEND_RETRY_POLICY = {"max_retries": 30, "interval_start": 0, "interval_step": 1, "interval_max": 5}
 PUBLISH_RETRY_POLICY = {"max_retries": 15, "interval_start": 0, "interval_step": 1, "interval_max": 5}
 
 
@@ -137,6 +140,7 @@ def make_app(settings: Settings) -> Celery:
         # A chord part that finishes while Redis is away keeps trying to store its result until it is back.
         result_backend_always_retry=True,
         result_backend_max_retries=RESULT_STORE_RETRIES,
+        result_backend_transport_options={"retry_policy": BACKEND_RETRY_POLICY},
         # Publishing (the producer, a task queuing the next) rides out a broker restart too: 1, 2, 3, 4 s,
         # then every 5 s, about a minute in all (Celery's default gives up after under a second).
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,

@@ -62,25 +62,33 @@ RETRY_JITTER_FLOOR = 0.5  # each retry waits between this fraction of its backof
 DELIVERIES_KEY = "deepscan-deliveries-{task_id}-{retries}"  # in the result backend's Redis
 
 
-def count_delivery(request: Any) -> int | None:
+def count_delivery(request: Any, backend: Any = None) -> int | None:
     """How many times this try of the task (its id and retry number) has been handed out, this one
-    included; None where nothing redelivers (eager mode) or the backend is not Redis.
+    included; None where nothing redelivers (eager mode) or the backend (``app.backend`` by default) is not
+    Redis.
 
     The count survives the death of the process that runs the task, which is the point: Celery hands a
     task whose process died straight back to the queue (``task_reject_on_worker_lost``), and a message
-    that kills its process every time would otherwise go round for ever.
+    that kills its process every time would otherwise go round for ever. Redis away (a restart) is waited
+    for, as the result store waits: the count is taken before the task runs, where no autoretry reaches,
+    and a chord part failed here would fail its whole video.
     """
     if request.is_eager or request.id is None:
         return None
-    client = getattr(app.backend, "client", None)  # a redis.Redis for the Redis backend
+    backend = backend or app.backend
+    client = getattr(backend, "client", None)  # a redis.Redis for the Redis backend
     if client is None:
         return None
     key = DELIVERIES_KEY.format(task_id=request.id, retries=request.retries)
-    with client.pipeline() as pipe:
-        pipe.incr(key)
-        pipe.expire(key, get_settings().result_expires_s)
-        count, _ = pipe.execute()
-    return int(count)
+
+    def count() -> int:
+        with client.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, get_settings().result_expires_s)
+            count, _ = pipe.execute()
+        return int(count)
+
+    return int(backend.ensure(count, ()))
 
 
 class RetryingTask(Task):

@@ -9,20 +9,26 @@ import os
 import struct
 import subprocess
 import tarfile
+import threading
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+import redis
 
 from db import queries
 from pipeline.pack import Manifest, MemberSpec
 from tests.conftest import REPO
 from tests.workers.conftest import FaultyProxy, OutageProxy, PrivateRedis, Stack, wait_for, zip_bytes
 from tests.workers.test_distributed import details, mixed_bucket, queue_video_chord
+from workers.celery_app import make_app
+from workers.settings import Settings
+from workers.tasks import count_delivery
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -657,6 +663,30 @@ def test_a_scan_left_queuing_by_a_killed_producer_does_not_hold_back_scheduled_s
 # -- the broker away -------------------------------------------------------------------------------------
 
 REDIS_DOWN_S = 12  # longer than the waiting producer's broker check interval (10 s): it meets the outage
+
+
+def test_a_delivery_count_waits_out_a_redis_restart(private_redis: PrivateRedis) -> None:
+    """A task's delivery is counted in Redis before the task runs, where no autoretry reaches: with Redis
+    away, the count waits for it, as the result store does, instead of failing the task (a chord part that
+    failed there failed its whole video; a two-process run of this suite met it)."""
+    backend = make_app(Settings(broker_url=private_redis.url)).backend
+    request = SimpleNamespace(is_eager=False, id="a-task", retries=0)
+    assert count_delivery(request, backend) == 1
+    restart = threading.Thread(target=private_redis.restart, kwargs={"down_s": 3})
+    restart.start()
+    probe = redis.Redis.from_url(private_redis.url, socket_connect_timeout=1)
+
+    def down() -> bool:
+        try:
+            probe.ping()
+        except redis.ConnectionError:
+            return True
+        return False
+
+    wait_for(down, timeout_s=10, poll_s=0.05, what="Redis to go away")
+    assert count_delivery(request, backend) == 2  # waited for the restarted Redis, which kept the first
+    restart.join()
+    assert private_redis.restarts == 1
 
 
 def test_a_redis_restart_mid_scan_loses_nothing(
