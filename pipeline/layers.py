@@ -17,6 +17,9 @@ from keras import layers, ops
 
 CAPTION_BAND = 0.08  # bottom fraction of a face crop every image member ignores (see CaptionMask)
 EXPOSURE_LEVELS = 32  # histogram resolution of brightness and saturation (1/32 of the range per level)
+# The lattice of the layers' ``exact`` option: quarters of an 8-bit level, on which the 2 x 2 averages of
+# 8-bit pixels are exact and every sum or difference of a few values is exact in float32.
+QUARTER_LEVELS = 4 * 255
 _YCBCR = np.array(
     [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], "float32"
 )
@@ -56,11 +59,21 @@ class CaptionMask(layers.Layer):
         return {**super().get_config(), "fraction": self.fraction}
 
 
-def _log_magnitude(planes: Any) -> Any:
-    """Log magnitude of the unshifted 2-D FFT of each zero-mean (N, H, W) plane."""
+def _log_magnitude(planes: Any, *, exact: bool = False) -> Any:
+    """Log magnitude of the unshifted 2-D FFT of each zero-mean (N, H, W) plane.
+
+    Removing the mean leaves the zero frequency at rounding noise, whose log depends on the order in which
+    a backend adds (between TensorFlow and JAX it moved the profile member's first ring by up to 0.55):
+    ``exact`` sets it to 0.
+    """
     planes = planes - ops.mean(planes, axis=(1, 2), keepdims=True)
     real, imag = ops.fft2((planes, ops.zeros_like(planes)))
-    return ops.log(ops.sqrt(real * real + imag * imag) + 1e-6)
+    magnitude = ops.sqrt(real * real + imag * imag)
+    if exact:
+        without_dc = np.ones(planes.shape[1:], "float32")
+        without_dc[0, 0] = 0.0
+        magnitude = magnitude * ops.convert_to_tensor(without_dc, magnitude.dtype)
+    return ops.log(magnitude + 1e-6)
 
 
 def _ycbcr_plane(images: Any, plane: int) -> Any:
@@ -68,9 +81,9 @@ def _ycbcr_plane(images: Any, plane: int) -> Any:
     return ops.sum(images * ops.convert_to_tensor(_YCBCR[plane], dtype=images.dtype), axis=-1)
 
 
-def _log_magnitude_spectrum(images: Any) -> Any:
+def _log_magnitude_spectrum(images: Any, *, exact: bool = False) -> Any:
     """Log magnitude of the unshifted 2-D FFT of the zero-mean luminance: (N, H, W, 3) -> (N, H, W)."""
-    return _log_magnitude(_ycbcr_plane(images, 0))
+    return _log_magnitude(_ycbcr_plane(images, 0), exact=exact)
 
 
 def _centred(magnitude: Any) -> Any:
@@ -120,16 +133,22 @@ class SpectrumProfile(layers.Layer):
     Blending a swapped face into a photograph changes the high-frequency fall-off (resampling and smoothing)
     and the colour distribution (the pasted face's colour transfer). GAN generators rarely produce clipped
     highlights or fully saturated colours, which real sensors often do (McCloskey and Albright, 2018).
+
+    ``exact``: the zero frequency, rounding noise once the mean is removed, counts as 0 in the first ring
+    (``_log_magnitude``), and brightness is compared with the levels' edges on the ``QUARTER_LEVELS``
+    lattice, so that neither depends on the order of a backend's arithmetic. Members saved without the
+    option load as they were trained.
     """
 
-    def __init__(self, bins: int = 64, **kwargs: Any) -> None:
+    def __init__(self, bins: int = 64, exact: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.bins = int(bins)
+        self.exact = bool(exact)
 
     def call(self, images: Any) -> Any:
         h, w = images.shape[1], images.shape[2]
         rings = _ring_index(h, w, self.bins)
-        magnitude = _log_magnitude_spectrum(images)
+        magnitude = _log_magnitude_spectrum(images, exact=self.exact)
         flat = ops.transpose(ops.reshape(magnitude, (-1, h * w)))  # (H*W, N): segments run over axis 0
         sums = ops.segment_sum(flat, ops.convert_to_tensor(rings.ravel(), "int32"), num_segments=self.bins)
         counts = ops.convert_to_tensor(np.bincount(rings.ravel(), minlength=self.bins)[:, None], images.dtype)
@@ -139,10 +158,19 @@ class SpectrumProfile(layers.Layer):
         stats = [ops.mean(colours, axis=(1, 2)), ops.std(colours, axis=(1, 2))]
         brightest, darkest = ops.max(images, axis=-1), ops.min(images, axis=-1)
         saturation = (brightest - darkest) / (brightest + 1e-6)
-        edges = ops.convert_to_tensor(np.arange(1, EXPOSURE_LEVELS) / EXPOSURE_LEVELS, images.dtype)
+        edges = np.arange(1, EXPOSURE_LEVELS) / EXPOSURE_LEVELS
+        brightness_edges = edges
+        if self.exact:  # on the lattice, where a pixel at a level's edge is there exactly, not by rounding
+            brightest = ops.round(brightest * float(QUARTER_LEVELS))
+            brightness_edges = edges * QUARTER_LEVELS
         exposure = [  # the fraction of pixels at or above each level
-            ops.mean(ops.cast(ops.expand_dims(x, -1) >= edges, images.dtype), axis=(1, 2))
-            for x in (brightest, saturation)
+            ops.mean(
+                ops.cast(
+                    ops.expand_dims(x, -1) >= ops.convert_to_tensor(x_edges, images.dtype), images.dtype
+                ),
+                axis=(1, 2),
+            )
+            for x, x_edges in ((brightest, brightness_edges), (saturation, edges))
         ]
         return ops.concatenate([profile, *stats, *exposure], axis=-1)
 
@@ -150,7 +178,7 @@ class SpectrumProfile(layers.Layer):
         return (input_shape[0], self.bins + 12 + 2 * (EXPOSURE_LEVELS - 1))
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "bins": self.bins}
+        return {**super().get_config(), "bins": self.bins, "exact": self.exact}
 
 
 def _joint_frequencies(a: Any, a_bins: int, b: Any, b_bins: int, where: np.ndarray | None = None) -> Any:
@@ -266,20 +294,33 @@ class ChromaCooccurrence(layers.Layer):
     from ``border`` to ``1 - border`` of the side: the face) and over the ring around it (hair, ears,
     background), where generators paint differently from cameras; a pair belongs to the region of its
     first pixel.
+
+    ``exact``: the channels are first rounded to quarters of an 8-bit level, where every difference below
+    is exact in float32, and a residual halfway between two integers rounds to the even one on every
+    backend. Without it, the 2 x 2 averages of 8-bit pixels (quarter levels themselves) put about a
+    quarter of the residuals at such halves, plus or minus rounding noise that depends on the order of a
+    backend's arithmetic: JAX's fused kernels moved histogram cells by up to 6.5 in log frequency where
+    TensorFlow runs op by op. Members saved without the option load as they were trained.
     """
 
     PAIRS = ((0, 1), (1, 2), (0, 2))
 
-    def __init__(self, truncation: int = 3, border: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, truncation: int = 3, border: float = 0.0, exact: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.truncation = int(truncation)
         self.border = float(border)
+        self.exact = bool(exact)
 
     def call(self, images: Any) -> Any:
         t, side = self.truncation, 2 * self.truncation + 1
+        if self.exact:
+            images = ops.round(images * float(QUARTER_LEVELS))  # integers, exact in float32
         histograms = []
         for a, b in self.PAIRS:
-            plane = (images[..., a] - images[..., b]) * 255.0
+            if self.exact:
+                plane = (images[..., a] - images[..., b]) / (QUARTER_LEVELS / 255)  # 8-bit levels, exactly
+            else:
+                plane = (images[..., a] - images[..., b]) * 255.0
             for rows_first in (True, False):  # neighbours along the rows, then along the columns
                 x = plane if rows_first else ops.transpose(plane, (0, 2, 1))
                 first = x[:, :, 1:] - x[:, :, :-1]
@@ -306,7 +347,12 @@ class ChromaCooccurrence(layers.Layer):
         return (input_shape[0], len(self.PAIRS) * 4 * regions * (2 * self.truncation + 1) ** 2)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "truncation": self.truncation, "border": self.border}
+        return {
+            **super().get_config(),
+            "truncation": self.truncation,
+            "border": self.border,
+            "exact": self.exact,
+        }
 
 
 @keras.saving.register_keras_serializable(package="deepscan")
@@ -425,3 +471,15 @@ class Magnitude(layers.Layer):
 
     def call(self, x: Any) -> Any:
         return ops.abs(x)
+
+
+def backend_dependent_layers(model: keras.Model) -> list[str]:
+    """The names of ``model``'s layers whose features depend on the order of the backend's arithmetic
+    (saved before their ``exact`` option existed): on another backend than the one it was trained on, the
+    member scores differently (pack 0.10.0's profile members: up to 0.13 apart in P(fake), TensorFlow
+    against JAX)."""
+    return [
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, SpectrumProfile | ChromaCooccurrence) and not layer.exact
+    ]

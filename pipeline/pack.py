@@ -10,6 +10,7 @@ sha256 is checked at load.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from pipeline.errors import ModelPackError
 from pipeline.faces import CROP_GEOMETRIES, to_model_input
 from pipeline.media import sha256_file
 
+logger = logging.getLogger(__name__)
+
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA = 1
 DEFAULT_THRESHOLDS = {"image": 0.5, "audio": 0.5, "video_vote": 0.5}
@@ -32,6 +35,9 @@ PREDICT_BATCH = 64  # a power of two (see ModelPack._predict)
 # batch dimension (Keras' reduce_retracing): batches of 1 and 2 leave nothing to trace later (measured: the
 # next sizes up to 64 cost their compute only). JAX compiles every shape: each padded size is warmed.
 TENSORFLOW_WARM_UP_BATCHES = (1, 2)
+# Where every member with backend-dependent layers (``pipeline.layers.backend_dependent_layers``) was
+# trained and calibrated: packs up to 0.10.0, on this project's CPUs.
+TRAINED_ON_BACKEND = "tensorflow"
 
 
 @dataclass(frozen=True)
@@ -263,7 +269,7 @@ class ModelPack:
     def load(cls, directory: str | Path, *, verify: bool = True) -> ModelPack:
         import keras
 
-        import pipeline.layers  # noqa: F401  (registers the custom layers the files refer to)
+        from pipeline.layers import backend_dependent_layers  # registers the layers the files refer to
 
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -280,6 +286,20 @@ class ModelPack:
                 models[member.name] = keras.saving.load_model(path, compile=False)
             except Exception as e:  # keras raises many types for a bad archive; all mean the same here
                 raise ModelPackError(f"could not load {path}: {e}") from e
+        if keras.backend.backend() != TRAINED_ON_BACKEND:
+            inexact = {
+                name: layers for name, model in models.items() if (layers := backend_dependent_layers(model))
+            }
+            if inexact:
+                logger.warning(
+                    "%s: on %s, members %s score differently from %s, where the pack was trained and "
+                    "calibrated (their layers %s predate exact features)",
+                    manifest.label,
+                    keras.backend.backend(),
+                    ", ".join(inexact),
+                    TRAINED_ON_BACKEND,
+                    ", ".join(sorted({layer for layers in inexact.values() for layer in layers})),
+                )
         return cls(directory, manifest, models)
 
     def _predict(self, name: str, batch: np.ndarray) -> np.ndarray:

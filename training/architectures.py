@@ -59,17 +59,18 @@ def build_profile(input_size: tuple[int, int]) -> keras.Model:
     The chroma co-occurrences are counted twice: over the whole crop, and at half the resolution
     (2 x 2 averages, as a 256 px crop resized to 128 px with ``INTER_AREA``) separately for the middle
     of the crop and the ring around it. Packs trained before a feature existed hold profile members
-    without it; they load as saved.
+    without it; they load as saved. The features are ``exact`` (the same on every Keras backend), which
+    pack 0.10.0's profile members are not.
     """
     inputs = keras.Input((*input_size, 3), name="face")
     x = CaptionMask(name="caption_mask")(inputs)
     half = layers.AveragePooling2D(2, name="half_resolution")(x)
     x = layers.Concatenate(name="features")(
         [
-            SpectrumProfile(name="profile")(x),
+            SpectrumProfile(exact=True, name="profile")(x),
             ColourTexture(name="colour_texture")(x),
-            ChromaCooccurrence(name="chroma_cooccurrence")(x),
-            ChromaCooccurrence(border=PROFILE_BORDER, name="chroma_regions")(half),
+            ChromaCooccurrence(exact=True, name="chroma_cooccurrence")(x),
+            ChromaCooccurrence(border=PROFILE_BORDER, exact=True, name="chroma_regions")(half),
         ]
     )
     x = layers.BatchNormalization(name="feature_norm")(x)

@@ -19,7 +19,9 @@ from pipeline.layers import (
     ColourTexture,
     LogSpectrum,
     SpectrumProfile,
+    backend_dependent_layers,
 )
+from tests.conftest import REPO
 from training.architectures import IMAGE_ARCHITECTURES, build_image_member
 
 
@@ -338,3 +340,47 @@ def test_logmel_stats_member_reloads_with_identical_outputs(tmp_path: Path) -> N
         # the statistics layer inside is the registered one, with its configuration
         layer = reloaded.get_layer("logmel_statistics")
         assert isinstance(layer, LogMelStatistics) and layer.statistics == LogMelStatistics().statistics
+
+
+def test_exact_features_do_not_depend_on_the_last_bit_of_their_input() -> None:
+    """A backend that fuses or reorders arithmetic (JAX's compiled kernels, where TensorFlow runs op by op)
+    moves a layer's values by a rounding step. The 2 x 2 averages of 8-bit pixels that the profile member's
+    regional chroma statistics read put about a quarter of their residuals exactly halfway between two
+    integers, and the spectrum's zero frequency is rounding noise, so such a step flipped histogram cells
+    and moved the first ring (pack 0.10.0's members scored up to 0.09 apart under the two backends).
+    ``exact`` features stay put under a nudge of one unit in the last place; the legacy ones do not, which
+    is what shows that this test can fail."""
+    rng = np.random.default_rng(7)
+    pixels = np.clip(np.cumsum(rng.integers(-3, 4, (2, 64, 64, 3)), axis=2) + 128, 0, 255)
+    half = (pixels.reshape(2, 32, 2, 32, 2, 3).mean(axis=(2, 4)) / 255).astype(np.float32)  # quarter levels
+    away = np.where(rng.random(half.shape) < 0.5, -1.0, 2.0).astype(np.float32)
+    nudged = np.nextafter(half, away)  # each value one unit in the last place down or up
+
+    def moved(layer: keras.layers.Layer) -> float:
+        return float(np.abs(np.asarray(layer(nudged)) - np.asarray(layer(half))).max())
+
+    assert moved(ChromaCooccurrence(border=0.25, exact=True)) == 0.0
+    assert moved(ChromaCooccurrence(border=0.25)) > 0.5  # a cell's log frequency
+    assert moved(SpectrumProfile(bins=8, exact=True)) < 1e-3  # the other frequencies: continuous in the input
+    assert moved(SpectrumProfile(bins=8)) > 0.05  # the first ring (its zero frequency) and a level's edge
+    for layer in (ChromaCooccurrence(border=0.25, exact=True), SpectrumProfile(bins=8, exact=True)):
+        assert type(layer).from_config(layer.get_config()).exact
+
+
+def test_exact_chroma_cooccurrence_counts_8_bit_pixels_as_before() -> None:
+    """Where the legacy residuals have no halves to break (8-bit pixels at full resolution: integer
+    residuals), ``exact`` counts exactly what the legacy layer counts."""
+    rng = np.random.default_rng(8)
+    images = (np.clip(np.cumsum(rng.integers(-2, 3, (2, 24, 30, 3)), axis=2) + 128, 0, 255) / 255).astype(
+        np.float32
+    )
+    legacy, exact = ChromaCooccurrence(border=0.25), ChromaCooccurrence(border=0.25, exact=True)
+    np.testing.assert_allclose(np.asarray(exact(images)), np.asarray(legacy(images)), atol=1e-5)
+
+
+def test_profile_members_are_built_exact_and_the_bundled_ones_are_named_as_not() -> None:
+    """New profile members compute features that no backend's arithmetic moves; the bundled pack's were
+    trained before (``ModelPack.load`` warns when they run on another backend than TensorFlow)."""
+    assert backend_dependent_layers(build_image_member("profile", (32, 32))) == []
+    bundled = keras.saving.load_model(REPO / "pipeline/weights/default/profile_tight.keras", compile=False)
+    assert backend_dependent_layers(bundled) == ["profile", "chroma_cooccurrence", "chroma_regions"]
