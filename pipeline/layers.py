@@ -476,7 +476,7 @@ class Magnitude(layers.Layer):
 def backend_dependent_layers(model: keras.Model) -> list[str]:
     """The names of ``model``'s layers whose features depend on the order of the backend's arithmetic
     (saved before their ``exact`` option existed): on another backend than the one it was trained on, the
-    member scores differently (pack 0.10.0's profile members: up to 0.13 apart in P(fake), TensorFlow
+    member scores differently (pack 0.10.0's profile members: up to 0.12 apart in P(fake), TensorFlow
     against JAX)."""
     return [
         layer.name
