@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -41,10 +42,12 @@ def make_member_exact(path: Path) -> int:
         entries = [(info, archive.read(info)) for info in archive.infolist()]
     config = json.loads(dict((info.filename, data) for info, data in entries)[CONFIG_ENTRY])
     changed = _turn_on(config)
-    if changed:
-        with zipfile.ZipFile(path, "w") as archive:
+    if changed:  # written beside it and moved over it: a crash leaves the member as it was, not half of it
+        partial = path.with_name(path.name + ".partial")
+        with zipfile.ZipFile(partial, "w") as archive:
             for info, data in entries:
                 archive.writestr(info, json.dumps(config).encode() if info.filename == CONFIG_ENTRY else data)
+        os.replace(partial, path)
     return changed
 
 

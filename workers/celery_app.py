@@ -46,12 +46,14 @@ RETRY_DELAY_FRACTION, RETRY_DELAY_CAP_S = 0.25, 600
 RESTORE_SWEEPS_PER_TIMEOUT, RESTORE_SWEEP_CAP_S = 4, 60
 # A child loads TensorFlow and the pack before taking tasks; Celery's default (4 s) would reap it as hung.
 PROCESS_START_TIMEOUT_S = 300.0
-# Tries of a result write (a chord part's) while the backend is unreachable: with Celery's backoff (10 ms,
-# doubling, at most 10 s apart) about two minutes.
+# Tries of a result write (a chord part's) while the backend is unreachable, with Celery's backoff between
+# them (10 ms, doubling, at most 10 s apart); each try itself retries its Redis call for about 20 s
+# (the backend's default retry policy), so a write waits several minutes for Redis in all.
 RESULT_STORE_RETRIES = 20
-# The result backend's other Redis calls (a chord's size, a task's delivery count) wait as long: tries 0, 1,
-# 2, 3, 4 s apart, then every 5 s (Celery's default gives up after 20 s).
-BACKEND_RETRY_POLICY = {"max_retries": 30, "interval_start": 0, "interval_step": 1, "interval_max": 5}
+# How long a task's delivery count (workers.tasks.count_delivery) waits for an unreachable result backend:
+# tries 0, 1, 2, 3, 4 s apart, then every 5 s, about two minutes. Passed to that one call: as the backend's
+# own policy it would also stretch each of the result write's tries above, to tens of minutes in all.
+DELIVERY_COUNT_RETRY_POLICY = {"max_retries": 30, "interval_start": 0, "interval_step": 1, "interval_max": 5}
 PUBLISH_RETRY_POLICY = {"max_retries": 15, "interval_start": 0, "interval_step": 1, "interval_max": 5}
 
 
@@ -140,7 +142,6 @@ def make_app(settings: Settings) -> Celery:
         # A chord part that finishes while Redis is away keeps trying to store its result until it is back.
         result_backend_always_retry=True,
         result_backend_max_retries=RESULT_STORE_RETRIES,
-        result_backend_transport_options={"retry_policy": BACKEND_RETRY_POLICY},
         # Publishing (the producer, a task queuing the next) rides out a broker restart too: 1, 2, 3, 4 s,
         # then every 5 s, about a minute in all (Celery's default gives up after under a second).
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,

@@ -36,7 +36,7 @@ from pipeline.media import MediaType, VideoInfo, detect_media_type, probe_video,
 from pipeline.provenance import Provenance
 from workers import resources, rows
 from workers.archives import list_members
-from workers.celery_app import app, retry_delay_cap_s
+from workers.celery_app import DELIVERY_COUNT_RETRY_POLICY, app, retry_delay_cap_s
 from workers.errors import AnalysisTimeoutError, PoisonMessageError, StorageUnavailableError, UsageError
 from workers.settings import get_settings
 from workers.storage import ObjectRef
@@ -70,8 +70,8 @@ def count_delivery(request: Any, backend: Any = None) -> int | None:
     The count survives the death of the process that runs the task, which is the point: Celery hands a
     task whose process died straight back to the queue (``task_reject_on_worker_lost``), and a message
     that kills its process every time would otherwise go round for ever. Redis away (a restart) is waited
-    for, as the result store waits: the count is taken before the task runs, where no autoretry reaches,
-    and a chord part failed here would fail its whole video.
+    for (``DELIVERY_COUNT_RETRY_POLICY``), as the result store waits: the count is taken before the task
+    runs, where no autoretry reaches, and a chord part failed here would fail its whole video.
     """
     if request.is_eager or request.id is None:
         return None
@@ -88,7 +88,9 @@ def count_delivery(request: Any, backend: Any = None) -> int | None:
             count, _ = pipe.execute()
         return int(count)
 
-    return int(backend.ensure(count, ()))
+    # A retry after Redis applied the increment but before its reply came counts this delivery twice: at
+    # worst a task is given up one delivery early, in an outage that met that instant.
+    return int(backend.ensure(count, (), **DELIVERY_COUNT_RETRY_POLICY))
 
 
 class RetryingTask(Task):

@@ -379,8 +379,8 @@ def test_exact_chroma_cooccurrence_counts_8_bit_pixels_as_before() -> None:
 
 
 def test_profile_members_are_built_exact_and_so_are_the_bundled_ones() -> None:
-    """New profile members and the bundled pack's (since 0.11.0) compute features that no backend's
-    arithmetic moves; a legacy member is named (``tests/training/test_exact_features.py``), and
+    """New profile members and the bundled pack's (since 0.11.0) compute features that do not depend on
+    the order of a backend's arithmetic; a legacy member is named (``tests/training/test_exact_features.py``), and
     ``ModelPack.load`` warns when one runs on another backend than TensorFlow."""
     assert backend_dependent_layers(build_image_member("profile", (32, 32))) == []
     for name in ("profile", "profile_tight"):

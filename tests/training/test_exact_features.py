@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 
 from pipeline.layers import backend_dependent_layers
 from pipeline.pack import Manifest, MemberSpec, ModelPack, write_manifest
@@ -44,3 +46,23 @@ def test_a_legacy_pack_is_made_exact_with_its_weights_as_trained(tmp_path: Path)
     for saved, trained in zip(pack.models["profile"].get_weights(), legacy.get_weights(), strict=True):
         np.testing.assert_array_equal(saved, trained)
     assert (tmp_path / "spectral.keras").read_bytes() == spectral_before
+
+
+def test_a_legacy_member_on_another_backend_is_warned_about(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loaded on a backend other than TensorFlow, a member whose features depend on the backend's arithmetic
+    is named in a warning; once exact, or on TensorFlow, nothing is said."""
+    legacy_profile(32).save(tmp_path / "profile.keras")
+    members = (MemberSpec("profile", "image", "profile.keras", (32, 32), "profile"),)
+    write_manifest(tmp_path, Manifest(name="legacy", version="1", members=members))
+    caplog.set_level(logging.WARNING, logger="pipeline.pack")
+    ModelPack.load(tmp_path)
+    assert not caplog.records  # TensorFlow, where it was trained
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    ModelPack.load(tmp_path)
+    assert "members profile score differently" in caplog.text and "chroma_regions" in caplog.text
+    caplog.clear()
+    make_pack_exact(tmp_path)
+    ModelPack.load(tmp_path)
+    assert not caplog.records
