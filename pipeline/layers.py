@@ -473,13 +473,15 @@ class Magnitude(layers.Layer):
         return ops.abs(x)
 
 
+# The layers with an ``exact`` option: off, their features depend on the order of the backend's arithmetic.
+EXACT_OPTION_LAYERS = (SpectrumProfile, ChromaCooccurrence)
+
+
 def backend_dependent_layers(model: keras.Model) -> list[str]:
     """The names of ``model``'s layers whose features depend on the order of the backend's arithmetic
     (saved before their ``exact`` option existed): on another backend than the one it was trained on, the
     member scores differently (pack 0.10.0's profile members: up to 0.12 apart in P(fake), TensorFlow
     against JAX)."""
     return [
-        layer.name
-        for layer in model.layers
-        if isinstance(layer, SpectrumProfile | ChromaCooccurrence) and not layer.exact
+        layer.name for layer in model.layers if isinstance(layer, EXACT_OPTION_LAYERS) and not layer.exact
     ]

@@ -181,6 +181,28 @@ class Manifest:
         }
 
 
+def read_archive(path: str | Path) -> list[tuple[Any, bytes]]:
+    """The entries of a ``.keras`` archive (a zip): (ZipInfo, bytes) in order."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return [(info, archive.read(info)) for info in archive.infolist()]
+
+
+def write_archive(path: str | Path, entries: Sequence[tuple[Any, bytes]]) -> None:
+    """Write ``entries`` (from ``read_archive``, names, order, dates and compression kept) as the archive at
+    ``path``: beside it first, then moved over it, so that a crash leaves the member whole."""
+    import os
+    import zipfile
+
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    with zipfile.ZipFile(partial, "w") as archive:
+        for info, data in entries:
+            archive.writestr(info, data)
+    os.replace(partial, path)
+
+
 def store_float16(path: str | Path) -> None:
     """Rewrite a ``.keras`` file with its float32 weights stored as float16, halving its size.
 
@@ -189,16 +211,15 @@ def store_float16(path: str | Path) -> None:
     three significant digits, far below what moves a score). Other members of the archive are copied as they are.
     """
     import io
-    import zipfile
 
-    path = Path(path)
-    with zipfile.ZipFile(path) as archive:
-        entries = [(info, archive.read(info)) for info in archive.infolist()]
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for info, data in entries:
-            if info.filename.endswith(".h5"):
-                data = _float16_h5(io.BytesIO(data))
-            archive.writestr(info, data)
+    entries = read_archive(path)
+    write_archive(
+        path,
+        [
+            (info, _float16_h5(io.BytesIO(data)) if info.filename.endswith(".h5") else data)
+            for info, data in entries
+        ],
+    )
 
 
 def compact_pack(directory: str | Path) -> Manifest:

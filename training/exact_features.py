@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.pack import read_manifest, write_manifest
+from pipeline.layers import EXACT_OPTION_LAYERS
+from pipeline.pack import read_archive, read_manifest, write_archive, write_manifest
 
 CONFIG_ENTRY = "config.json"  # the model's architecture inside a .keras archive
-EXACT_LAYERS = ("SpectrumProfile", "ChromaCooccurrence")
+EXACT_LAYERS = tuple(layer.__name__ for layer in EXACT_OPTION_LAYERS)  # as saved configurations name them
 
 
 def _turn_on(config: Any) -> int:
@@ -38,16 +37,14 @@ def _turn_on(config: Any) -> int:
 def make_member_exact(path: Path) -> int:
     """Rewrite one ``.keras`` archive with its layers exact (entries, order and dates kept); how many
     layers changed (0: the file is left as it was)."""
-    with zipfile.ZipFile(path) as archive:
-        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    entries = read_archive(path)
     config = json.loads(dict((info.filename, data) for info, data in entries)[CONFIG_ENTRY])
     changed = _turn_on(config)
-    if changed:  # written beside it and moved over it: a crash leaves the member as it was, not half of it
-        partial = path.with_name(path.name + ".partial")
-        with zipfile.ZipFile(partial, "w") as archive:
-            for info, data in entries:
-                archive.writestr(info, json.dumps(config).encode() if info.filename == CONFIG_ENTRY else data)
-        os.replace(partial, path)
+    if changed:
+        exact = json.dumps(config).encode()
+        write_archive(
+            path, [(info, exact if info.filename == CONFIG_ENTRY else data) for info, data in entries]
+        )
     return changed
 
 

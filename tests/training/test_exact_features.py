@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.layers import backend_dependent_layers
+from pipeline.layers import EXACT_OPTION_LAYERS, backend_dependent_layers
 from pipeline.pack import Manifest, MemberSpec, ModelPack, write_manifest
 from training.architectures import build_image_member
 from training.exact_features import make_pack_exact
@@ -20,7 +20,7 @@ def legacy_profile(size: int) -> keras.Model:
     model = build_image_member("profile", (size, size))
     config = model.get_config()
     for layer in config["layers"]:
-        if layer["class_name"] in ("SpectrumProfile", "ChromaCooccurrence"):
+        if layer["class_name"] in {cls.__name__ for cls in EXACT_OPTION_LAYERS}:
             layer["config"]["exact"] = False
     legacy = keras.Model.from_config(config)
     legacy.set_weights(model.get_weights())
