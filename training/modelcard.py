@@ -16,6 +16,8 @@ _LEVEL = f"{100 * CONFIDENCE_LEVEL:.0f} %"
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return "nan" if value != value else f"{value:.3f}"
     return str(value)
@@ -105,8 +107,9 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
         "",
         "## Members",
         "",
-        "| member | kind | architecture | input | file size | training | best epoch | val AUC | test AUC |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| member | kind | architecture | input | file size | training | best epoch | its val AUC | val AUC "
+        "| test AUC |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in manifest.members:
         size = (directory / m.file).stat().st_size / 1e6
@@ -120,8 +123,15 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
         lines.append(
             f"| {m.name} | {m.kind} | {m.architecture} | {m.input_size[0]}x{m.input_size[1]} | {_size(size)} "
             f"| {training} | {metrics.get('best_epoch', '-')} | {_fmt(metrics.get('val_auc'))} "
-            f"| {_fmt(metrics.get('test_auc'))} |"
+            f"| {_fmt(metrics.get('split_val_auc'))} | {_fmt(metrics.get('test_auc'))} |"
         )
+    lines += [
+        "",
+        "*its val AUC*: at the best epoch, on the validation split of the member's own training (for a member"
+        " carried over from an earlier pack, that pack's split). *val AUC* and *test AUC*: on this pack's"
+        " split, the validation split being the one the members' fusion was fitted on (- where the pack"
+        " was fused before this column existed).",
+    ]
     image = info.get("image_training")
     if image:
         lines += [

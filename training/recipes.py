@@ -42,7 +42,7 @@ from training.fitting import (
     load_crops,
     make_face_sequence,
 )
-from training.metrics import eer, threshold_at_fpr
+from training.metrics import eer, roc_auc, threshold_at_fpr
 from training.pseudofakes import PseudoFakes
 
 logger = logging.getLogger(__name__)
@@ -341,10 +341,16 @@ def fit_image_ensemble(
     evaluation = Evaluation(labels["test"], sources, test_scores, thresholds)
     mean_figures = _figures(labels["test"], test_matrix.mean(axis=1), sources, 0.5)
     members, member_figures = [], {}
-    for member in pack.manifest.image_members:
+    for j, member in enumerate(pack.manifest.image_members):
         figures = evaluation.figures(member.name)
         member_figures[member.name] = figures
-        members.append(replace(member, metrics={**member.metrics, "test_auc": figures["all"]["auc"]}))
+        # "val_auc" stays the early-stopping figure of the member's own training, whose split may be an
+        # older pack's; "split_val_auc" is on the validation split this stacking was fitted on.
+        measured = {
+            "split_val_auc": roc_auc(labels["val"], val_matrix[:, j]),
+            "test_auc": figures["all"]["auc"],
+        }
+        members.append(replace(member, metrics={**member.metrics, **measured}))
         _update_report(pack_dir / f"{member.name}.report.json", test=figures)
     against_best: dict[str, dict[str, Any]] = {
         subset: {"member": member, "difference": difference, "low": low, "high": high}
@@ -388,7 +394,7 @@ def member_contributions(
     scores. An interval above 0 says the member earns its place on this split; one that includes 0 says
     the split cannot tell. Empty for a single member.
     """
-    from training.metrics import auc_difference, roc_auc
+    from training.metrics import auc_difference
 
     if len(names) < 2:
         return {}
@@ -598,7 +604,7 @@ def fit_audio_fusion(
     val_windows, val_clips, val_items = scored["val"]
     window_labels = np.array([val_items[c].label for c in val_clips])
 
-    def measure(columns: list[int]) -> tuple[Aggregation, float, dict[str, Any]]:
+    def measure(columns: list[int]) -> tuple[Aggregation, float, dict[str, Any], float]:
         fusion = fit_aggregation(val_windows[:, columns], window_labels, platt=True)
 
         def per_clip(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -610,11 +616,12 @@ def fit_audio_fusion(
         _, threshold = eer(val_labels, val_scores)
         test_scores, labels, families = per_clip("test")
         figures = _figures(labels, test_scores, families, threshold, per_family=True, held_out=sorted(held))
-        return fusion, float(threshold), figures
+        return fusion, float(threshold), figures, roc_auc(val_labels, val_scores)
 
     members = pack.manifest.audio_members
-    member_figures = {m.name: measure([j])[2] for j, m in enumerate(members)}
-    fusion, threshold, figures = measure(list(range(len(members))))
+    measured = {m.name: measure([j]) for j, m in enumerate(members)}
+    member_figures = {name: figures for name, (_, _, figures, _) in measured.items()}
+    fusion, threshold, figures, _ = measure(list(range(len(members))))
     for name, member_test in member_figures.items():
         _update_report(pack_dir / f"{name}.report.json", test=member_test)
     manifest = pack.manifest
@@ -623,6 +630,7 @@ def fit_audio_fusion(
             m,
             metrics={
                 **m.metrics,
+                "split_val_auc": measured[m.name][3],
                 "test_auc": member_figures[m.name]["all"]["auc"],
                 "test_eer": member_figures[m.name]["all"]["eer"],
             },

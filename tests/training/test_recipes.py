@@ -167,6 +167,9 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
         set(info["members"]) == {"spectral", "profile", "densenet121_spectrum"} and info["target_fpr"] == 0.1
     )
     assert manifest.image_members[0].metrics["test_auc"] == info["members"]["spectral"]["all"]["auc"]
+    # every member is measured again on the validation split the stacking saw, the training figure kept
+    for m in manifest.image_members:
+        assert 0.0 <= m.metrics["split_val_auc"] <= 1.0 and "val_auc" in m.metrics
     assert 0.0 < manifest.thresholds["image"] < 1.0
     # the card gives each AUC with its interval and the ensemble against each subset's best member
     against = info["test_against_best_member"]
@@ -189,6 +192,8 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
     assert "| auc | 95 % CI |" in card and f"| all | {against['all']['member']} |" in card
     without = contribution["densenet121_spectrum"]["without_auc"]
     assert "| member | AUC without it |" in card and f"| densenet121_spectrum | {without:.3f} | " in card
+    profile = manifest.image_members[1].metrics
+    assert f"| {profile['val_auc']:.3f} | {profile['split_val_auc']:.3f} | {profile['test_auc']:.3f} |" in card
 
     # --fuse-only trains nothing and finds the same fusion again, or a new one for another target FPR
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.keras")}
@@ -293,6 +298,7 @@ def test_audio_members_with_a_held_out_family_are_fused(tmp_path: Path) -> None:
     assert set(manifest.info["audio_training"]["members"]) == {"audio_logmel", "audio_waveform"}
     for m in manifest.audio_members:
         assert manifest.info["audio_training"]["members"][m.name]["all"]["auc"] == m.metrics["test_auc"]
+        assert 0.0 <= m.metrics["split_val_auc"] <= 1.0
     pack = ModelPack.load(tmp_path / "pack")
     assert pack.score_audio_windows(np.zeros((2, front_end.window_samples), np.float32)).shape == (2, 2)
 
