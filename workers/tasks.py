@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import time
+import uuid
 from dataclasses import asdict
 from typing import Any
 
@@ -59,7 +60,9 @@ RETRYING: dict[str, Any] = {
 RETRY_JITTER_FLOOR = 0.5  # each retry waits between this fraction of its backoff and all of it
 
 
-DELIVERIES_KEY = "deepscan-deliveries-{task_id}-{retries}"  # in the result backend's Redis
+# In the result backend's Redis: a set of one token per delivery ("deepscan-deliveries-", the counter
+# that came before it, is another type: a worker of the old release and one of this never share a key).
+DELIVERIES_KEY = "deepscan-delivered-{task_id}-{retries}"
 
 
 def count_delivery(request: Any, backend: Any = None) -> int | None:
@@ -80,16 +83,18 @@ def count_delivery(request: Any, backend: Any = None) -> int | None:
     if client is None:
         return None
     key = DELIVERIES_KEY.format(task_id=request.id, retries=request.retries)
+    # Each delivery adds a token of its own to a set, so that a retry after Redis applied the write but
+    # before its reply came adds nothing (an increment would count this delivery twice).
+    delivery = uuid.uuid4().hex
 
     def count() -> int:
-        with client.pipeline() as pipe:
-            pipe.incr(key)
+        with client.pipeline() as pipe:  # MULTI/EXEC: the three at once
+            pipe.sadd(key, delivery)
             pipe.expire(key, get_settings().result_expires_s)
-            count, _ = pipe.execute()
+            pipe.scard(key)
+            *_, count = pipe.execute()
         return int(count)
 
-    # A retry after Redis applied the increment but before its reply came counts this delivery twice: at
-    # worst a task is given up one delivery early, in an outage that met that instant.
     return int(backend.ensure(count, (), **DELIVERY_COUNT_RETRY_POLICY))
 
 

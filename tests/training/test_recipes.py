@@ -193,7 +193,9 @@ def test_tiny_training_run_learns_resumes_and_writes_a_pack(tmp_path: Path) -> N
     without = contribution["densenet121_spectrum"]["without_auc"]
     assert "| member | AUC without it |" in card and f"| densenet121_spectrum | {without:.3f} | " in card
     profile = manifest.image_members[1].metrics
-    assert f"| {profile['val_auc']:.3f} | {profile['split_val_auc']:.3f} | {profile['test_auc']:.3f} |" in card
+    assert (
+        f"| {profile['val_auc']:.3f} | {profile['split_val_auc']:.3f} | {profile['test_auc']:.3f} |" in card
+    )
 
     # --fuse-only trains nothing and finds the same fusion again, or a new one for another target FPR
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.keras")}

@@ -11,7 +11,9 @@ import subprocess
 import tarfile
 import threading
 import time
+import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +26,15 @@ import redis
 from db import queries
 from pipeline.pack import Manifest, MemberSpec
 from tests.conftest import REPO
-from tests.workers.conftest import FaultyProxy, OutageProxy, PrivateRedis, Stack, wait_for, zip_bytes
+from tests.workers.conftest import (
+    REDIS_DBS,
+    FaultyProxy,
+    OutageProxy,
+    PrivateRedis,
+    Stack,
+    wait_for,
+    zip_bytes,
+)
 from tests.workers.test_distributed import details, mixed_bucket, queue_video_chord
 from workers.celery_app import make_app
 from workers.settings import Settings
@@ -687,6 +697,28 @@ def test_a_delivery_count_waits_out_a_redis_restart(private_redis: PrivateRedis)
     assert count_delivery(request, backend) == 2  # waited for the restarted Redis, which kept the first
     restart.join()
     assert private_redis.restarts == 1
+
+
+class ReplyLostOnce:
+    """A result backend whose first write Redis applies but whose reply never arrives, so ``ensure`` runs
+    the write again (as it does after a ConnectionError that met that instant)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend, self.client = backend, backend.client
+
+    def ensure(self, fn: Callable[..., Any], args: tuple[Any, ...], **policy: Any) -> Any:
+        fn(*args)  # applied; the reply is lost
+        return self.backend.ensure(fn, args, **policy)
+
+
+def test_a_delivery_is_counted_once_when_its_count_is_retried(redis_base: str) -> None:
+    """A retry of the count after Redis applied it adds nothing (an increment counted the delivery twice,
+    giving a task up one delivery early); the next delivery still counts."""
+    backend = make_app(Settings(broker_url=f"{redis_base}/{next(REDIS_DBS)}")).backend
+    request = SimpleNamespace(is_eager=False, id=f"a-task-{uuid.uuid4().hex}", retries=0)
+    assert count_delivery(request, ReplyLostOnce(backend)) == 1
+    assert count_delivery(request, ReplyLostOnce(backend)) == 2
+    assert count_delivery(SimpleNamespace(is_eager=False, id=request.id, retries=1), backend) == 1
 
 
 def test_a_redis_restart_mid_scan_loses_nothing(
