@@ -127,13 +127,20 @@ def _figures(
     return evaluation.figures("s")
 
 
-def fit_aggregation(val_scores: np.ndarray, val_labels: np.ndarray, *, platt: bool = False) -> Aggregation:
+def fit_aggregation(
+    val_scores: np.ndarray,
+    val_labels: np.ndarray,
+    *,
+    platt: bool = False,
+    sample_weight: np.ndarray | None = None,
+) -> Aggregation:
     """Stacking: logistic regression over member logits, fitted on validation scores (calibrates too).
 
     With one member it is Platt scaling; without ``platt`` a single member is left as it is. The logits
     are standardised for the fit, so the regularisation weighs every member alike: a member whose
     outputs span a narrow range (common for a backbone trained from scratch) is not silenced by the
-    size of the coefficient it needs. The stored coefficients apply to raw logits.
+    size of the coefficient it needs. The stored coefficients apply to raw logits. ``sample_weight``
+    weighs the validation items (``benchmarks/stacking_by_source.py`` tries each source alike).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -145,7 +152,7 @@ def fit_aggregation(val_scores: np.ndarray, val_labels: np.ndarray, *, platt: bo
     # Platt on a generated spoof set: its class ratio is an artefact of how many families we made, so the
     # probabilities are calibrated for equal priors rather than for that ratio.
     model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced" if platt else None)
-    model.fit((logits - centre) / spread, val_labels)
+    model.fit((logits - centre) / spread, val_labels, sample_weight=sample_weight)
     coefficients = model.coef_[0] / spread
     return Aggregation(
         method="stacking",
