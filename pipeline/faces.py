@@ -35,6 +35,7 @@ HAAR_CASCADE_FILE = "haarcascade_frontalface_default.xml"  # shipped inside open
 PROFILE_CASCADE_FILE = "haarcascade_profileface.xml"  # faces turned to one side; shipped alongside
 CROP_MARGIN = 1.3  # square side = 1.3 x the larger box side, as in the training crops (DFDC winner: +1/3)
 DETECT_MAX_SIDE_PX = 960  # frames are detected at most this large; boxes are mapped back to full size
+GROUP_EPS = 0.2  # how alike two hits' rectangles must be to join a group: detectMultiScale's own
 BORDER_GREY = 128  # the border of the later passes: mid-grey, what a plain background looks like
 # The face verifier: MTCNN's networks as the mtcnn package ships their weights (joblib lists of arrays, in
 # the layer order of ``_mtcnn_stage``), read from its folder without importing it (its __init__ imports
@@ -67,6 +68,17 @@ class DetectorOptions:
     scale_factor: float = 1.1
     min_neighbors: int = 5
     min_face_px: int = 40  # at detection scale; smaller faces carry too few pixels to judge
+    # Fast face search (``DEEPSCAN_FACE_SEARCH=fast``): the first pass searches windows past twice the
+    # cascade's (24 px) on the frame halved. OpenCV scans a pyramid level shrunk by more than 2x at a 1 px
+    # step and the others at 2 px, so windows of 48 to 96 px are most of Haar's time; on the halved frame
+    # they are scanned at 2 px (8 % of the window), half of the windows in all. Each of their hits stands
+    # for the four positions the 1 px step looked at and counts four times when hits are grouped, so that
+    # boxes average and neighbours count nearly as before; a box needs more than ``halved_min_neighbors``
+    # (4: with 5, one more face of the face-finding benchmark's 200 dev faces in 1080p frames went unfound).
+    # Haar's time falls by about 40 %; small faces in large frames are missed a little more often
+    # (``benchmarks/README.md``, "Fast face search"), which is why it is not the default.
+    halved_pyramid: bool = False
+    halved_min_neighbors: int = 4
     max_faces: int = 8  # per frame, largest first: crowds are not what the members were trained on
     # Second pass, when the first finds nothing: the frame, not equalised, inside a mid-grey border of this
     # fraction of its larger side; 0 turns the later passes off.
@@ -130,7 +142,13 @@ class FaceDetector:
             gray = cv2.resize(
                 gray, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
             )
-        boxes = self._faces(frame, self._find(self._cascade, cv2.equalizeHist(gray)), scale)
+        equalised = cv2.equalizeHist(gray)
+        first = (
+            self._find_halved(equalised)
+            if self.options.halved_pyramid
+            else self._find(self._cascade, equalised)
+        )
+        boxes = self._faces(frame, first, scale)
         opts = self.options
         border = round(opts.border_fraction * max(gray.shape))
         if not boxes and border > 0:
@@ -190,6 +208,37 @@ class FaceDetector:
             minSize=(side, side),
         )
         return [(int(x) - offset, int(y) - offset, int(w), int(h)) for (x, y, w, h) in found]
+
+    def _find_halved(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """The first pass's boxes (x, y, w, h) at detection scale: windows up to twice the cascade's searched
+        on ``gray``, larger ones on ``gray`` halved, the hits of both grouped as OpenCV groups them (those
+        the halved frame's 2 px step found counting four times)."""
+        opts = self.options
+        window = max(self._cascade.getOriginalWindowSize())
+        hits: list[list[int]] = []  # every hit, ungrouped (minNeighbors=0)
+        if opts.min_face_px <= 2 * window:
+            for hit in self._cascade.detectMultiScale(
+                gray,
+                scaleFactor=opts.scale_factor,
+                minNeighbors=0,
+                minSize=(opts.min_face_px,) * 2,
+                maxSize=(2 * window,) * 2,
+            ):
+                hits.append([int(v) for v in hit])
+        height, width = gray.shape
+        halved = cv2.resize(gray, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+        for hit in self._cascade.detectMultiScale(
+            halved,
+            scaleFactor=opts.scale_factor,
+            minNeighbors=0,
+            minSize=(max(window + 1, -(-opts.min_face_px // 2)),) * 2,
+        ):
+            coarse = hit[2] <= 2 * window  # a level OpenCV scanned at its 2 px step
+            hits += [[2 * int(v) for v in hit]] * (4 if coarse else 1)
+        if not hits:
+            return []
+        grouped, _ = cv2.groupRectangles(hits, opts.halved_min_neighbors, GROUP_EPS)
+        return [(int(x), int(y), int(w), int(h)) for (x, y, w, h) in grouped]
 
 
 class FaceVerifier:

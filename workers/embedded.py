@@ -20,9 +20,10 @@ from db.models import ScanKind, ScanStatus
 from db.session import session_scope
 from pipeline.analyze import Analyzer, MediaResult
 from pipeline.errors import DeepscanError
+from pipeline.faces import FaceDetector
 from pipeline.media import sha256_file
 from workers import resources, rows
-from workers.resources import load_pack, open_sessions, provenance_options
+from workers.resources import detector_options, load_pack, open_sessions, provenance_options
 from workers.settings import get_settings
 from workers.storage import ObjectRef
 
@@ -36,6 +37,7 @@ class EmbeddedRunner:
     def create(cls, *, models: str | Path | None = None, database_url: str | None = None) -> EmbeddedRunner:
         analyzer = Analyzer(
             load_pack(models),
+            FaceDetector(detector_options()),
             score_soundtrack=get_settings().score_soundtrack,
             provenance=provenance_options(),
         )

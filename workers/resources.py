@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.session import make_engine, migrate, session_factory, session_scope
 from pipeline.analyze import Analyzer, PackBatcher
 from pipeline.errors import ModelPackError
+from pipeline.faces import DetectorOptions, FaceDetector
 from pipeline.pack import ModelPack, read_manifest
 from pipeline.provenance import ProvenanceOptions
 from workers import metrics
@@ -109,6 +110,12 @@ def provenance_options(settings: Settings | None = None) -> ProvenanceOptions:
     )
 
 
+def detector_options(settings: Settings | None = None) -> DetectorOptions:
+    """How faces are searched, as ``DEEPSCAN_FACE_SEARCH`` says: thorough (the default) or fast."""
+    settings = settings or get_settings()
+    return DetectorOptions(halved_pyramid=settings.face_search == "fast")
+
+
 @lru_cache(maxsize=2)
 def _trust_anchors(path: Path) -> str:
     """The PEM text of a trust anchors file, read once per process."""
@@ -138,11 +145,23 @@ def analyzer() -> Analyzer:
     forward passes when ``DEEPSCAN_BATCH_WAIT_MS`` is set.
     """
     settings = get_settings()
-    key = (models_dir(), settings.score_soundtrack, provenance_options(settings), settings.batch_wait_ms)
+    key = (
+        models_dir(),
+        settings.score_soundtrack,
+        provenance_options(settings),
+        settings.batch_wait_ms,
+        detector_options(settings),
+    )
     cached: tuple[tuple[Any, ...], Analyzer] | None = getattr(_per_thread, "analyzer", None)
     if cached is None or cached[0] != key:
         batcher = _batcher(key[0], settings.batch_wait_ms)
-        made = Analyzer(_loaded(key[0]), score_soundtrack=key[1], provenance=key[2], batcher=batcher)
+        made = Analyzer(
+            _loaded(key[0]),
+            FaceDetector(key[4]),
+            score_soundtrack=key[1],
+            provenance=key[2],
+            batcher=batcher,
+        )
         _per_thread.analyzer = cached = (key, made)
     return cached[1]
 

@@ -85,6 +85,13 @@ def test_model_input_is_scaled_float() -> None:
     assert x[0].min() == pytest.approx(1.0) and x[1].max() == 0.0
 
 
+def iou(a: FaceBox, b: FaceBox) -> float:
+    x0, y0 = max(a.x, b.x), max(a.y, b.y)
+    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
+    inter = max(0, x1 - x0) * max(0, y1 - y0)
+    return inter / (a.w * a.h + b.w * b.h - inter)
+
+
 # --- faces that fill the frame: tight crops, padded crops, faces turned aside -------------------------------
 
 # the frontal cascade alone, as deepscan 0.7.0 ran it
@@ -145,6 +152,29 @@ def test_a_face_turned_aside_is_found_by_the_profile_pass_in_either_direction(de
 def test_the_first_pass_keeps_its_boxes(detector: FaceDetector) -> None:
     image = face_image()
     assert detector.detect(image) == FaceDetector(SINGLE_PASS).detect(image)
+
+
+@pytest.mark.parametrize("face_px", [50, 64, 80, 100, 120])
+def test_the_fast_search_finds_small_faces_as_the_thorough_one_does(
+    detector: FaceDetector, face_px: int
+) -> None:
+    """The fast search (``halved_pyramid``) looks for faces of 48 to 96 px on the frame halved, at the
+    coarser step; in a still with one face of those sizes it finds the face and boxes it as the whole
+    pyramid (the default ``detector``) does."""
+    import cv2
+    from skimage import data
+
+    image = face_image()
+    (box,) = FaceDetector(SINGLE_PASS).detect(image)
+    head = image[max(0, box.y - box.h) : box.y + 2 * box.h, max(0, box.x - box.w) : box.x + 2 * box.w]
+    scale = face_px / box.w
+    small = cv2.resize(head, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    frame = cv2.resize(data.coffee(), (960, 540), interpolation=cv2.INTER_AREA)  # a still with no face
+    frame[100 : 100 + small.shape[0], 300 : 300 + small.shape[1]] = small
+    expected = detector.detect(frame)
+    found = FaceDetector(DetectorOptions(halved_pyramid=True)).detect(frame)
+    assert len(expected) == len(found) == 1
+    assert iou(found[0], expected[0]) > 0.8
 
 
 def test_the_later_passes_invent_no_face_in_stills_without_one(detector: FaceDetector, samples: Path) -> None:

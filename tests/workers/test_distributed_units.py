@@ -393,3 +393,27 @@ def test_valid_refs_pass_validation() -> None:
         ObjectRef(uri="file:///srv/media/x.jpg", sha256="0" * 64),
     ):
         assert ObjectRef.from_dict(ref.to_dict()) == ref
+
+
+@pytest.mark.parametrize(("face_search", "halved"), [("thorough", False), ("fast", True)])
+def test_the_face_search_setting_reaches_every_analyzer(
+    face_search: str, halved: bool, random_pack: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEEPSCAN_FACE_SEARCH picks the first Haar pass of the workers' analyzers and the embedded runner's."""
+    from workers import resources
+    from workers.embedded import EmbeddedRunner
+
+    monkeypatch.setenv("DEEPSCAN_MODELS_DIR", str(random_pack))
+    monkeypatch.setenv("DEEPSCAN_FACE_SEARCH", face_search)
+    get_settings.cache_clear()
+    try:
+        assert resources.analyzer().detector.options.halved_pyramid is halved
+        runner = EmbeddedRunner.create(database_url=f"sqlite:///{tmp_path / 'rows.db'}")
+        assert runner.analyzer.detector.options.halved_pyramid is halved
+    finally:
+        get_settings.cache_clear()
+
+
+def test_an_unknown_face_search_is_refused() -> None:
+    with pytest.raises(ValidationError, match="face_search"):
+        Settings(face_search="quick")  # type: ignore[arg-type]

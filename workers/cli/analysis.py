@@ -108,11 +108,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     from pipeline.analyze import Analyzer
     from pipeline.errors import DeepscanError
+    from pipeline.faces import FaceDetector
     from pipeline.media import load_image
-    from workers.resources import load_pack
+    from workers.resources import detector_options, load_pack
     from workers.settings import get_settings
 
-    analyzer = Analyzer(load_pack(args.models))
+    analyzer = Analyzer(load_pack(args.models), FaceDetector(detector_options()))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     image = Path(args.image)

@@ -40,7 +40,7 @@ from db.session import session_scope
 from workers import metrics
 from workers.celery_app import GPU_QUEUE, LIGHT_QUEUE
 from workers.errors import ScanError, UsageError
-from workers.resources import open_sessions, provenance_options
+from workers.resources import detector_options, open_sessions, provenance_options
 from workers.settings import Settings
 from workers.web.explanations import seconds_of
 from workers.web.figures import timeline_png
@@ -366,6 +366,7 @@ def create_app(settings: Settings) -> FastAPI:
                 explain_samples=settings.explain_samples,
                 score_soundtrack=settings.score_soundtrack,
                 provenance=provenance_options(settings),
+                detector=detector_options(settings),
                 sessions=sessions,
                 handoff=worker_handoff(settings),
             )

@@ -39,7 +39,7 @@ from db.models import ScanKind
 from db.session import session_scope
 from pipeline.analyze import Analyzer, MediaResult
 from pipeline.errors import DeepscanError, ResultStatus
-from pipeline.faces import FaceVerifier
+from pipeline.faces import DetectorOptions, FaceDetector, FaceVerifier
 from pipeline.media import sha256_file
 from pipeline.pack import Manifest, ModelPack, read_manifest
 from pipeline.provenance import ProvenanceOptions
@@ -192,6 +192,7 @@ class JobPool:
         explain_samples: int = 128,
         score_soundtrack: bool = True,
         provenance: ProvenanceOptions | None = None,
+        detector: DetectorOptions | None = None,
         sessions: sessionmaker[Session] | None = None,
         jobs_kept: int = JOBS_KEPT,
         handoff: WorkerHandoff | None = None,
@@ -204,6 +205,7 @@ class JobPool:
         self.explain_samples = explain_samples
         self.score_soundtrack = score_soundtrack
         self.provenance = provenance or ProvenanceOptions()
+        self.detector = detector or DetectorOptions()
         self.sessions = sessions
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepscan-job")
         self._jobs: OrderedDict[str, Job] = OrderedDict()
@@ -239,7 +241,10 @@ class JobPool:
         analyzer: Analyzer | None = getattr(self._local, "analyzer", None)
         if analyzer is None:
             analyzer = Analyzer(
-                self._pack.result(), score_soundtrack=self.score_soundtrack, provenance=self.provenance
+                self._pack.result(),
+                FaceDetector(self.detector),
+                score_soundtrack=self.score_soundtrack,
+                provenance=self.provenance,
             )
             self._local.analyzer = analyzer
         return analyzer
