@@ -66,7 +66,7 @@ def main() -> None:
         }
         report[variant] = {
             "all": round(roc_auc(labels, out_of_fold), 4),
-            "mean_per_source": round(float(np.mean(list(per_source.values()))), 4),
+            "mean_per_source": round(float(np.nanmean(list(per_source.values()))), 4),  # NaN: one class
             "per_source": {k: round(v, 4) for k, v in per_source.items()},
         }
     print(json.dumps(report, indent=2))

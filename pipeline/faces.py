@@ -70,15 +70,14 @@ class DetectorOptions:
     min_face_px: int = 40  # at detection scale; smaller faces carry too few pixels to judge
     # Fast face search (``DEEPSCAN_FACE_SEARCH=fast``): the first pass searches windows past twice the
     # cascade's (24 px) on the frame halved. OpenCV scans a pyramid level shrunk by more than 2x at a 1 px
-    # step and the others at 2 px, so windows of 48 to 96 px are most of Haar's time; on the halved frame
-    # they are scanned at 2 px (8 % of the window), half of the windows in all. Each of their hits stands
-    # for the four positions the 1 px step looked at and counts four times when hits are grouped, so that
-    # boxes average and neighbours count nearly as before; a box needs more than ``halved_min_neighbors``
-    # (4: with 5, one more face of the face-finding benchmark's 200 dev faces in 1080p frames went unfound).
-    # Haar's time falls by about 40 %; small faces in large frames are missed a little more often
-    # (``benchmarks/README.md``, "Fast face search"), which is why it is not the default.
+    # step and the others at 2 px, so windows of 48 to 96 px are most of the windows it looks at; on the
+    # halved frame they are scanned at 2 px (8 % of the window), half of the windows in all. Each of their
+    # hits stands for the four positions the 1 px step looked at and counts four times when the hits are
+    # grouped (with ``min_neighbors``, as before), so boxes average and neighbours count nearly as before
+    # (nearly: a group of four-fold hits also outweighs more of the smaller groups nested in it). Haar's
+    # time falls by about 40 %; faces of those sizes are missed a little more often (``benchmarks/README.md``,
+    # "Fast face search"), which is why it is not the default.
     halved_pyramid: bool = False
-    halved_min_neighbors: int = 4
     max_faces: int = 8  # per frame, largest first: crowds are not what the members were trained on
     # Second pass, when the first finds nothing: the frame, not equalised, inside a mid-grey border of this
     # fraction of its larger side; 0 turns the later passes off.
@@ -212,33 +211,45 @@ class FaceDetector:
     def _find_halved(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
         """The first pass's boxes (x, y, w, h) at detection scale: windows up to twice the cascade's searched
         on ``gray``, larger ones on ``gray`` halved, the hits of both grouped as OpenCV groups them (those
-        the halved frame's 2 px step found counting four times)."""
+        of the halved frame's 2 px step counting four times)."""
         opts = self.options
-        window = max(self._cascade.getOriginalWindowSize())
+        window_w, window_h = self._cascade.getOriginalWindowSize()
         hits: list[list[int]] = []  # every hit, ungrouped (minNeighbors=0)
-        if opts.min_face_px <= 2 * window:
+        if opts.min_face_px <= 2 * min(window_w, window_h):
             for hit in self._cascade.detectMultiScale(
                 gray,
                 scaleFactor=opts.scale_factor,
                 minNeighbors=0,
-                minSize=(opts.min_face_px,) * 2,
-                maxSize=(2 * window,) * 2,
+                minSize=(opts.min_face_px, opts.min_face_px),
+                maxSize=(2 * window_w, 2 * window_h),
             ):
                 hits.append([int(v) for v in hit])
         height, width = gray.shape
-        halved = cv2.resize(gray, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-        for hit in self._cascade.detectMultiScale(
-            halved,
-            scaleFactor=opts.scale_factor,
-            minNeighbors=0,
-            minSize=(max(window + 1, -(-opts.min_face_px // 2)),) * 2,
-        ):
-            coarse = hit[2] <= 2 * window  # a level OpenCV scanned at its 2 px step
-            hits += [[2 * int(v) for v in hit]] * (4 if coarse else 1)
+        if min(height // 2 - window_h, width // 2 - window_w) > 0:
+            halved = cv2.resize(gray, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+            smallest = -(-opts.min_face_px // 2)
+            coarse = _coarse_step_widths(window_w, opts.scale_factor)
+            for hit in self._cascade.detectMultiScale(
+                halved,
+                scaleFactor=opts.scale_factor,
+                minNeighbors=0,
+                minSize=(max(window_w + 1, smallest), max(window_h + 1, smallest)),
+            ):
+                hits += [[2 * int(v) for v in hit]] * (4 if int(hit[2]) in coarse else 1)
         if not hits:
             return []
-        grouped, _ = cv2.groupRectangles(hits, opts.halved_min_neighbors, GROUP_EPS)
+        grouped, _ = cv2.groupRectangles(hits, opts.min_neighbors, GROUP_EPS)
         return [(int(x), int(y), int(w), int(h)) for (x, y, w, h) in grouped]
+
+
+def _coarse_step_widths(window_w: int, scale_factor: float) -> set[int]:
+    """The window widths of the pyramid levels OpenCV scans at its 2 px step: those it shrinks the image by
+    at most 2x (``detectMultiScale``'s own loop: factors scale_factor**k, widths rounded)."""
+    widths, factor = set(), 1.0
+    while factor <= 2.0:
+        widths.add(round(window_w * factor))
+        factor *= scale_factor
+    return widths
 
 
 class FaceVerifier:

@@ -129,8 +129,9 @@ def render(manifest: Manifest, directory: Path, notes: str = "") -> str:
         "",
         "*its val AUC*: at the best epoch, on the validation split of the member's own training (for a member"
         " carried over from an earlier pack, that pack's split). *val AUC* and *test AUC*: on this pack's"
-        " split, the validation split being the one the members' fusion was fitted on (- where the pack"
-        " was fused before this column existed).",
+        " split, the validation split being the one the members' fusion was fitted on (image members: per"
+        " face; audio members: per clip, the mean of its windows; - where the pack was fused before this"
+        " column existed).",
     ]
     image = info.get("image_training")
     if image:

@@ -61,7 +61,8 @@ RETRY_JITTER_FLOOR = 0.5  # each retry waits between this fraction of its backof
 
 
 # In the result backend's Redis: a set of one token per delivery ("deepscan-deliveries-", the counter
-# that came before it, is another type: a worker of the old release and one of this never share a key).
+# that came before it, is another type: a worker of the old release and one of this never share a key;
+# while both run, a task's deliveries are counted under both, so it may go round up to twice the limit).
 DELIVERIES_KEY = "deepscan-delivered-{task_id}-{retries}"
 
 

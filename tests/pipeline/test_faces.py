@@ -177,14 +177,23 @@ def test_the_fast_search_finds_small_faces_as_the_thorough_one_does(
     assert iou(found[0], expected[0]) > 0.8
 
 
-def test_the_later_passes_invent_no_face_in_stills_without_one(detector: FaceDetector, samples: Path) -> None:
+@pytest.mark.parametrize("halved", [False, True], ids=["thorough", "fast"])
+def test_the_later_passes_invent_no_face_in_stills_without_one(halved: bool, samples: Path) -> None:
     from skimage import data
 
     from pipeline.media import load_image
 
+    detector = FaceDetector(DetectorOptions(halved_pyramid=halved))
     assert detector.detect(load_image(samples / "no_face.png")) == []
     for still in (data.coffee(), data.chelsea(), data.rocket(), data.astronaut()[300:, :200]):
         assert detector.detect(np.ascontiguousarray(still)) == []
+
+
+@pytest.mark.parametrize("shape", [(1, 640), (640, 1), (60, 60), (47, 300)])
+def test_the_fast_search_takes_frames_too_small_to_halve(shape: tuple[int, int]) -> None:
+    """A frame whose half is smaller than the cascade's window is searched on the frame alone."""
+    frame = np.full((*shape, 3), 128, np.uint8)
+    assert FaceDetector(DetectorOptions(halved_pyramid=True)).detect(frame) == []
 
 
 # --- the face verifier: boxes Haar finds that are not faces ------------------------------------------------

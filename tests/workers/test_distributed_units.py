@@ -396,7 +396,7 @@ def test_valid_refs_pass_validation() -> None:
 
 
 @pytest.mark.parametrize(("face_search", "halved"), [("thorough", False), ("fast", True)])
-def test_the_face_search_setting_reaches_every_analyzer(
+def test_the_face_search_setting_reaches_the_workers_and_the_embedded_runner(
     face_search: str, halved: bool, random_pack: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """DEEPSCAN_FACE_SEARCH picks the first Haar pass of the workers' analyzers and the embedded runner's."""
