@@ -352,3 +352,14 @@ def test_at_shutdown_every_upload_keeps_one_row(random_pack: Path, tmp_path: Pat
         assert running.status.value == "failed"
         assert stored[running.uri] == ("error", running.error) and "while analysing" in (running.error or "")
     assert len(stored) == 2 and waiting.status.value == "failed"
+
+
+@pytest.mark.parametrize(("face_search", "halved"), [("thorough", False), ("fast", True)])
+def test_the_servers_jobs_search_faces_as_the_setting_says(
+    face_search: str, halved: bool, random_pack: Path, tmp_path: Path
+) -> None:
+    """DEEPSCAN_FACE_SEARCH reaches the analyzers of deepscan serve's job pool."""
+    with api_client(random_pack, tmp_path, face_search=face_search) as client:
+        pool = client.app.state.pool
+        pool.wait_ready(timeout_s=120)  # the pack loads on the pool's thread
+        assert pool._analyzer().detector.options.halved_pyramid is halved
