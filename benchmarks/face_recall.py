@@ -182,13 +182,6 @@ def negatives(which: str, seed: int) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def iou(a: FaceBox, b: FaceBox) -> float:
-    x0, y0 = max(a.x, b.x), max(a.y, b.y)
-    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
-    inter = max(0, x1 - x0) * max(0, y1 - y0)
-    return inter / float(a.w * a.h + b.w * b.h - inter)
-
-
 def measure(detector: FaceDetector, face_set: FaceSet) -> dict[str, float]:
     found = right = extra = 0
     elapsed = 0.0
@@ -198,8 +191,8 @@ def measure(detector: FaceDetector, face_set: FaceSet) -> dict[str, float]:
         boxes = detector.detect(image)
         elapsed += time.perf_counter() - started
         found += bool(boxes)
-        right += any(iou(box, face) >= MIN_IOU for box in boxes)
-        extra += sum(iou(box, face) < MIN_IOU for box in boxes) > 0
+        right += any(box.iou(face) >= MIN_IOU for box in boxes)
+        extra += sum(box.iou(face) < MIN_IOU for box in boxes) > 0
     n = len(face_set.files)
     return {"n": n, "found": found / n, "right": right / n, "extra": extra / n, "ms": 1000 * elapsed / n}
 

@@ -130,13 +130,6 @@ def same_crops_check(analyzer: Any, path: Path) -> dict[str, Any]:
     return {"seconds_with_faces": seconds, "same_votes": same_votes, "largest_probability_gap": gap}
 
 
-def iou(a: Any, b: dict[str, int]) -> float:
-    ax0, ay0, ax1, ay1 = a.x, a.y, a.x + a.w, a.y + a.h
-    bx0, by0, bx1, by1 = b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]
-    inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
-    return inter / float(a.w * a.h + b["w"] * b["h"] - inter)
-
-
 def compare_votes(
     naive: list[dict[str, Any]], ours: list[dict[str, Any]], threshold: float
 ) -> dict[str, Any]:
@@ -146,6 +139,8 @@ def compare_votes(
     The naive loop's other boxes are left out of its vote: they are what deepscan's face verifier rejected
     (``naive_boxes_unmatched`` counts them) or faces only one loop found.
     """
+    from pipeline.faces import FaceBox
+
     by_second = {entry["second"]: entry for entry in ours}
     same_faces = same_votes = unmatched = 0
     largest_gap = 0.0
@@ -154,7 +149,10 @@ def compare_votes(
         pairs = []
         for box, p_ours in zip(other["boxes"], other["probabilities"], strict=True):
             overlap, p_naive = max(
-                ((iou(a, box), q) for a, q in zip(entry["boxes"], entry["probabilities"], strict=True)),
+                (
+                    (a.iou(FaceBox(**box)), q)
+                    for a, q in zip(entry["boxes"], entry["probabilities"], strict=True)
+                ),
                 default=(0.0, 0.0),
             )
             if overlap >= BOX_IOU:

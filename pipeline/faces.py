@@ -62,6 +62,13 @@ class FaceBox:
     def as_dict(self) -> dict[str, int]:
         return {"x": self.x, "y": self.y, "w": self.w, "h": self.h}
 
+    def iou(self, other: FaceBox) -> float:
+        """Intersection over union of the two boxes."""
+        x0, y0 = max(self.x, other.x), max(self.y, other.y)
+        x1, y1 = min(self.x + self.w, other.x + other.w), min(self.y + self.h, other.y + other.h)
+        inter = max(0, x1 - x0) * max(0, y1 - y0)
+        return inter / float(self.w * self.h + other.w * other.h - inter)
+
 
 @dataclass(frozen=True)
 class DetectorOptions:

@@ -78,18 +78,17 @@ def test_a_box_that_is_the_whole_frame_gets_a_mirrored_margin_and_the_tight_regi
     np.testing.assert_array_equal(oblong[34:258, 66:226], frame[:, :160])
 
 
+def test_box_overlap_is_intersection_over_union() -> None:
+    box = FaceBox(0, 0, 10, 10)
+    assert box.iou(box) == 1.0 and box.iou(FaceBox(20, 20, 10, 10)) == 0.0
+    assert box.iou(FaceBox(5, 0, 10, 10)) == pytest.approx(50 / 150)
+
+
 def test_model_input_is_scaled_float() -> None:
     crops = [np.full((80, 80, 3), 255, np.uint8), np.zeros((20, 20, 3), np.uint8)]
     x = to_model_input(crops, (32, 48))
     assert x.shape == (2, 32, 48, 3) and x.dtype == np.float32
     assert x[0].min() == pytest.approx(1.0) and x[1].max() == 0.0
-
-
-def iou(a: FaceBox, b: FaceBox) -> float:
-    x0, y0 = max(a.x, b.x), max(a.y, b.y)
-    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
-    inter = max(0, x1 - x0) * max(0, y1 - y0)
-    return inter / (a.w * a.h + b.w * b.h - inter)
 
 
 # --- faces that fill the frame: tight crops, padded crops, faces turned aside -------------------------------
@@ -174,7 +173,7 @@ def test_the_fast_search_finds_small_faces_as_the_thorough_one_does(
     expected = detector.detect(frame)
     found = FaceDetector(DetectorOptions(halved_pyramid=True)).detect(frame)
     assert len(expected) == len(found) == 1
-    assert iou(found[0], expected[0]) > 0.8
+    assert found[0].iou(expected[0]) > 0.8
 
 
 @pytest.mark.parametrize("halved", [False, True], ids=["thorough", "fast"])
